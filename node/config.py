@@ -1,0 +1,270 @@
+"""Node configuration (TOML) and metadata mapping profiles.
+
+Lookup order: ``--config`` > ``$DICOM_NODE_CONFIG`` > ``./config/node.toml`` > built-in
+defaults. The built-in profiles (``node/profiles.toml``) are always there; a config file's
+``[profiles.NAME]`` tables are merged over them key by key, and a profile may ``extends`` another.
+Every problem is a :class:`ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from node.errors import ConfigError
+
+ENV_CONFIG = "DICOM_NODE_CONFIG"
+DEFAULT_CONFIG_PATH = Path("config/node.toml")
+MODALITIES = ("MR", "CT", "OT")
+_UID_ROOT = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*))*$")
+_AE_TITLE = re.compile(r"^[ -~]{1,16}$")
+
+_PROFILE_KEYS = {
+    "description", "extends", "modality", "derived", "nonfinite", "deidentify",
+    "pseudonym_prefix", "pseudonym_secret", "pseudonym_secret_env", "date_shift_days",
+    "static", "sidecar", "filename", "fallback", "pseudonyms",
+}
+_NODE_KEYS = {"ae_title", "uid_root", "default_profile"}
+
+
+@dataclass(frozen=True)
+class SidecarRule:
+    """Where an attribute comes from in the sidecar: the first present key, times ``scale``."""
+
+    keys: tuple[str, ...]
+    scale: float | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A metadata mapping profile (see ``node/profiles.toml`` for the format)."""
+
+    name: str
+    description: str = ""
+    modality: str = "MR"
+    derived: bool = True
+    nonfinite: str = "background"
+    deidentify: bool = False
+    pseudonym_prefix: str = "SUBJ"
+    pseudonym_secret: str | None = field(default=None, repr=False)
+    pseudonym_secret_env: str | None = None
+    date_shift_days: int | None = None
+    static: dict[str, Any] = field(default_factory=dict)
+    sidecar: dict[str, SidecarRule] = field(default_factory=dict)
+    filename: dict[str, str] = field(default_factory=dict)
+    fallback: dict[str, str] = field(default_factory=dict)
+    pseudonyms: dict[str, str] = field(default_factory=dict)
+
+    def secret(self) -> str | None:
+        """The pseudonym key: from the environment variable if set, else from the config."""
+        if self.pseudonym_secret_env and os.environ.get(self.pseudonym_secret_env):
+            return os.environ[self.pseudonym_secret_env]
+        return self.pseudonym_secret or None
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    ae_title: str = "DICOM_NODE"
+    uid_root: str = "2.25"
+    default_profile: str = "bids-mr"
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeSettings
+    profiles: dict[str, Profile]
+    path: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def profile(self, name: str | None = None) -> Profile:
+        """The named profile; ``None`` or ``"default"`` gives ``[node].default_profile``."""
+        key = self.node.default_profile if name in (None, "", "default") else name
+        try:
+            return self.profiles[key]
+        except KeyError:
+            known = ", ".join(sorted(self.profiles))
+            raise ConfigError(self.path, f"no profile {key!r} (known: {known})") from None
+
+
+def _builtin_raw() -> dict[str, Any]:
+    text = resources.files("node").joinpath("profiles.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _sidecar_rule(where: str, keyword: str, spec: Any) -> SidecarRule:
+    if isinstance(spec, str):
+        return SidecarRule((spec,))
+    if isinstance(spec, list) and spec and all(isinstance(s, str) for s in spec):
+        return SidecarRule(tuple(spec))
+    if isinstance(spec, dict) and set(spec) <= {"key", "scale"} and "key" in spec:
+        keys = spec["key"]
+        rule = _sidecar_rule(where, keyword, keys)
+        scale = spec.get("scale")
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int | float)):
+            raise ValueError(f"{where}.{keyword}: scale must be a number")
+        return SidecarRule(rule.keys, float(scale) if scale is not None else None)
+    raise ValueError(
+        f'{where}.{keyword}: write "Key", ["Key1", "Key2"] or {{ key = "Key", scale = 1000.0 }}'
+    )
+
+
+def _build_profile(name: str, raw: dict[str, Any]) -> Profile:
+    """Validate one profile whose ``extends`` chain is already merged in."""
+    from node.vr import coerce, keyword_vr
+
+    where = f"[profiles.{name}]"
+    unknown = set(raw) - _PROFILE_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    modality = str(raw.get("modality", "MR")).upper()
+    if modality not in MODALITIES:
+        raise ValueError(f"{where}.modality: {modality!r} is not one of {', '.join(MODALITIES)}")
+    nonfinite = raw.get("nonfinite", "background")
+    if nonfinite not in ("background", "error"):
+        raise ValueError(f'{where}.nonfinite: write "background" or "error", not {nonfinite!r}')
+    for flag in ("derived", "deidentify"):
+        if flag in raw and not isinstance(raw[flag], bool):
+            raise ValueError(f"{where}.{flag}: write true or false")
+    shift = raw.get("date_shift_days")
+    if shift is not None and (isinstance(shift, bool) or not isinstance(shift, int)):
+        raise ValueError(f"{where}.date_shift_days: write a whole number of days")
+    tables: dict[str, dict[str, Any]] = {}
+    for table in ("static", "sidecar", "filename", "fallback", "pseudonyms"):
+        value = raw.get(table, {})
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}.{table} must be a table")
+        tables[table] = value
+    for table in ("static", "sidecar", "filename", "fallback"):
+        for keyword in tables[table]:
+            try:
+                keyword_vr(keyword)
+            except ValueError as exc:
+                raise ValueError(f"[profiles.{name}.{table}] {exc}") from None
+    for keyword, value in tables["static"].items():
+        try:
+            coerce(keyword, value)
+        except ValueError as exc:
+            raise ValueError(f"[profiles.{name}.static] {keyword}: {exc}") from None
+    for table in ("filename", "fallback"):
+        for keyword, template in tables[table].items():
+            if not isinstance(template, str):
+                raise ValueError(f"[profiles.{name}.{table}] {keyword}: write a template string")
+    return Profile(
+        name=name,
+        description=str(raw.get("description", "")),
+        modality=modality,
+        derived=raw.get("derived", True),
+        nonfinite=nonfinite,
+        deidentify=raw.get("deidentify", False),
+        pseudonym_prefix=str(raw.get("pseudonym_prefix", "SUBJ")),
+        pseudonym_secret=raw.get("pseudonym_secret"),
+        pseudonym_secret_env=raw.get("pseudonym_secret_env"),
+        date_shift_days=shift,
+        static=dict(tables["static"]),
+        sidecar={
+            k: _sidecar_rule(f"[profiles.{name}.sidecar]", k, v)
+            for k, v in tables["sidecar"].items()
+        },
+        filename=dict(tables["filename"]),
+        fallback=dict(tables["fallback"]),
+        pseudonyms={str(k): str(v) for k, v in tables["pseudonyms"].items()},
+    )
+
+
+def _resolved_raw(name: str, all_raw: dict[str, Any], seen: tuple = ()) -> dict[str, Any]:
+    """The profile's table merged over its ``extends`` chain (the child's keys win)."""
+    raw = all_raw[name]
+    parent = raw.get("extends")
+    if parent is None:
+        return raw
+    if parent in seen or parent == name or parent not in all_raw:
+        raise ValueError(f"[profiles.{name}]: extends {parent!r} is unknown or makes a cycle")
+    base = _resolved_raw(parent, all_raw, (*seen, name))
+    merged = _merge({k: v for k, v in base.items() if k != "description"}, raw)
+    merged.pop("extends", None)
+    return merged
+
+
+def find_config_path(explicit: str | Path | None = None) -> Path | None:
+    """``--config`` > ``$DICOM_NODE_CONFIG`` > ``./config/node.toml`` > None (built-ins)."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(ENV_CONFIG):
+        return Path(os.environ[ENV_CONFIG])
+    if DEFAULT_CONFIG_PATH.is_file():
+        return DEFAULT_CONFIG_PATH
+    return None
+
+
+def load_config(explicit: str | Path | None = None) -> Config:
+    """Load and validate the configuration found by :func:`find_config_path`."""
+    path = find_config_path(explicit)
+    user: dict[str, Any] = {}
+    if path is not None:
+        try:
+            user = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(path, "config file does not exist") from None
+        except OSError as exc:
+            raise ConfigError(path, f"cannot read config ({exc.strerror})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(path, f"invalid TOML: {exc}") from None
+    return config_from_dict(user, path)
+
+
+def config_from_dict(user: dict[str, Any], path: Path | None = None) -> Config:
+    """Validate a parsed config (merged over the built-in profiles)."""
+    raw = _merge(_builtin_raw(), user)
+    node_raw = raw.get("node", {})
+    if not isinstance(node_raw, dict):
+        raise ConfigError(path, "[node] must be a table")
+    unknown = set(node_raw) - _NODE_KEYS - _LATER_NODE_KEYS
+    if unknown:
+        raise ConfigError(path, f"[node]: unknown key(s) {', '.join(sorted(unknown))}")
+    node = NodeSettings(
+        ae_title=str(node_raw.get("ae_title", NodeSettings.ae_title)),
+        uid_root=str(node_raw.get("uid_root", NodeSettings.uid_root)),
+        default_profile=str(node_raw.get("default_profile", NodeSettings.default_profile)),
+    )
+    if not _AE_TITLE.match(node.ae_title) or node.ae_title.strip() == "" or "\\" in node.ae_title:
+        raise ConfigError(path, f"[node].ae_title {node.ae_title!r}: 1-16 printable characters")
+    if not _UID_ROOT.match(node.uid_root) or len(node.uid_root) > 40:
+        raise ConfigError(
+            path,
+            f"[node].uid_root {node.uid_root!r}: digits and dots, no leading zeros, at most "
+            '40 characters (leave room for the generated part); "2.25" needs no registration',
+        )
+    profiles_raw = raw.get("profiles", {})
+    profiles: dict[str, Profile] = {}
+    for name, praw in profiles_raw.items():
+        if not isinstance(praw, dict):
+            raise ConfigError(path, f"[profiles.{name}] must be a table")
+        try:
+            profiles[name] = _build_profile(name, _resolved_raw(name, profiles_raw))
+        except ValueError as exc:
+            raise ConfigError(path, str(exc)) from None
+    if node.default_profile not in profiles:
+        raise ConfigError(path, f"[node].default_profile {node.default_profile!r} is not a profile")
+    return Config(node=node, profiles=profiles, path=path, raw=user)
+
+
+#: [node] keys owned by the networking and node services (validated there).
+_LATER_NODE_KEYS = {
+    "default_destination", "state_dir", "retry_base_seconds", "retry_max_seconds",
+    "max_attempts", "workers", "log_format", "metrics_port",
+}

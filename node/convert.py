@@ -1,0 +1,181 @@
+"""Convert one NIfTI file into one DICOM series: the pure core of the product.
+
+``convert_file`` takes a path, a profile and overrides and returns a :class:`ConvertedSeries`
+whose datasets are produced lazily; it knows neither the network nor the journal.
+``write_series`` puts a series on disk atomically (temporary folder, then rename), so a failed
+conversion never leaves a half-written series that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmwrite
+from pydicom.dataset import Dataset
+
+from node import CONVERTER_NAME, __version__
+from node.config import Config, Profile
+from node.errors import InputError
+from node.geometry import VolumeGeometry, choose_affine, volume_geometry
+from node.iod import SOP_CLASS_NAMES, SOP_CLASSES, SeriesLayout, instances, series_template
+from node.mapping import Attributes, resolve_attributes, value_of
+from node.nifti import NiftiSource, load_source
+from node.pixels import PixelEncoding, PixelError, encode_pixels
+from node.uids import SeriesUids, series_uids
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConvertedSeries:
+    """One series made from one source; ``datasets()`` yields its instances in order."""
+
+    source: NiftiSource
+    profile: Profile
+    modality: str
+    attributes: Attributes
+    uids: SeriesUids
+    geometry: VolumeGeometry
+    encoding: PixelEncoding
+    layout: SeriesLayout
+    template: Dataset
+    stored: np.ndarray = field(repr=False)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def sop_class_uid(self) -> str:
+        return str(self.template.SOPClassUID)
+
+    @property
+    def sop_class_name(self) -> str:
+        return SOP_CLASS_NAMES.get(self.template.SOPClassUID, str(self.template.SOPClassUID))
+
+    @property
+    def n_instances(self) -> int:
+        return self.layout.n_instances
+
+    def datasets(self) -> Iterator[Dataset]:
+        return instances(self.template, self.stored, self.geometry, self.uids, self.layout)
+
+
+def _mapping_digest(attrs: Attributes, modality: str, profile: Profile) -> str:
+    payload = {k: v.value for k, v in sorted(attrs.items())}
+    payload["_modality"] = modality
+    payload["_derived"] = profile.derived
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def convert_file(
+    path: str | Path,
+    config: Config,
+    profile: Profile | None = None,
+    sidecar: str | Path | None = None,
+    overrides: dict[str, str] | None = None,
+    modality: str | None = None,
+) -> ConvertedSeries:
+    """Read, validate and encode ``path``; raise InputError/MappingError for bad input."""
+    profile = profile or config.profile()
+    source = load_source(path, sidecar)
+    modality = (modality or profile.modality).upper()
+    if modality not in SOP_CLASSES:
+        modality = "OT"
+    attrs = resolve_attributes(source, profile, overrides, modality)
+
+    affine, warnings = choose_affine(source.image.header)
+    try:
+        geometry = volume_geometry(affine, source.shape[2])
+    except ValueError as exc:
+        raise InputError(source.path, str(exc)) from None
+    warnings += geometry.warnings
+    try:
+        stored, encoding = encode_pixels(source.image, profile.nonfinite)  # type: ignore[arg-type]
+    except PixelError as exc:
+        raise InputError(source.path, str(exc)) from None
+    except (OSError, EOFError, ValueError) as exc:
+        raise InputError(source.path, f"cannot read the voxel data ({exc})") from None
+    warnings += encoding.warnings
+    if not encoding.lossless:
+        warnings.append(
+            f"values rescaled into int16: RescaleSlope {encoding.slope_ds}, "
+            f"max error {encoding.max_abs_error:.3g}"
+        )
+
+    uids = series_uids(
+        config.node.uid_root,
+        str(value_of(attrs, "PatientID")),
+        str(value_of(attrs, "StudyID")),
+        source.sha256,
+        _mapping_digest(attrs, modality, profile),
+        study_uid=str(value_of(attrs, "StudyInstanceUID")) or None,
+    )
+    provenance = (
+        f"Converted from NIfTI by {CONVERTER_NAME} {__version__}; source SHA-256 {source.sha256}"
+    )
+    if not profile.deidentify:
+        provenance += f"; source file {source.path.name}"
+    layout = SeriesLayout(n_slices=source.shape[2], n_volumes=source.shape[3])
+    template = series_template(
+        attrs, modality, profile.derived, uids, geometry, encoding, source.shape, provenance
+    )
+    return ConvertedSeries(
+        source=source,
+        profile=profile,
+        modality=modality,
+        attributes=attrs,
+        uids=uids,
+        geometry=geometry,
+        encoding=encoding,
+        layout=layout,
+        template=template,
+        stored=stored,
+        warnings=warnings,
+    )
+
+
+def instance_filename(number: int) -> str:
+    return f"IM{number:06d}.dcm"
+
+
+def write_series(series: ConvertedSeries, out_dir: str | Path, name: str | None = None) -> Path:
+    """Write every instance under ``out_dir/name`` atomically; return the series folder.
+
+    Files go to a hidden temporary folder next to the target, which is renamed into place only
+    after the last instance is written and flushed. An existing folder of the same name is
+    replaced (same input and mapping give the same UIDs, so this is a clean rewrite).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / (name or series.source.stem)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=out_dir))
+    try:
+        for ds in series.datasets():
+            dcmwrite(tmp / instance_filename(int(ds.InstanceNumber)), ds, enforce_file_format=True)
+        _fsync_dir(tmp)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

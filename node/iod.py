@@ -1,0 +1,231 @@
+"""Build the DICOM datasets of one series: MR Image, CT Image or Secondary Capture Image.
+
+Each IOD's Type 1 attributes get a value and its Type 2 attributes are present (empty when no
+source gives one), per PS3.3 A.4 (MR Image IOD), A.3 (CT Image IOD) and A.8.1 (SC Image IOD).
+The per-series part is built once; each instance adds only what differs per slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    SecondaryCaptureImageStorage,
+)
+from pydicom.valuerep import format_number_as_ds
+
+from node import CONVERTER_NAME, __version__
+from node.geometry import VolumeGeometry
+from node.mapping import Attributes
+from node.pixels import PixelEncoding
+from node.uids import IMPLEMENTATION_CLASS_UID, SeriesUids
+
+SOP_CLASSES: dict[str, UID] = {
+    "MR": MRImageStorage,
+    "CT": CTImageStorage,
+    "OT": SecondaryCaptureImageStorage,
+}
+SOP_CLASS_NAMES = {v: k for k, v in {
+    "MR Image Storage": MRImageStorage,
+    "CT Image Storage": CTImageStorage,
+    "Secondary Capture Image Storage": SecondaryCaptureImageStorage,
+}.items()}
+
+#: Type 2 attributes present in every series (PS3.3 C.7.1.1, C.7.2.1, C.7.3.1, C.7.5.1, ...).
+_TYPE2_COMMON = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+    "SeriesNumber", "Laterality", "Manufacturer", "ContentDate", "ContentTime",
+)
+_TYPE2_BY_MODALITY = {
+    # MR Image module C.8.3.1 (+ Patient Position, Type 2C for MR/CT in General Series)
+    "MR": ("ScanOptions", "MRAcquisitionType", "RepetitionTime", "EchoTime", "EchoTrainLength",
+           "PatientPosition", "SliceThickness", "PositionReferenceIndicator"),
+    # CT Image module C.8.2.1
+    "CT": ("KVP", "AcquisitionNumber", "PatientPosition", "SliceThickness",
+           "PositionReferenceIndicator"),
+    # SC: Patient Orientation (2C, required without Image Plane) is set from the geometry
+    "OT": ("PositionReferenceIndicator",),
+}
+
+
+def _ds(value: float) -> str:
+    return format_number_as_ds(float(value))
+
+
+def _orientation_letters(vector: np.ndarray) -> str:
+    """PS3.3 C.7.6.1.1.1: the patient direction(s) a vector points to, main one first."""
+    letters = (("L", "R"), ("P", "A"), ("H", "F"))
+    order = np.argsort(-np.abs(vector))
+    out = ""
+    for axis in order:
+        if abs(vector[axis]) > 1e-3 and len(out) < 3:
+            out += letters[axis][0] if vector[axis] > 0 else letters[axis][1]
+    return out
+
+
+@dataclass(frozen=True)
+class SeriesLayout:
+    """How many instances, in which order: slice k of volume t is instance t * nz + k + 1."""
+
+    n_slices: int
+    n_volumes: int
+
+    @property
+    def n_instances(self) -> int:
+        return self.n_slices * self.n_volumes
+
+
+#: Value 3 of Image Type when no source gives one: MR C.8.3.1.1.1 requires a value
+#: ("OTHER" is a defined term), CT C.8.2.1.1.1 enumerates AXIAL/LOCALIZER.
+_IMAGE_TYPE_VALUE3 = {"MR": "OTHER", "CT": "AXIAL"}
+
+
+def _image_type(attrs: Attributes, modality: str, derived: bool) -> list[str]:
+    mapped = attrs.get("ImageType")
+    values = list(mapped.value) if mapped is not None and isinstance(mapped.value, list) else (
+        [str(mapped.value)] if mapped is not None and mapped.value else []
+    )
+    if derived:
+        # value 1 ORIGINAL/DERIVED, value 2 PRIMARY/SECONDARY (PS3.3 C.7.6.1.1.2)
+        values = ["DERIVED", "SECONDARY", *values[2:]]
+    elif len(values) < 2:
+        values = ["ORIGINAL", "PRIMARY", *values[2:]]
+    value3 = _IMAGE_TYPE_VALUE3.get(modality)
+    if modality == "CT" and len(values) > 2 and values[2] not in ("AXIAL", "LOCALIZER"):
+        values[2] = value3
+    if value3 and len(values) < 3:
+        values.append(value3)
+    return values
+
+
+def series_template(
+    attrs: Attributes,
+    modality: str,
+    derived: bool,
+    uids: SeriesUids,
+    geometry: VolumeGeometry,
+    encoding: PixelEncoding,
+    shape: tuple[int, int, int, int],
+    provenance: str,
+) -> Dataset:
+    """Everything that is the same for every instance of the series."""
+    ds = Dataset()
+    sop_class = SOP_CLASSES.get(modality, SecondaryCaptureImageStorage)
+    for keyword in _TYPE2_COMMON + _TYPE2_BY_MODALITY.get(modality, ()):
+        setattr(ds, keyword, "")
+    for keyword, mapped in attrs.items():
+        setattr(ds, keyword, mapped.value)
+    if not ds.ContentDate and ds.StudyDate:
+        ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
+    ds.SOPClassUID = sop_class
+    ds.Modality = modality
+    ds.ImageType = _image_type(attrs, modality, derived)
+    ds.StudyInstanceUID = uids.study
+    ds.SeriesInstanceUID = uids.series
+    ds.FrameOfReferenceUID = uids.frame_of_reference
+    if modality == "OT":
+        ds.ConversionType = "WSD"  # SC Equipment module C.8.6.1: workstation
+        ds.PatientOrientation = [
+            _orientation_letters(np.array(geometry.orientation[:3])),
+            _orientation_letters(np.array(geometry.orientation[3:])),
+        ]
+
+    # Image Plane (C.7.6.2): spacing between slices from positions, not pixdim
+    ds.ImageOrientationPatient = [_ds(v) for v in geometry.orientation]
+    ds.PixelSpacing = [_ds(v) for v in geometry.pixel_spacing]
+    if not ds.get("SliceThickness"):
+        ds.SliceThickness = _ds(geometry.slice_thickness)
+    if shape[2] > 1:
+        ds.SpacingBetweenSlices = _ds(geometry.spacing_between_slices)
+
+    # Image Pixel (C.7.6.3): always 16 bits allocated and stored
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = shape[1], shape[0]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = encoding.pixel_representation
+    ds.RescaleIntercept = encoding.intercept_ds
+    ds.RescaleSlope = encoding.slope_ds
+    if modality == "OT":
+        ds.RescaleType = "US"  # Type 1C in SC's Modality LUT (C.11.1): unspecified units
+    ds.WindowCenter = _ds(encoding.window_center)
+    ds.WindowWidth = _ds(max(encoding.window_width, 1e-3))
+
+    # 4D: one series whose instances carry the volume index (C.7.6.1, C.8.3.1)
+    if shape[3] > 1:
+        ds.NumberOfTemporalPositions = shape[3]
+
+    # provenance (GUIDE: converter name/version and the source's SHA-256)
+    ds.DerivationDescription = provenance
+    if not ds.get("SoftwareVersions"):
+        ds.SoftwareVersions = f"{CONVERTER_NAME} {__version__}"
+    if any(isinstance(v, str) and not v.isascii() for v in _string_values(ds)):
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8 (PS3.3 C.12.1.1.2)
+    return ds
+
+
+def _string_values(ds: Dataset) -> Iterator[str]:
+    for elem in ds:
+        value = elem.value
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, list | tuple):
+            yield from (v for v in value if isinstance(v, str))
+        elif value is not None and elem.VR == "PN":
+            yield str(value)
+
+
+def instances(
+    template: Dataset,
+    stored: np.ndarray,
+    geometry: VolumeGeometry,
+    uids: SeriesUids,
+    layout: SeriesLayout,
+) -> Iterator[Dataset]:
+    """Yield one dataset per slice: data[:, :, k, t].T is the pixel matrix (rows = j)."""
+    volumes = stored.reshape(stored.shape[:3] + (layout.n_volumes,), order="F")
+    positions = [[_ds(v) for v in p] for p in geometry.positions]
+    locations = [_ds(geometry.slice_location(k)) for k in range(layout.n_slices)]
+    for t in range(layout.n_volumes):
+        for k in range(layout.n_slices):
+            number = t * layout.n_slices + k + 1
+            ds = Dataset()
+            ds.update(template)
+            ds.SOPInstanceUID = uids.instance(number)
+            ds.InstanceNumber = number
+            ds.ImagePositionPatient = positions[k]
+            ds.SliceLocation = locations[k]
+            if layout.n_volumes > 1:
+                ds.AcquisitionNumber = t + 1
+                ds.TemporalPositionIdentifier = t + 1
+            elif "AcquisitionNumber" in template and template.AcquisitionNumber == "":
+                ds.AcquisitionNumber = 1
+            pixels = np.ascontiguousarray(volumes[:, :, k, t].T)
+            ds.PixelData = pixels.astype(template_dtype(template), copy=False).tobytes()
+            ds.file_meta = _file_meta(ds)
+            yield ds
+
+
+def template_dtype(template: Dataset) -> np.dtype:
+    return np.dtype("<i2") if template.PixelRepresentation == 1 else np.dtype("<u2")
+
+
+def _file_meta(ds: Dataset) -> FileMetaDataset:
+    """Part 10 file meta information (PS3.10 7.1)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = f"DICOMNODE_{__version__}"[:16]
+    return meta

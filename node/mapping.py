@@ -1,0 +1,214 @@
+"""Resolve a mapping profile into DICOM attribute values for one source file.
+
+Sources, later ones winning (issue "Converter core"): built-in defaults, the profile's static
+values, the BIDS sidecar, BIDS entities of the file name, ``--set`` overrides; then the profile's
+fallback templates fill what is still empty. Each value is coerced and validated for its VR
+(:mod:`node.vr`) and remembers where it came from, so an error names the file and the key.
+
+De-identification (``deidentify = true``) is applied here, where the sources are known: nothing
+identifying from the sidecar or the file name can reach the output (PS3.15 Annex E's Basic
+Profile spirit for the attributes we write).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from node.config import Profile
+from node.errors import ConfigError, MappingError
+from node.nifti import NiftiSource
+from node.vr import DicomValue, coerce, keyword_vr
+
+#: Attributes that identify a person, institution or visit. Under ``deidentify`` they are never
+#: taken from the sidecar or the file name; PatientName/PatientID become the pseudonym.
+IDENTIFYING = frozenset({
+    "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "OtherPatientIDs",
+    "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName", "PatientAddress",
+    "PatientTelephoneNumbers", "PatientAge", "PatientWeight", "PatientSize",
+    "AccessionNumber", "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
+    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "PhysiciansOfRecord",
+    "NameOfPhysiciansReadingStudy", "RequestingPhysician", "StationName", "DeviceSerialNumber",
+    "StudyID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
+})
+
+#: Built-in defaults by modality: what a Type 1 attribute needs when no source gives a value.
+_MR_DEFAULTS = {"ScanningSequence": "RM", "SequenceVariant": "NONE"}
+_DEFAULTS: dict[str, dict[str, str]] = {"MR": _MR_DEFAULTS, "CT": {}, "OT": {}}
+
+_OPTIONAL = re.compile(r"\[([^\[\]]*)\]")
+_FIELD = re.compile(r"\{(\w+)\}")
+
+
+@dataclass(frozen=True)
+class MappedValue:
+    value: DicomValue
+    source: str  # e.g. "sidecar sub-01_T1w.json:RepetitionTime"
+
+
+Attributes = dict[str, MappedValue]
+
+
+def render_template(template: str, values: dict[str, str]) -> str | None:
+    """Fill ``{name}`` fields; ``[...]`` parts with a missing field are dropped.
+
+    Returns None when a required (non-bracketed) field is missing.
+    """
+
+    def fill(text: str) -> str | None:
+        missing = [f for f in _FIELD.findall(text) if not values.get(f)]
+        if missing:
+            return None
+        return _FIELD.sub(lambda m: values[m.group(1)], text)
+
+    def optional(m: re.Match[str]) -> str:
+        return fill(m.group(1)) or ""
+
+    return fill(_OPTIONAL.sub(optional, template))
+
+
+def pseudonym(profile: Profile, kind: str, label: str) -> str:
+    """Stable pseudonym: the profile's table first, else prefix + HMAC-SHA256(secret, label)."""
+    if kind == "sub" and label in profile.pseudonyms:
+        return profile.pseudonyms[label]
+    secret = profile.secret()
+    if not secret:
+        env = profile.pseudonym_secret_env or "an environment variable"
+        raise ConfigError(
+            None,
+            f"profile {profile.name!r} de-identifies but has no pseudonym key: set "
+            f"{env} (or pseudonym_secret in the profile), or list the subject in "
+            f"[profiles.{profile.name}.pseudonyms]",
+        )
+    digest = hmac.new(secret.encode(), f"{kind}:{label}".encode(), hashlib.sha256).hexdigest()
+    prefix = profile.pseudonym_prefix if kind == "sub" else "S"
+    return f"{prefix}{digest[:12].upper()}"
+
+
+def _shift_date(value: str, days: int) -> str:
+    day = dt.datetime.strptime(value[:8], "%Y%m%d").date() + dt.timedelta(days=days)
+    return day.strftime("%Y%m%d")
+
+
+class _Resolver:
+    def __init__(self, source: NiftiSource, profile: Profile) -> None:
+        self.source = source
+        self.profile = profile
+        self.attrs: Attributes = {}
+
+    def put(self, keyword: str, raw: Any, origin: str, error_path: Any, what: str) -> None:
+        try:
+            value = coerce(keyword, raw)
+        except ValueError as exc:
+            raise MappingError(error_path, f"{what} -> {keyword}: {exc}") from None
+        self.attrs[keyword] = MappedValue(value, origin)
+
+
+def _entities(source: NiftiSource, profile: Profile) -> dict[str, str]:
+    entities = dict(source.entities)
+    if profile.deidentify:
+        if "sub" in entities:
+            entities["sub"] = pseudonym(profile, "sub", entities["sub"])
+        if "ses" in entities:
+            entities["ses"] = pseudonym(profile, "ses", entities["ses"])
+    return entities
+
+
+def resolve_attributes(
+    source: NiftiSource,
+    profile: Profile,
+    overrides: dict[str, str] | None = None,
+    modality: str | None = None,
+) -> Attributes:
+    """All mapped attributes for ``source`` under ``profile``; MappingError names the culprit."""
+    r = _Resolver(source, profile)
+    modality = (modality or profile.modality).upper()
+    for keyword, value in _DEFAULTS.get(modality, {}).items():
+        r.put(keyword, value, "built-in default", None, "default")
+    for keyword, value in profile.static.items():
+        r.put(keyword, value, f"profile {profile.name}", None, f"profile {profile.name} static")
+
+    sidecar_name = source.sidecar_path.name if source.sidecar_path else "sidecar"
+    for keyword, rule in profile.sidecar.items():
+        if profile.deidentify and keyword in IDENTIFYING:
+            continue
+        key = next((k for k in rule.keys if source.sidecar.get(k) not in (None, "", [])), None)
+        if key is None:
+            continue
+        raw = source.sidecar[key]
+        if rule.scale is not None:
+            try:
+                raw = _scaled(raw, rule.scale)
+            except ValueError as exc:
+                raise MappingError(
+                    source.sidecar_path, f"key {key!r} -> {keyword}: {exc}"
+                ) from None
+        r.put(keyword, raw, f"sidecar {sidecar_name}:{key}", source.sidecar_path, f"key {key!r}")
+
+    entities = _entities(source, profile)
+    for keyword, template in profile.filename.items():
+        if profile.deidentify and keyword in IDENTIFYING - {"PatientID", "PatientName", "StudyID"}:
+            continue
+        text = render_template(template, entities)
+        if text:
+            r.put(keyword, text, f"file name ({template})", source.path, f"file name {template!r}")
+
+    for keyword, value in (overrides or {}).items():
+        r.put(keyword, value, "--set", f"--set {keyword}={value}", "override")
+
+    for keyword, template in profile.fallback.items():
+        if keyword in r.attrs and r.attrs[keyword].value not in ("", []):
+            continue
+        if profile.deidentify and keyword in IDENTIFYING - {"PatientID", "PatientName"}:
+            continue
+        text = render_template(template, entities)
+        if text:
+            r.put(keyword, text, f"fallback ({template})", source.path, f"fallback {template!r}")
+
+    if profile.deidentify:
+        _deidentify(r, profile, entities, overrides or {})
+    return r.attrs
+
+
+def _scaled(raw: Any, scale: float) -> Any:
+    if isinstance(raw, list):
+        return [_scaled(v, scale) for v in raw]
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        try:
+            raw = float(str(raw))
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a number") from None
+    return raw * scale
+
+
+def _deidentify(r: _Resolver, profile: Profile, entities: dict[str, str], overrides: dict) -> None:
+    """Pseudonymise the patient, shift or clear dates, clear the accession number."""
+    attrs = r.attrs
+    label = entities.get("sub")
+    if label is None:
+        # no subject in the file name: a pseudonym from the content keeps files apart
+        label = pseudonym(profile, "sub", r.source.sha256)
+    for keyword in ("PatientID", "PatientName"):
+        if keyword not in overrides:
+            attrs[keyword] = MappedValue(coerce(keyword, label), "pseudonym")
+    for keyword in ("PatientBirthDate", "AccessionNumber"):
+        attrs.pop(keyword, None)
+    for keyword in list(attrs):
+        if keyword_vr(keyword) not in ("DA", "DT") or keyword in overrides:
+            continue
+        mapped = attrs[keyword]
+        if profile.date_shift_days is None or not mapped.value:
+            attrs.pop(keyword)
+        else:
+            shifted = _shift_date(str(mapped.value), profile.date_shift_days)
+            value = shifted + str(mapped.value)[8:]
+            attrs[keyword] = MappedValue(value, mapped.source + " (shifted)")
+
+
+def value_of(attrs: Attributes, keyword: str, default: DicomValue = "") -> DicomValue:
+    mapped = attrs.get(keyword)
+    return mapped.value if mapped is not None else default

@@ -1,0 +1,219 @@
+"""Reading a NIfTI source: the image header, its BIDS sidecar and the BIDS entities of its name.
+
+Everything a user can get wrong about an input file is checked here, before any voxel is read
+or any output written: the header must describe data that the file actually holds (so a header
+claiming terabytes is refused before memory is allocated), the data type must be one we can
+represent, and the sidecar must be a JSON object.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from node.errors import InputError
+
+#: Largest uncompressed voxel payload we accept (bytes). Above this a header is taken as corrupt
+#: or hostile: 24 GiB machines convert 8 GiB volumes comfortably, nothing real is larger.
+MAX_DATA_BYTES = 8 * 1024**3
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_SUPPORTED_KINDS = "biuf"  # bool, signed, unsigned, float; complex and structured (RGB) are refused
+_ENTITY_RE = re.compile(r"^([A-Za-z0-9]+)-([A-Za-z0-9+.]+)$")
+
+
+@dataclass(frozen=True)
+class NiftiSource:
+    """One NIfTI file with what belongs to it, ready for conversion.
+
+    ``image`` is nibabel's lazy image: the voxel data are only read when the pixel encoder asks.
+    ``shape`` is always 4D (x, y, z, t); a 3D file has t == 1.
+    """
+
+    path: Path
+    image: Any  # nibabel.Nifti1Image | nibabel.Nifti2Image
+    shape: tuple[int, int, int, int]
+    sha256: str
+    sidecar: dict[str, Any] = field(default_factory=dict)
+    sidecar_path: Path | None = None
+    entities: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def stem(self) -> str:
+        return nifti_stem(self.path)
+
+
+def nifti_stem(path: Path) -> str:
+    """File name without ``.nii`` / ``.nii.gz``."""
+    name = path.name
+    for ext in (".nii.gz", ".nii"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+def default_sidecar_path(path: Path) -> Path:
+    """The BIDS sidecar of ``x.nii.gz`` is ``x.json`` in the same folder."""
+    return path.with_name(nifti_stem(path) + ".json")
+
+
+def bids_entities(path: Path) -> dict[str, str]:
+    """Parse ``sub-01_ses-02_acq-mprage_run-1_T1w`` into entities plus ``suffix``.
+
+    Non-BIDS names give an empty dict (the mapping then falls back to its other sources).
+    """
+    entities: dict[str, str] = {}
+    parts = nifti_stem(path).split("_")
+    for i, part in enumerate(parts):
+        m = _ENTITY_RE.match(part)
+        if m:
+            entities.setdefault(m.group(1), m.group(2))
+        elif i == len(parts) - 1 and part.isalnum() and entities:
+            entities["suffix"] = part
+    return entities
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _gzip_isize(path: Path) -> int:
+    """Uncompressed size mod 2**32 from the gzip trailer (RFC 1952 section 2.3.1)."""
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        return int.from_bytes(f.read(4), "little")
+
+
+def _load_header_only(path: Path) -> Any:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+    except (gzip.BadGzipFile, zlib.error, EOFError) as exc:
+        raise InputError(path, f"corrupt gzip stream ({exc})") from None
+    except Exception as exc:  # nibabel raises many types for foreign files
+        raise InputError(path, f"not a readable NIfTI file ({exc})") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise InputError(path, f"not a NIfTI-1/2 image (nibabel read it as {type(img).__name__})")
+    return img
+
+
+def _effective_shape(path: Path, header: Any) -> tuple[int, int, int, int]:
+    dim = [int(d) for d in header["dim"]]
+    ndim = dim[0]
+    if not 1 <= ndim <= 7:
+        raise InputError(path, f"header dim[0]={ndim} is not a valid number of dimensions")
+    dims = dim[1 : ndim + 1]
+    if any(d < 1 for d in dims):
+        raise InputError(path, f"header has a non-positive dimension {dims}")
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) > 4:
+        raise InputError(path, f"{len(dims)}D data {dims} is not supported (3D or 4D only)")
+    dims += [1] * (4 - len(dims))
+    return dims[0], dims[1], dims[2], dims[3]
+
+
+def _check_dtype(path: Path, dtype: np.dtype) -> None:
+    if dtype.fields is not None or dtype.names:
+        raise InputError(path, f"RGB/structured data ({dtype}) is not supported yet")
+    if dtype.kind == "c":
+        raise InputError(path, f"complex data ({dtype}) is not supported yet")
+    if dtype.kind not in _SUPPORTED_KINDS:
+        raise InputError(path, f"data type {dtype} is not supported")
+
+
+def _check_size(path: Path, img: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse a header whose data the file cannot hold, before anything is allocated."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes > MAX_DATA_BYTES:
+        raise InputError(
+            path,
+            f"header claims {nbytes / 1024**3:.1f} GiB of voxel data (dims {list(shape)}), "
+            f"over the {MAX_DATA_BYTES // 1024**3} GiB limit; the header is probably corrupt",
+        )
+    offset = int(img.dataobj.offset)
+    expected = offset + nbytes
+    with open(path, "rb") as f:
+        gz = f.read(2) == _GZIP_MAGIC
+    actual = _gzip_isize(path) if gz else path.stat().st_size
+    if gz and expected >= 2**32:
+        return  # ISIZE is modulo 2**32: only the absolute limit above applies
+    if actual < expected:
+        raise InputError(
+            path,
+            f"header dims {list(shape)} need {expected} bytes but the "
+            f"{'decompressed ' if gz else ''}file holds {actual}: truncated or wrong header",
+        )
+
+
+def load_sidecar(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise InputError(path, f"cannot read sidecar ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise InputError(path, "sidecar is not UTF-8 text") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            path, f"sidecar is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError(path, "sidecar must be a JSON object")
+    return data
+
+
+def load_source(path: str | Path, sidecar: str | Path | None = None) -> NiftiSource:
+    """Open ``path`` lazily and validate it; read its sidecar (given, or the BIDS default).
+
+    Raises :class:`InputError` naming the file and the reason for anything that makes the
+    file unconvertible.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if not path.is_file():
+        raise InputError(path, "not a regular file")
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise InputError(path, "file is empty (0 bytes)")
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise InputError(path, f"cannot read file ({exc.strerror})") from None
+
+    img = _load_header_only(path)
+    header = img.header
+    shape = _effective_shape(path, header)
+    dtype = header.get_data_dtype()
+    _check_dtype(path, dtype)
+    _check_size(path, img, shape, dtype)
+
+    sidecar_path = Path(sidecar) if sidecar is not None else default_sidecar_path(path)
+    if sidecar is not None and not sidecar_path.exists():
+        raise InputError(sidecar_path, "sidecar given with --sidecar does not exist")
+    data = load_sidecar(sidecar_path) if sidecar_path.exists() else {}
+    return NiftiSource(
+        path=path,
+        image=img,
+        shape=shape,
+        sha256=digest,
+        sidecar=data,
+        sidecar_path=sidecar_path if sidecar_path.exists() else None,
+        entities=bids_entities(path),
+    )

@@ -1,0 +1,63 @@
+"""Deterministic UIDs (PS3.5 chapter 9).
+
+The same input bytes and mapping give the same Study, Series, SOP Instance and Frame of
+Reference UIDs on every run and machine, so a resend is idempotent in any PACS. Under the root
+``2.25`` the suffix is a UUID-derived integer (PS3.5 B.2, ISO/IEC 9834-8); under an
+organisation's root it is a SHA-512-derived decimal cut to the 64-character limit.
+pydicom's :func:`generate_uid` does both and never emits a leading zero in a component.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydicom.uid import UID, generate_uid
+
+UUID_ROOT = "2.25"
+
+
+def make_uid(root: str, *parts: str) -> UID:
+    """A UID under ``root`` that depends only on ``root`` and ``parts``."""
+    prefix = None if root == UUID_ROOT else root.rstrip(".") + "."
+    return generate_uid(prefix, entropy_srcs=[root, *parts])
+
+
+#: Identifies this implementation in every file meta header (PS3.7 D.3.3.2).
+IMPLEMENTATION_CLASS_UID = make_uid(UUID_ROOT, "dicom-node implementation class")
+
+
+@dataclass(frozen=True)
+class SeriesUids:
+    """The UIDs of one converted series; instance UIDs follow from the series UID."""
+
+    root: str
+    study: str
+    series: str
+    frame_of_reference: str
+
+    def instance(self, number: int) -> str:
+        return make_uid(self.root, "instance", self.series, str(number))
+
+
+def series_uids(
+    root: str, patient_id: str, study_id: str, content_digest: str, mapping_digest: str,
+    study_uid: str | None = None,
+) -> SeriesUids:
+    """UIDs for one series.
+
+    * Study: from the study identity (PatientID + StudyID), so all series of one session share
+      a study; with no PatientID, from the content, so unrelated files never merge.
+    * Frame of reference: one per study identity, since the series of one session share the
+      scanner's patient space (GUIDE: one FrameOfReferenceUID per NIfTI space).
+    * Series: from the source bytes and the resolved mapping.
+    """
+    identity = (
+        ("patient", patient_id, "study", study_id) if patient_id else ("content", content_digest)
+    )
+    study = study_uid or make_uid(root, "study", *identity)
+    return SeriesUids(
+        root=root,
+        study=study,
+        series=make_uid(root, "series", study, content_digest, mapping_digest),
+        frame_of_reference=make_uid(root, "frame-of-reference", study),
+    )

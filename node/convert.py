@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from node.errors import InputError
 from node.geometry import VolumeGeometry, choose_affine, volume_geometry
 from node.iod import SOP_CLASS_NAMES, SOP_CLASSES, SeriesLayout, instances, series_template
 from node.mapping import Attributes, resolve_attributes, value_of
-from node.nifti import NiftiSource, load_source
+from node.nifti import NiftiSource, load_source, read_failure
 from node.pixels import PixelEncoding, PixelError, encode_pixels
 from node.uids import SeriesUids, series_uids
 
@@ -100,8 +101,8 @@ def convert_file(
         stored, encoding = encode_pixels(source.image, profile.nonfinite)  # type: ignore[arg-type]
     except PixelError as exc:
         raise InputError(source.path, str(exc)) from None
-    except (OSError, EOFError, ValueError) as exc:
-        raise InputError(source.path, f"cannot read the voxel data ({exc})") from None
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        raise read_failure(source.path, exc, "cannot read the voxel data") from None
     warnings += encoding.warnings
     if not encoding.lossless:
         warnings.append(

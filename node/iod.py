@@ -42,7 +42,7 @@ SOP_CLASS_NAMES = {v: k for k, v in {
 _TYPE2_COMMON = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
     "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
-    "SeriesNumber", "Laterality", "Manufacturer", "ContentDate", "ContentTime",
+    "SeriesNumber", "Manufacturer", "ContentDate", "ContentTime",
 )
 _TYPE2_BY_MODALITY = {
     # MR Image module C.8.3.1 (+ Patient Position, Type 2C for MR/CT in General Series)
@@ -54,6 +54,15 @@ _TYPE2_BY_MODALITY = {
     # SC: Patient Orientation (2C, required without Image Plane) is set from the geometry
     "OT": ("PositionReferenceIndicator",),
 }
+
+
+#: Body parts that come in pairs: Laterality (Type 2C, C.7.3.1) is required for these and for
+#: an unknown body part (then empty = unknown), and must be absent for unpaired parts.
+PAIRED_BODY_PARTS = frozenset({
+    "BREAST", "EYE", "EAR", "KNEE", "HIP", "ANKLE", "FOOT", "HAND", "WRIST", "ELBOW",
+    "SHOULDER", "ARM", "LEG", "FOREARM", "THIGH", "KIDNEY", "LUNG", "OVARY", "TESTIS",
+    "FEMUR", "TIBIA", "FIBULA", "HUMERUS", "RADIUS", "ULNA", "CLAVICLE", "SCAPULA",
+})
 
 
 def _ds(value: float) -> str:
@@ -123,6 +132,9 @@ def series_template(
         setattr(ds, keyword, "")
     for keyword, mapped in attrs.items():
         setattr(ds, keyword, mapped.value)
+    body_part = str(ds.get("BodyPartExamined", "") or "").upper()
+    if "Laterality" not in ds and (not body_part or body_part in PAIRED_BODY_PARTS):
+        ds.Laterality = ""
     if not ds.ContentDate and ds.StudyDate:
         ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
     ds.SOPClassUID = sop_class

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from node import CONVERTER_NAME
 from node.config import Profile
 from node.errors import ConfigError, MappingError
 from node.nifti import NiftiSource
@@ -197,6 +198,12 @@ def _deidentify(r: _Resolver, profile: Profile, entities: dict[str, str], overri
             attrs[keyword] = MappedValue(coerce(keyword, label), "pseudonym")
     for keyword in ("PatientBirthDate", "AccessionNumber"):
         attrs.pop(keyword, None)
+    # Patient module C.7.1.1: say that identity was removed, and how (PS3.15 E.1)
+    attrs["PatientIdentityRemoved"] = MappedValue("YES", "deidentify")
+    method = f"{CONVERTER_NAME} profile {profile.name}: keyed pseudonyms, " + (
+        "dates shifted" if profile.date_shift_days is not None else "dates removed"
+    ) + ", identifying sidecar and file name values dropped"
+    attrs["DeidentificationMethod"] = MappedValue(method[:64], "deidentify")
     for keyword in list(attrs):
         if keyword_vr(keyword) not in ("DA", "DT") or keyword in overrides:
             continue

@@ -97,15 +97,38 @@ def _gzip_isize(path: Path) -> int:
         return int.from_bytes(f.read(4), "little")
 
 
+def _gzip_problem(path: Path) -> str | None:
+    """Why a gzip file cannot be decompressed to its end, or None if it can."""
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 20):
+                pass
+    except EOFError:
+        return "truncated gzip stream (the file ends before the compressed data does)"
+    except (gzip.BadGzipFile, zlib.error, OSError) as exc:
+        return f"corrupt gzip stream ({exc})"
+    return None
+
+
+def read_failure(path: Path, exc: BaseException, what: str) -> InputError:
+    """An InputError for a failed read: a gzip problem when there is one, else ``what``.
+
+    The gzip stream is only decompressed to its end on this (error) path, so good files are
+    not read twice.
+    """
+    with open(path, "rb") as f:
+        gz = f.read(2) == _GZIP_MAGIC
+    problem = _gzip_problem(path) if gz else None
+    return InputError(path, problem or f"{what} ({exc})")
+
+
 def _load_header_only(path: Path) -> Any:
     import nibabel as nib
 
     try:
         img = nib.load(str(path))
-    except (gzip.BadGzipFile, zlib.error, EOFError) as exc:
-        raise InputError(path, f"corrupt gzip stream ({exc})") from None
     except Exception as exc:  # nibabel raises many types for foreign files
-        raise InputError(path, f"not a readable NIfTI file ({exc})") from None
+        raise read_failure(path, exc, "not a readable NIfTI file") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise InputError(path, f"not a NIfTI-1/2 image (nibabel read it as {type(img).__name__})")
     return img

@@ -2,24 +2,30 @@
 
 The same input bytes and mapping give the same Study, Series, SOP Instance and Frame of
 Reference UIDs on every run and machine, so a resend is idempotent in any PACS. Under the root
-``2.25`` the suffix is a UUID-derived integer (PS3.5 B.2, ISO/IEC 9834-8); under an
-organisation's root it is a SHA-512-derived decimal cut to the 64-character limit.
-pydicom's :func:`generate_uid` does both and never emits a leading zero in a component.
+``2.25`` the suffix is the integer of a name-based (version 5) UUID of the parts (PS3.5 B.2,
+ISO/IEC 9834-8); under an organisation's root it is pydicom's SHA-512-derived decimal cut to the
+64-character limit. Neither ever emits a leading zero in a component.
+
+(pydicom's ``generate_uid(None, entropy_srcs)`` ignores the entropy and returns a random UUID,
+so the 2.25 case cannot go through it.)
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from pydicom.uid import UID, generate_uid
 
 UUID_ROOT = "2.25"
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:dicom-node:uid")
 
 
 def make_uid(root: str, *parts: str) -> UID:
     """A UID under ``root`` that depends only on ``root`` and ``parts``."""
-    prefix = None if root == UUID_ROOT else root.rstrip(".") + "."
-    return generate_uid(prefix, entropy_srcs=[root, *parts])
+    if root == UUID_ROOT:
+        return UID(f"{UUID_ROOT}.{uuid.uuid5(_NAMESPACE, chr(31).join(parts)).int}")
+    return generate_uid(root.rstrip(".") + ".", entropy_srcs=[root, *parts])
 
 
 #: Identifies this implementation in every file meta header (PS3.7 D.3.3.2).

@@ -29,6 +29,9 @@ ACCEPTED_WARNINGS = (
     "Slice Thickness", "Spacing Between Slices", "Image Position (Patient)",
     "Image Orientation (Patient)", "Frame of Reference UID", "Position Reference Indicator",
     "Slice Location",
+    # Vendor value 3 of Image Type passed through from the sidecar (Siemens writes "M"); the
+    # defined terms of PS3.3 C.8.3.1.1.1 may be extended.
+    "for value 3 of attribute <Image Type>",
     # Subject labels and pseudonyms are single-component (family name only) Person Names, valid
     # per PS3.5 6.2.1; dciodvfy calls a PN without "^" the "retired" form.
     "Retired Person Name form",

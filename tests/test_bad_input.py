@@ -1,0 +1,228 @@
+"""Bad input: exit 2, one line naming the file and the reason, no traceback, nothing left behind."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from niftigen import AXIAL_RAS, affine_from, ramp_data, write_nifti
+
+GOOD = ramp_data((8, 8, 4), "int16")
+
+
+def run_convert(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "node", "convert", *map(str, args)],
+        capture_output=True, text=True, timeout=120, cwd=cwd,
+    )
+
+
+def _good(path: Path, **kw) -> Path:
+    return write_nifti(path, GOOD, affine_from(AXIAL_RAS), **kw)
+
+
+def _header_with(path: Path, **fields) -> Path:
+    """A .nii whose header fields are changed after writing (data left as written)."""
+    _good(path)
+    img = nib.load(str(path))
+    header = img.header.copy()
+    for key, value in fields.items():
+        header[key] = value
+    raw = bytearray(path.read_bytes())
+    buf = __import__("io").BytesIO()
+    header.write_to(buf)
+    raw[: len(buf.getvalue())] = buf.getvalue()
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def make_not_nifti(d: Path) -> Path:
+    p = d / "notes.nii"
+    p.write_text("this is a text file, not an image\n" * 20)
+    return p
+
+
+def make_empty(d: Path) -> Path:
+    p = d / "empty.nii.gz"
+    p.write_bytes(b"")
+    return p
+
+
+def make_truncated(d: Path) -> Path:
+    p = _good(d / "truncated.nii")
+    p.write_bytes(p.read_bytes()[:-100])
+    return p
+
+
+def make_truncated_gzip(d: Path) -> Path:
+    p = _good(d / "truncated.nii.gz")
+    p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
+    return p
+
+
+def make_corrupt_gzip(d: Path) -> Path:
+    p = _good(d / "corrupt.nii.gz")
+    raw = bytearray(p.read_bytes())
+    for i in range(60, len(raw) - 20, 7):
+        raw[i] ^= 0x5A
+    p.write_bytes(bytes(raw))
+    return p
+
+
+def make_dims_mismatch(d: Path) -> Path:
+    return _header_with(d / "dims.nii", dim=[3, 8, 8, 9, 1, 1, 1, 1])
+
+
+def make_dims_mismatch_gz(d: Path) -> Path:
+    p = _header_with(d / "dimsgz.nii", dim=[3, 8, 8, 9, 1, 1, 1, 1])
+    out = d / "dimsgz.nii.gz"
+    out.write_bytes(gzip.compress(p.read_bytes()))
+    p.unlink()
+    return out
+
+
+def make_absurd_size(d: Path) -> Path:
+    return _header_with(d / "absurd.nii", dim=[3, 32000, 32000, 32000, 1, 1, 1, 1])
+
+
+def make_5d(d: Path) -> Path:
+    return write_nifti(d / "fived.nii", ramp_data((4, 4, 3, 2, 2), "int16"), affine_from(AXIAL_RAS))
+
+
+def make_bad_json(d: Path) -> Path:
+    p = _good(d / "sub-01_T1w.nii.gz")
+    (d / "sub-01_T1w.json").write_text('{"RepetitionTime": 2.3,,}')
+    return p
+
+
+def make_bad_sidecar_value(d: Path) -> Path:
+    return _good(d / "sub-02_T1w.nii.gz", sidecar={"RepetitionTime": "two seconds"})
+
+
+def make_rgb(d: Path) -> Path:
+    rgb = np.zeros((4, 4, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    img = nib.Nifti1Image(rgb, np.eye(4))
+    p = d / "rgb.nii"
+    nib.save(img, str(p))
+    return p
+
+
+def make_complex(d: Path) -> Path:
+    img = nib.Nifti1Image(np.ones((4, 4, 3), dtype=np.complex64), np.eye(4))
+    p = d / "complex.nii"
+    nib.save(img, str(p))
+    return p
+
+
+BAD = {
+    "not-nifti": (make_not_nifti, "not a readable NIfTI"),
+    "empty": (make_empty, "empty"),
+    "truncated": (make_truncated, "truncated"),
+    "truncated-gzip": (make_truncated_gzip, ""),
+    "corrupt-gzip": (make_corrupt_gzip, ""),
+    "dims-mismatch": (make_dims_mismatch, "truncated or wrong header"),
+    "dims-mismatch-gz": (make_dims_mismatch_gz, "truncated or wrong header"),
+    "absurd-size": (make_absurd_size, "limit"),
+    "5d": (make_5d, "5D"),
+    "sidecar-invalid-json": (make_bad_json, "not valid JSON"),
+    "sidecar-unmappable-value": (make_bad_sidecar_value, "RepetitionTime"),
+    "rgb": (make_rgb, "RGB"),
+    "complex": (make_complex, "complex"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_bad_input_is_one_clear_line(kind: str, tmp_path: Path) -> None:
+    make, reason = BAD[kind]
+    src = tmp_path / "in"
+    src.mkdir()
+    path = make(src)
+    out = tmp_path / "out"
+    proc = run_convert(path, "-o", out, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("dicom-node: error:")]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith("dicom-node: error: ") and path.stem.split(".")[0] in errors[0]
+    assert reason in errors[0]
+    assert proc.stdout == ""
+    assert not out.exists() or list(out.iterdir()) == [], "nothing may be left behind"
+
+
+def test_bad_file_does_not_stop_the_batch(tmp_path: Path) -> None:
+    good = _good(tmp_path / "sub-01_T1w.nii.gz")
+    bad = make_empty(tmp_path)
+    proc = run_convert(bad, good, "-o", tmp_path / "out", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "empty.nii.gz" in proc.stderr
+    assert len(proc.stdout.splitlines()) == 1 and "MR Image Storage" in proc.stdout
+    assert len(list((tmp_path / "out" / "sub-01_T1w").glob("*.dcm"))) == 4
+
+
+def _nan_file(d: Path) -> Path:
+    data = ramp_data((8, 8, 4), "float32")
+    data[0, 0, 0] = np.nan
+    data[1, 2, 3] = np.inf
+    return write_nifti(d / "sub-03_bold.nii.gz", data, affine_from(AXIAL_RAS))
+
+
+def test_nan_replaced_with_warning_by_default(tmp_path: Path) -> None:
+    path = _nan_file(tmp_path)
+    proc = run_convert(path, "-o", tmp_path / "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 NaN/Inf voxels replaced with the background value 0" in proc.stderr
+    ds = pydicom.dcmread(sorted((tmp_path / "out" / "sub-03_bold").glob("*.dcm"))[0])
+    real = ds.pixel_array[0, 0] * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    assert abs(real) <= float(ds.RescaleSlope)  # background 0 (within one quantization step)
+
+
+def test_nan_is_an_error_when_the_profile_says_so(tmp_path: Path) -> None:
+    path = _nan_file(tmp_path)
+    cfg = tmp_path / "node.toml"
+    cfg.write_text('[profiles.strict]\nextends = "bids-mr"\nnonfinite = "error"\n')
+    proc = run_convert(path, "-o", tmp_path / "out", "--config", cfg, "--profile", "strict",
+                       cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "2 voxels are NaN or Inf" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--profile", "nope"], "no profile 'nope'"),
+        (["--set", "PatientSex"], "KEYWORD=VALUE"),
+        (["--config", "missing.toml"], "config file does not exist"),
+        (["--set", "NotAKeyword=1"], "not a DICOM attribute keyword"),
+    ],
+)
+def test_bad_options_are_one_line(tmp_path: Path, args, message) -> None:
+    good = _good(tmp_path / "sub-01_T1w.nii.gz")
+    proc = run_convert(good, "-o", tmp_path / "out", *args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_config_toml(tmp_path: Path) -> None:
+    cfg = tmp_path / "node.toml"
+    cfg.write_text("[node\nae_title = 1\n")
+    proc = run_convert(_good(tmp_path / "a.nii"), "-o", tmp_path / "o", "--config", cfg,
+                       cwd=tmp_path)
+    assert proc.returncode == 2 and "invalid TOML" in proc.stderr and "node.toml" in proc.stderr
+
+
+def test_json_for_sidecar_option(tmp_path: Path) -> None:
+    good = _good(tmp_path / "scan.nii")
+    side = tmp_path / "meta.json"
+    side.write_text(json.dumps({"SeriesDescription": "from option"}))
+    proc = run_convert(good, "-o", tmp_path / "out", "--sidecar", side, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ds = pydicom.dcmread(sorted((tmp_path / "out" / "scan").glob("*.dcm"))[0])
+    assert ds.SeriesDescription == "from option"

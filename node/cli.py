@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from node import __version__
@@ -51,8 +54,8 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, str]:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from node.config import load_config
-    from node.convert import convert_file, write_series
     from node.errors import DicomNodeError
+    from node.nifti import nifti_stem
 
     try:
         config = load_config(args.config)
@@ -68,25 +71,47 @@ def cmd_convert(args: argparse.Namespace) -> int:
         _error("--sidecar names the sidecar of one input; give one INPUT with it")
         return EXIT_USAGE
 
-    status = EXIT_OK
     used: set[str] = set()
-    for path in args.inputs:
-        try:
-            series = convert_file(
-                path, config, profile, sidecar=args.sidecar, overrides=overrides,
-                modality=args.modality,
-            )
-            for warning in series.warnings:
-                log.warning("%s: %s", path, warning)
-            name = _unique_name(series.source.stem, used)
-            folder = write_series(series, args.output, name)
-        except DicomNodeError as exc:
-            _error(exc.message)
+    names = [_unique_name(nifti_stem(path), used) for path in args.inputs]
+    jobs = max(1, min(args.jobs or os.cpu_count() or 1, len(args.inputs)))
+    convert = partial(
+        _convert_one, out_dir=args.output, config=config, profile=profile, sidecar=args.sidecar,
+        overrides=overrides, modality=args.modality,
+    )
+    if jobs == 1:
+        results = map(convert, args.inputs, names)
+        return _report(results)
+    # conversion is CPU-bound: one process per core for a batch
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return _report(pool.map(convert, args.inputs, names))
+
+
+def _convert_one(path: Path, name: str, **kwargs):
+    """Worker: a SeriesSummary, or the DicomNodeError to report (never raises for bad input)."""
+    from node.convert import convert_to_folder
+    from node.errors import DicomNodeError
+
+    try:
+        return convert_to_folder(path, name=name, **kwargs)
+    except DicomNodeError as exc:
+        return exc
+
+
+def _report(results) -> int:
+    from node.errors import DicomNodeError
+
+    status = EXIT_OK
+    for result in results:
+        if isinstance(result, DicomNodeError):
+            _error(result.message)
             status = EXIT_USAGE
             continue
+        for warning in result.warnings:
+            log.warning("%s: %s", result.source, warning)
         print(
-            f"{series.uids.series}  {series.sop_class_name}  "
-            f"{series.n_instances} instances  {folder}"
+            f"{result.series_uid}  {result.sop_class_name}  "
+            f"{result.n_instances} instances  {result.folder}",
+            flush=True,
         )
     return status
 
@@ -123,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="KEYWORD=VALUE", help="override an attribute (repeatable)"
     )
     convert.add_argument("--modality", choices=["MR", "CT", "OT"], type=str.upper)
+    convert.add_argument(
+        "-j", "--jobs", type=int, default=0, metavar="N",
+        help="conversion processes for a batch (default: one per core)",
+    )
     convert.set_defaults(func=cmd_convert)
     return parser
 

@@ -20,18 +20,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 
 from node import CONVERTER_NAME, __version__
 from node.config import Config, Profile
 from node.errors import InputError
 from node.geometry import VolumeGeometry, choose_affine, volume_geometry
-from node.iod import SOP_CLASS_NAMES, SOP_CLASSES, SeriesLayout, instances, series_template
+from node.iod import (
+    SOP_CLASS_NAMES,
+    SOP_CLASSES,
+    InstanceSlice,
+    SeriesLayout,
+    file_meta,
+    full_dataset,
+    instance_slices,
+    series_template,
+)
 from node.mapping import Attributes, resolve_attributes, value_of
 from node.nifti import NiftiSource, load_source, read_failure
 from node.pixels import PixelEncoding, PixelError, encode_pixels
 from node.uids import SeriesUids, series_uids
+from node.writer import SeriesEncoder
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +73,18 @@ class ConvertedSeries:
     def n_instances(self) -> int:
         return self.layout.n_instances
 
+    def _slices(self) -> Iterator[InstanceSlice]:
+        return instance_slices(self.template, self.stored, self.geometry, self.uids, self.layout)
+
     def datasets(self) -> Iterator[Dataset]:
-        return instances(self.template, self.stored, self.geometry, self.uids, self.layout)
+        """Complete pydicom datasets, one per instance, in instance order."""
+        return (full_dataset(self.template, s) for s in self._slices())
+
+    def encoded(self) -> Iterator[tuple[int, str, bytes]]:
+        """(instance number, SOP Instance UID, Part 10 bytes) per instance, in order."""
+        encoder = SeriesEncoder(self.template, file_meta(self.template.SOPClassUID, ""))
+        for instance in self._slices():
+            yield instance.number, instance.sop_instance_uid, encoder.encode(instance)
 
 
 def _mapping_digest(attrs: Attributes, modality: str, profile: Profile) -> str:
@@ -158,8 +177,8 @@ def write_series(series: ConvertedSeries, out_dir: str | Path, name: str | None 
     final = out_dir / (name or series.source.stem)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=out_dir))
     try:
-        for ds in series.datasets():
-            dcmwrite(tmp / instance_filename(int(ds.InstanceNumber)), ds, enforce_file_format=True)
+        for number, _uid, data in series.encoded():
+            (tmp / instance_filename(number)).write_bytes(data)
         _fsync_dir(tmp)
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -172,6 +191,41 @@ def write_series(series: ConvertedSeries, out_dir: str | Path, name: str | None 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """What one conversion produced: enough to print, record or send."""
+
+    source: Path
+    series_uid: str
+    sop_class_name: str
+    n_instances: int
+    folder: Path
+    warnings: tuple[str, ...] = ()
+
+
+def convert_to_folder(
+    path: str | Path,
+    out_dir: str | Path,
+    config: Config,
+    profile: Profile | None = None,
+    name: str | None = None,
+    sidecar: str | Path | None = None,
+    overrides: dict[str, str] | None = None,
+    modality: str | None = None,
+) -> SeriesSummary:
+    """Convert one file and write its series atomically; a picklable result for worker pools."""
+    series = convert_file(path, config, profile, sidecar, overrides, modality)
+    folder = write_series(series, out_dir, name)
+    return SeriesSummary(
+        source=Path(path),
+        series_uid=series.uids.series,
+        sop_class_name=series.sop_class_name,
+        n_instances=series.n_instances,
+        folder=folder,
+        warnings=tuple(series.warnings),
+    )
 
 
 def _fsync_dir(path: Path) -> None:

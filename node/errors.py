@@ -19,6 +19,9 @@ class DicomNodeError(Exception):
         self.reason = reason
         super().__init__(self.message)
 
+    def __reduce__(self):  # picklable across conversion worker processes
+        return (self.__class__, (self.path, self.reason))
+
     @property
     def message(self) -> str:
         return f"{self.path}: {self.reason}" if self.path else self.reason

@@ -197,46 +197,84 @@ def _string_values(ds: Dataset) -> Iterator[str]:
             yield str(value)
 
 
-def instances(
+@dataclass(frozen=True)
+class InstanceSlice:
+    """What one instance adds to the series template: identity, position and pixels."""
+
+    number: int
+    sop_instance_uid: str
+    position: tuple[str, str, str]  # DS text of ImagePositionPatient
+    location: str  # DS text of SliceLocation
+    acquisition_number: int | None
+    temporal_position: int | None
+    pixel_data: bytes
+
+    def elements(self) -> list[tuple[int, str, str | bytes]]:
+        """(tag, VR, value) in ascending tag order; text values are already VR-formatted."""
+        out: list[tuple[int, str, str | bytes]] = [(0x00080018, "UI", self.sop_instance_uid)]
+        if self.acquisition_number is not None:
+            out.append((0x00200012, "IS", str(self.acquisition_number)))
+        out.append((0x00200013, "IS", str(self.number)))
+        out.append((0x00200032, "DS", "\\".join(self.position)))
+        if self.temporal_position is not None:
+            out.append((0x00200100, "IS", str(self.temporal_position)))
+        out.append((0x00201041, "DS", self.location))
+        # 16-bit native pixel data is OW (PS3.5 8.2)
+        out.append((0x7FE00010, "OW", self.pixel_data))
+        return out
+
+
+def instance_slices(
     template: Dataset,
     stored: np.ndarray,
     geometry: VolumeGeometry,
     uids: SeriesUids,
     layout: SeriesLayout,
-) -> Iterator[Dataset]:
-    """Yield one dataset per slice: data[:, :, k, t].T is the pixel matrix (rows = j)."""
+) -> Iterator[InstanceSlice]:
+    """Yield, per slice, only what differs from the template.
+
+    Slice k of volume t is the pixel matrix ``data[:, :, k, t].T`` (rows run along j).
+    """
     volumes = stored.reshape(stored.shape[:3] + (layout.n_volumes,), order="F")
-    positions = [[_ds(v) for v in p] for p in geometry.positions]
+    dtype = template_dtype(template)
+    positions = [tuple(_ds(v) for v in p) for p in geometry.positions]
     locations = [_ds(geometry.slice_location(k)) for k in range(layout.n_slices)]
+    # CT's Type 2 AcquisitionNumber gets 1 for a 3D series; 4D numbers the volumes
+    single_acquisition = 1 if template.get("AcquisitionNumber", None) == "" else None
     for t in range(layout.n_volumes):
         for k in range(layout.n_slices):
             number = t * layout.n_slices + k + 1
-            ds = Dataset()
-            ds.update(template)
-            ds.SOPInstanceUID = uids.instance(number)
-            ds.InstanceNumber = number
-            ds.ImagePositionPatient = positions[k]
-            ds.SliceLocation = locations[k]
-            if layout.n_volumes > 1:
-                ds.AcquisitionNumber = t + 1
-                ds.TemporalPositionIdentifier = t + 1
-            elif "AcquisitionNumber" in template and template.AcquisitionNumber == "":
-                ds.AcquisitionNumber = 1
-            pixels = np.ascontiguousarray(volumes[:, :, k, t].T)
-            ds.PixelData = pixels.astype(template_dtype(template), copy=False).tobytes()
-            ds.file_meta = _file_meta(ds)
-            yield ds
+            four_d = layout.n_volumes > 1
+            yield InstanceSlice(
+                number=number,
+                sop_instance_uid=uids.instance(number),
+                position=positions[k],  # type: ignore[arg-type]
+                location=locations[k],
+                acquisition_number=t + 1 if four_d else single_acquisition,
+                temporal_position=t + 1 if four_d else None,
+                pixel_data=np.ascontiguousarray(volumes[:, :, k, t].T, dtype=dtype).tobytes(),
+            )
+
+
+def full_dataset(template: Dataset, instance: InstanceSlice) -> Dataset:
+    """The complete pydicom dataset of one instance, with its file meta."""
+    ds = Dataset()
+    ds.update(template)
+    for tag, vr, value in instance.elements():
+        ds.add_new(tag, vr, value)
+    ds.file_meta = file_meta(template.SOPClassUID, instance.sop_instance_uid)
+    return ds
 
 
 def template_dtype(template: Dataset) -> np.dtype:
     return np.dtype("<i2") if template.PixelRepresentation == 1 else np.dtype("<u2")
 
 
-def _file_meta(ds: Dataset) -> FileMetaDataset:
+def file_meta(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
     """Part 10 file meta information (PS3.10 7.1)."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = f"DICOMNODE_{__version__}"[:16]

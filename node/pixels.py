@@ -69,7 +69,7 @@ def _ds_float(value: float) -> float:
 
 def _window(real: np.ndarray) -> tuple[float, float]:
     """Robust window from the 1st..99th percentile of a subsample, so the first view is readable."""
-    flat = real.reshape(-1)
+    flat = real.ravel(order="K")  # no copy for F-ordered volumes
     step = max(1, flat.size // 200_000)
     sample = flat[::step]
     lo, hi = (float(v) for v in np.percentile(sample, [1, 99]))

@@ -116,6 +116,154 @@ def _report(results) -> int:
     return status
 
 
+def _destination(args: argparse.Namespace, config):
+    """The peer: --host/--port/--aet if given (all three), else a configured destination."""
+    from node.config import build_destination
+
+    given = [args.host, args.port, args.aet]
+    if any(v is not None for v in given):
+        if not all(v is not None for v in given):
+            raise ValueError("--host, --port and --aet go together: give all three")
+        return build_destination(
+            "command line", {"host": args.host, "port": args.port, "ae_title": args.aet}
+        )
+    return config.destination(args.destination)
+
+
+def _quiet_pynetdicom(verbose: int) -> None:
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose > 2 else logging.CRITICAL)
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from node.config import load_config
+    from node.errors import DicomNodeError
+    from node.network import NetworkFailure, echo
+
+    _quiet_pynetdicom(args.verbose)
+    try:
+        config = load_config(args.config)
+        dest = _destination(args, config)
+    except (DicomNodeError, ValueError) as exc:
+        _error(getattr(exc, "message", str(exc)))
+        return EXIT_USAGE
+    try:
+        result = echo(dest, config.node.ae_title)
+    except NetworkFailure as exc:
+        _error(f"echo: {exc.message}")
+        return EXIT_FAILURE
+    print(
+        f"echo {result.destination}: success, C-ECHO round trip {result.echo_ms:.1f} ms "
+        f"(association {result.association_ms:.1f} ms)"
+    )
+    return EXIT_OK
+
+
+class _Progress:
+    """A one-line progress bar on a terminal (stderr); silent otherwise."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        import time
+
+        self.total, self.done, self.failed = total, 0, 0
+        self.enabled = enabled and total > 0
+        self.start = time.monotonic()
+        self._clock = time.monotonic
+        self._last = 0.0
+
+    def __call__(self, result) -> None:
+        self.done += 1
+        self.failed += not result.outcome.delivered
+        now = self._clock()
+        if self.enabled and (now - self._last > 0.1 or self.done == self.total):
+            self._last = now
+            rate = self.done / max(now - self.start, 1e-6)
+            filled = int(30 * self.done / self.total)
+            sys.stderr.write(
+                f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} "
+                f"{rate:.0f} inst/s{f', {self.failed} failed' if self.failed else ''}  "
+            )
+            if self.done == self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+
+    from node.config import load_config
+    from node.errors import DicomNodeError
+    from node.network import NetworkFailure, series_instance_counts, store
+    from node.push import gather, summarise
+
+    _quiet_pynetdicom(args.verbose)
+    try:
+        config = load_config(args.config)
+        dest = _destination(args, config)
+        profile = config.profile(args.profile)
+    except (DicomNodeError, ValueError) as exc:
+        _error(getattr(exc, "message", str(exc)))
+        return EXIT_USAGE
+
+    with tempfile.TemporaryDirectory(prefix="dicom-node-push-") as spool:
+        gathered = gather(args.paths, Path(spool), config, profile)
+        for warning in gathered.warnings:
+            log.warning("%s", warning)
+        for problem in gathered.problems:
+            _error(f"{problem.message} (skipped)")
+        progress = _Progress(len(gathered.files), sys.stderr.isatty() and not args.json)
+        report = store(dest, config.node.ae_title, gathered.files, progress)
+    summaries = summarise(report)
+
+    verify_ok = True
+    if args.verify and summaries:
+        try:
+            counts = series_instance_counts(
+                dest, config.node.ae_title, [(s.study_uid, s.series_uid) for s in summaries]
+            )
+        except NetworkFailure as exc:
+            _error(f"verify: {exc.message}")
+            counts, verify_ok = {}, False
+        for s in summaries:
+            s.verified_count = counts.get(s.series_uid)
+            verify_ok &= s.verified_count is not None and s.verified_count >= s.instances
+
+    if args.json:
+        print(json.dumps({
+            "destination": report.destination,
+            "delivered": report.delivered,
+            "failed": report.failed,
+            "seconds": round(report.seconds, 3),
+            "series": [s.as_json() for s in summaries],
+            "skipped": [{"path": p.path, "reason": p.reason} for p in gathered.problems],
+            "association_failures": sorted({f.message for f in report.failures}),
+            **({"verified": verify_ok} if args.verify else {}),
+        }, indent=2))
+    else:
+        for s in summaries:
+            line = (f"{s.series_uid}  sent {s.sent}/{s.instances}"
+                    + (f", {s.warnings} with warnings" if s.warnings else "")
+                    + (f", {s.failed} FAILED" if s.failed else "") + f"  {s.seconds:.1f} s")
+            if args.verify:
+                line += (f"  PACS has {s.verified_count}" if s.verified_count is not None
+                         else "  PACS has none")
+            print(line)
+            for message in s.messages:
+                print(f"    {message}")
+        rate = report.delivered / report.seconds if report.seconds else 0.0
+        print(f"{report.delivered} of {len(report.results)} instances delivered to "
+              f"{report.destination} in {report.seconds:.1f} s ({rate:.0f} inst/s)"
+              + (f"; {len(gathered.problems)} inputs skipped" if gathered.problems else ""))
+        if args.verify:
+            print("verify: every series is complete in the PACS" if verify_ok
+                  else "verify: INCOMPLETE: the PACS is missing instances")
+    for failure in sorted({f.message for f in report.failures}):
+        _error(failure)
+    if not report.ok or not verify_ok:
+        return EXIT_FAILURE
+    return EXIT_USAGE if gathered.problems else EXIT_OK
+
+
 def _unique_name(stem: str, used: set[str]) -> str:
     name, n = stem, 1
     while name in used:
@@ -153,6 +301,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="conversion processes for a batch (default: one per core)",
     )
     convert.set_defaults(func=cmd_convert)
+
+    def peer_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="node config (TOML)")
+        p.add_argument("--host", help="peer host (with --port and --aet: an unconfigured peer)")
+        p.add_argument("--port", type=int, help="peer port")
+        p.add_argument("--aet", help="peer (called) AE title")
+
+    echo_p = sub.add_parser(
+        "echo", help="C-ECHO a destination",
+        description="Check that a destination answers DICOM (C-ECHO).",
+    )
+    echo_p.add_argument("destination", nargs="?", metavar="DEST",
+                        help="configured destination (default: [node].default_destination)")
+    peer_options(echo_p)
+    echo_p.set_defaults(func=cmd_echo)
+
+    push = sub.add_parser(
+        "push", help="send NIfTI or DICOM files to a destination",
+        description="Send files or folders (recursively) of NIfTI or DICOM with C-STORE. "
+        "NIfTI is converted with the profile first. Exit 0 only when every instance was "
+        "delivered.",
+    )
+    push.add_argument("paths", nargs="+", metavar="PATH", type=Path)
+    push.add_argument("--to", dest="destination", metavar="DEST",
+                      help="configured destination (default: [node].default_destination)")
+    peer_options(push)
+    push.add_argument("--profile", help="mapping profile for NIfTI inputs")
+    push.add_argument("--verify", action="store_true",
+                      help="then ask the PACS (C-FIND) whether every series is complete")
+    push.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    push.set_defaults(func=cmd_push)
     return parser
 
 

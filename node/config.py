@@ -29,7 +29,13 @@ _PROFILE_KEYS = {
     "pseudonym_prefix", "pseudonym_secret", "pseudonym_secret_env", "date_shift_days",
     "static", "sidecar", "filename", "fallback", "pseudonyms",
 }
-_NODE_KEYS = {"ae_title", "uid_root", "default_profile"}
+_NODE_KEYS = {"ae_title", "uid_root", "default_profile", "default_destination"}
+_DEST_KEYS = {
+    "host", "port", "ae_title", "calling_ae_title", "max_pdu", "connect_timeout",
+    "acse_timeout", "dimse_timeout", "network_timeout", "max_associations",
+    "transfer_syntaxes", "tls",
+}
+_TLS_KEYS = {"ca", "cert", "key", "verify_hostname", "verify"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,41 @@ class NodeSettings:
     ae_title: str = "DICOM_NODE"
     uid_root: str = "2.25"
     default_profile: str = "bids-mr"
+    default_destination: str | None = None
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS for an association (PS3.15 B.1): verify the peer by default, optional client cert."""
+
+    ca: Path | None = None  # CA bundle to verify the peer; None = the system's
+    cert: Path | None = None  # our client certificate (PEM), when the peer requires one
+    key: Path | None = field(default=None, repr=False)
+    verify_hostname: bool = True
+    verify: bool = True
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A peer that accepts C-ECHO/C-STORE/C-FIND from us. Timeouts in seconds."""
+
+    name: str
+    host: str
+    port: int
+    ae_title: str
+    calling_ae_title: str | None = None  # default: [node].ae_title
+    max_pdu: int = 0  # largest PDU we accept; 0 = no limit
+    connect_timeout: float = 10.0
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+    max_associations: int = 2
+    transfer_syntaxes: tuple[str, ...] = ()  # extra ones to propose; uncompressed always
+    tls: TlsSettings | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -80,6 +121,24 @@ class Config:
     profiles: dict[str, Profile]
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    destinations: dict[str, Destination] = field(default_factory=dict)
+
+    def destination(self, name: str | None = None) -> Destination:
+        """The named destination, or ``[node].default_destination``."""
+        key = name or self.node.default_destination
+        if key is None:
+            if len(self.destinations) == 1:
+                return next(iter(self.destinations.values()))
+            raise ConfigError(
+                self.path,
+                "no destination named and no [node].default_destination: name one, or give "
+                "--host/--port/--aet",
+            )
+        try:
+            return self.destinations[key]
+        except KeyError:
+            known = ", ".join(sorted(self.destinations)) or "none configured"
+            raise ConfigError(self.path, f"no destination {key!r} (known: {known})") from None
 
     def profile(self, name: str | None = None) -> Profile:
         """The named profile; ``None`` or ``"default"`` gives ``[node].default_profile``."""
@@ -240,9 +299,12 @@ def config_from_dict(user: dict[str, Any], path: Path | None = None) -> Config:
         ae_title=str(node_raw.get("ae_title", NodeSettings.ae_title)),
         uid_root=str(node_raw.get("uid_root", NodeSettings.uid_root)),
         default_profile=str(node_raw.get("default_profile", NodeSettings.default_profile)),
+        default_destination=node_raw.get("default_destination"),
     )
-    if not _AE_TITLE.match(node.ae_title) or node.ae_title.strip() == "" or "\\" in node.ae_title:
-        raise ConfigError(path, f"[node].ae_title {node.ae_title!r}: 1-16 printable characters")
+    try:
+        check_ae_title("[node].ae_title", node.ae_title)
+    except ValueError as exc:
+        raise ConfigError(path, str(exc)) from None
     if not _UID_ROOT.match(node.uid_root) or len(node.uid_root) > 40:
         raise ConfigError(
             path,
@@ -260,11 +322,102 @@ def config_from_dict(user: dict[str, Any], path: Path | None = None) -> Config:
             raise ConfigError(path, str(exc)) from None
     if node.default_profile not in profiles:
         raise ConfigError(path, f"[node].default_profile {node.default_profile!r} is not a profile")
-    return Config(node=node, profiles=profiles, path=path, raw=user)
+    destinations_raw = raw.get("destinations", {})
+    if not isinstance(destinations_raw, dict):
+        raise ConfigError(path, "[destinations] must hold tables like [destinations.pacs]")
+    destinations: dict[str, Destination] = {}
+    for name, draw in destinations_raw.items():
+        try:
+            destinations[name] = build_destination(name, draw, base=path.parent if path else None)
+        except ValueError as exc:
+            raise ConfigError(path, str(exc)) from None
+    if node.default_destination is not None and node.default_destination not in destinations:
+        raise ConfigError(
+            path, f"[node].default_destination {node.default_destination!r} is not a destination"
+        )
+    return Config(node=node, profiles=profiles, path=path, raw=user, destinations=destinations)
+
+
+def check_ae_title(where: str, value: Any) -> str:
+    """AE titles: 1-16 characters of the default repertoire, no backslash (PS3.5 6.2 AE)."""
+    if not isinstance(value, str) or not _AE_TITLE.match(value) or not value.strip() or (
+        "\\" in value
+    ):
+        raise ValueError(f"{where}: AE title {value!r} must be 1-16 printable characters")
+    return value.strip()
+
+
+def _number(where: str, value: Any, *, integer: bool = False, minimum: float = 0) -> Any:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
+        raise ValueError(f"{where}: write a {'whole ' if integer else ''}number >= {minimum}")
+    return value
+
+
+def build_destination(name: str, raw: Any, base: Path | None = None) -> Destination:
+    """Validate ``[destinations.NAME]``; relative TLS file paths are relative to the config."""
+    where = f"[destinations.{name}]"
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be a table")
+    unknown = set(raw) - _DEST_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    for key in ("host", "port", "ae_title"):
+        if key not in raw:
+            raise ValueError(f"{where}: missing {key} (host, port and ae_title are required)")
+    if not isinstance(raw["host"], str) or not raw["host"]:
+        raise ValueError(f"{where}.host: write a host name or address")
+    port = _number(f"{where}.port", raw["port"], integer=True, minimum=1)
+    if port > 65535:
+        raise ValueError(f"{where}.port: {port} is not a TCP port (1-65535)")
+    tls = None
+    if "tls" in raw:
+        traw = raw["tls"]
+        if not isinstance(traw, dict) or set(traw) - _TLS_KEYS:
+            raise ValueError(f"{where}.tls: a table with keys {', '.join(sorted(_TLS_KEYS))}")
+
+        def file(key: str) -> Path | None:
+            if traw.get(key) in (None, ""):
+                return None
+            p = Path(traw[key])
+            return p if p.is_absolute() or base is None else base / p
+
+        if bool(traw.get("cert")) != bool(traw.get("key")):
+            raise ValueError(f"{where}.tls: give both cert and key for a client certificate")
+        tls = TlsSettings(
+            ca=file("ca"), cert=file("cert"), key=file("key"),
+            verify_hostname=bool(traw.get("verify_hostname", True)),
+            verify=bool(traw.get("verify", True)),
+        )
+    syntaxes = raw.get("transfer_syntaxes", [])
+    if not isinstance(syntaxes, list) or not all(
+        isinstance(s, str) and _UID_ROOT.match(s) for s in syntaxes
+    ):
+        raise ValueError(f"{where}.transfer_syntaxes: a list of transfer syntax UIDs")
+    return Destination(
+        name=name,
+        host=raw["host"],
+        port=port,
+        ae_title=check_ae_title(f"{where}.ae_title", raw["ae_title"]),
+        calling_ae_title=(
+            check_ae_title(f"{where}.calling_ae_title", raw["calling_ae_title"])
+            if "calling_ae_title" in raw else None
+        ),
+        max_pdu=_number(f"{where}.max_pdu", raw.get("max_pdu", 0), integer=True),
+        connect_timeout=_number(f"{where}.connect_timeout", raw.get("connect_timeout", 10.0)),
+        acse_timeout=_number(f"{where}.acse_timeout", raw.get("acse_timeout", 30.0)),
+        dimse_timeout=_number(f"{where}.dimse_timeout", raw.get("dimse_timeout", 60.0)),
+        network_timeout=_number(f"{where}.network_timeout", raw.get("network_timeout", 60.0)),
+        max_associations=_number(
+            f"{where}.max_associations", raw.get("max_associations", 2), integer=True, minimum=1
+        ),
+        transfer_syntaxes=tuple(syntaxes),
+        tls=tls,
+    )
 
 
 #: [node] keys owned by the networking and node services (validated there).
 _LATER_NODE_KEYS = {
-    "default_destination", "state_dir", "retry_base_seconds", "retry_max_seconds",
+    "state_dir", "retry_base_seconds", "retry_max_seconds",
     "max_attempts", "workers", "log_format", "metrics_port",
 }

@@ -7,7 +7,7 @@ import pytest
 
 from node.config import config_from_dict
 
-JUDGES = ("dciodvfy", "dcm2niix", "dcmdump")
+JUDGES = ("dciodvfy", "dcm2niix", "dcmdump", "storescp", "echoscu", "storescu")
 
 
 def pytest_configure(config):
@@ -27,3 +27,91 @@ def config():
 @pytest.fixture
 def out_dir(tmp_path: Path) -> Path:
     return tmp_path / "out"
+
+
+# --- real peers: Orthanc (Debian's orthanc) and DCMTK's storescp -----------------------------
+
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import urllib.request  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import orthanc as orthanc_script  # noqa: E402
+
+NODE_AET = "DICOM_NODE"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Pacs:
+    """A running Orthanc and the ways tests look into it (REST only)."""
+
+    def __init__(self, server: orthanc_script.Orthanc) -> None:
+        self.server = server
+        self.port = server.dicom_port
+        self.aet = server.aet
+
+    def get(self, path: str):
+        return self.server.get(path)
+
+    def get_bytes(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.server.url + path, timeout=10) as rsp:
+            return rsp.read()
+
+    def lookup(self, uid: str) -> str | None:
+        req = urllib.request.Request(self.server.url + "/tools/lookup", data=uid.encode(),
+                                     method="POST")
+        with urllib.request.urlopen(req, timeout=10) as rsp:
+            import json
+
+            found = json.loads(rsp.read())
+        return found[0]["ID"] if found else None
+
+    def series(self, series_uid: str) -> dict | None:
+        oid = self.lookup(series_uid)
+        return self.get(f"/series/{oid}") if oid else None
+
+    def count_instances(self) -> int:
+        return int(self.get("/statistics")["CountInstances"])
+
+    def config_toml(self, path: Path, extra: str = "") -> Path:
+        """A node config whose default destination is this PACS; ``extra`` is more TOML for
+        ``[destinations.pacs]`` (e.g. timeouts, a tls table)."""
+        path.write_text(
+            f'[node]\nae_title = "{NODE_AET}"\ndefault_destination = "pacs"\n\n'
+            f'[destinations.pacs]\nhost = "127.0.0.1"\nport = {self.port}\n'
+            f'ae_title = "{self.aet}"\n{extra}\n'
+        )
+        return path
+
+
+def start_pacs(storage: Path, **kw) -> Pacs:
+    server = orthanc_script.start(
+        storage, http_port=free_port(), dicom_port=free_port(), node_aet=NODE_AET, **kw
+    )
+    return Pacs(server)
+
+
+@pytest.fixture(scope="session")
+def pacs(tmp_path_factory):
+    """One Orthanc for the test session, on free loopback ports, with its own storage."""
+    storage = tmp_path_factory.mktemp("orthanc")
+    server = start_pacs(storage)
+    yield server
+    orthanc_script.stop(storage)
+
+
+def run_node(*args, cwd: Path | None = None, timeout: float = 300, env=None):
+    """``python -m node ARGS`` as a user runs it."""
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "node", *map(str, args)], capture_output=True, text=True,
+        timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})},
+    )

@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Start and stop the bundled Orthanc (Debian's `orthanc` package) for tests and the demo.
+
+    scripts/orthanc start [--http-port 8042] [--dicom-port 4242] [--storage var/orthanc]
+                          [--node-aet DICOM_NODE] [--background] [--tls-cert C --tls-key K
+                          --tls-ca CA [--tls-require-client]]
+    scripts/orthanc stop [--storage var/orthanc]
+
+The configuration is config/orthanc.json with the ports, storage and our AE title filled in,
+written to STORAGE/orthanc.json. DICOM is locked down to our registered AE (Orthanc 1.10 binds
+its DICOM port on all interfaces; RemoteAccessAllowed only covers HTTP). Orthanc runs with
+TCP_NODELAY=1 so DCMTK disables Nagle's algorithm on its sockets. `start` returns once the REST
+API answers (at most --wait seconds); the PID is in STORAGE/orthanc.pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "config" / "orthanc.json"
+
+
+@dataclass(frozen=True)
+class Orthanc:
+    pid: int
+    http_port: int
+    dicom_port: int
+    aet: str
+    storage: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def get(self, path: str, timeout: float = 10.0):
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as rsp:
+            return json.loads(rsp.read())
+
+    def running(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except OSError:
+            return False
+        return True
+
+
+def binary() -> str:
+    for candidate in (shutil.which("Orthanc"), "/usr/sbin/Orthanc", "/usr/bin/Orthanc"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise SystemExit("orthanc: the Orthanc binary is missing: apt-get install orthanc")
+
+
+def write_config(
+    storage: Path, http_port: int, dicom_port: int, node_aet: str, aet: str = "ORTHANC",
+    tls: dict | None = None, overrides: dict | None = None,
+) -> Path:
+    config = json.loads(TEMPLATE.read_text())
+    config.update(
+        StorageDirectory=str(storage / "db"), IndexDirectory=str(storage / "db"),
+        HttpPort=http_port, DicomPort=dicom_port, DicomAet=aet,
+    )
+    config["DicomModalities"]["dicom-node"]["AET"] = node_aet
+    if tls:
+        config.update(
+            DicomTlsEnabled=True, DicomTlsCertificate=str(tls["cert"]),
+            DicomTlsPrivateKey=str(tls["key"]), DicomTlsTrustedCertificates=str(tls["ca"]),
+            DicomTlsRemoteCertificateRequired=bool(tls.get("require_client", False)),
+        )
+    config.update(overrides or {})
+    storage.mkdir(parents=True, exist_ok=True)
+    path = storage / "orthanc.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def start(
+    storage: Path, http_port: int = 8042, dicom_port: int = 4242, node_aet: str = "DICOM_NODE",
+    aet: str = "ORTHANC", tls: dict | None = None, wait: float = 30.0,
+    overrides: dict | None = None,
+) -> Orthanc:
+    """Start Orthanc in the background and wait until its REST API answers."""
+    storage = storage.resolve()
+    config = write_config(storage, http_port, dicom_port, node_aet, aet, tls, overrides)
+    log = open(storage / "orthanc.log", "ab")  # noqa: SIM115 - kept open by the child
+    proc = subprocess.Popen(
+        [binary(), str(config)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env={**os.environ, "TCP_NODELAY": "1"}, start_new_session=True,
+    )
+    (storage / "orthanc.pid").write_text(str(proc.pid))
+    server = Orthanc(proc.pid, http_port, dicom_port, aet, storage)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (storage / "orthanc.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"Orthanc exited with status {proc.returncode}:\n{tail}")
+        try:
+            server.get("/system", timeout=1.0)
+            return server
+        except OSError:
+            time.sleep(0.1)
+    stop(storage)
+    raise RuntimeError(f"Orthanc did not answer on {server.url} within {wait:g} s")
+
+
+def stop(storage: Path, wait: float = 15.0) -> bool:
+    """Stop the Orthanc whose PID is in STORAGE/orthanc.pid; True if one was running."""
+    pid_file = storage.resolve() / "orthanc.pid"
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text())
+    pid_file.unlink()
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child: poll for its end
+            done = 0
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+        if done == pid:
+            return True
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_start = sub.add_parser("start")
+    p_start.add_argument("--http-port", type=int, default=8042)
+    p_start.add_argument("--dicom-port", type=int, default=4242)
+    p_start.add_argument("--storage", type=Path, default=ROOT / "var" / "orthanc")
+    p_start.add_argument("--node-aet", default="DICOM_NODE")
+    p_start.add_argument("--aet", default="ORTHANC")
+    p_start.add_argument("--background", action="store_true", help="return once it answers")
+    p_start.add_argument("--wait", type=float, default=30.0)
+    p_start.add_argument("--tls-cert", type=Path)
+    p_start.add_argument("--tls-key", type=Path)
+    p_start.add_argument("--tls-ca", type=Path)
+    p_start.add_argument("--tls-require-client", action="store_true")
+    p_stop = sub.add_parser("stop")
+    p_stop.add_argument("--storage", type=Path, default=ROOT / "var" / "orthanc")
+    args = parser.parse_args()
+    if args.command == "stop":
+        print("orthanc: stopped" if stop(args.storage) else "orthanc: not running")
+        return 0
+    tls = None
+    if args.tls_cert:
+        tls = {"cert": args.tls_cert.resolve(), "key": args.tls_key.resolve(),
+               "ca": args.tls_ca.resolve(), "require_client": args.tls_require_client}
+    try:
+        server = start(args.storage, args.http_port, args.dicom_port, args.node_aet, args.aet,
+                       tls, args.wait)
+    except RuntimeError as exc:
+        print(f"orthanc: {exc}", file=sys.stderr)
+        return 1
+    print(f"orthanc: {server.aet} on DICOM port {server.dicom_port}, REST/Explorer {server.url}"
+          f" (pid {server.pid}, storage {server.storage})")
+    if args.background:
+        return 0
+    try:
+        while server.running():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        stop(args.storage)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

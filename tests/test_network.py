@@ -1,0 +1,248 @@
+"""C-ECHO / C-STORE / C-FIND against real peers: Orthanc (REST checks) and DCMTK."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import NODE_AET, free_port, run_node
+from niftigen import affine_from, ramp_data, rotation, write_nifti
+
+from node.config import build_destination, config_from_dict
+from node.convert import convert_file, write_series
+from node.network import (
+    MAX_CONTEXTS,
+    DicomFile,
+    FailureKind,
+    NetworkFailure,
+    Outcome,
+    classify_status,
+    echo,
+    plan_contexts,
+)
+
+SIDECAR = {"SeriesDescription": "net test T1", "RepetitionTime": 2.0, "EchoTime": 0.003}
+
+
+def _dest(port: int, aet: str = "ORTHANC", **kw):
+    return build_destination("t", {"host": "127.0.0.1", "port": port, "ae_title": aet, **kw})
+
+
+# --- C-ECHO -----------------------------------------------------------------------------------
+
+def test_echo_succeeds_and_agrees_with_echoscu(pacs, tmp_path):
+    cfg = pacs.config_toml(tmp_path / "node.toml")
+    proc = run_node("echo", "--config", cfg)
+    assert proc.returncode == 0, proc.stderr
+    assert "success" in proc.stdout and "ms" in proc.stdout
+    ref = subprocess.run(["echoscu", "-aet", NODE_AET, "-aec", pacs.aet, "127.0.0.1",
+                          str(pacs.port)], capture_output=True, timeout=30)
+    assert ref.returncode == 0
+
+
+def test_echo_with_unconfigured_peer_on_command_line(pacs, tmp_path):
+    proc = run_node("echo", "--host", "127.0.0.1", "--port", pacs.port, "--aet", pacs.aet,
+                    cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_node("echo", "--host", "127.0.0.1", "--port", pacs.port, cwd=tmp_path)
+    assert proc.returncode == 2 and "go together" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("case", "kind", "words"),
+    [
+        ("called-ae", FailureKind.REJECTED, "called ae title not recognised"),
+        ("calling-ae", FailureKind.REJECTED, "calling ae title not recognised"),
+        ("refused", FailureKind.REFUSED, "connection refused"),
+        ("dns", FailureKind.DNS, "cannot resolve host"),
+    ],
+)
+def test_echo_failures_say_which(pacs, case, kind, words):
+    calling = NODE_AET
+    if case == "called-ae":
+        dest = _dest(pacs.port, "NOT_ORTHANC")
+    elif case == "calling-ae":
+        dest, calling = _dest(pacs.port), "STRANGER"
+    elif case == "refused":
+        dest = _dest(free_port())
+    else:
+        dest = build_destination("t", {"host": "no-such-host.invalid", "port": 104,
+                                       "ae_title": "X"})
+    with pytest.raises(NetworkFailure) as err:
+        echo(dest, calling)
+    assert err.value.kind == kind
+    assert words in err.value.message
+    if kind == FailureKind.REJECTED:
+        assert not err.value.transient  # Orthanc rejects permanently
+
+
+def test_echo_failure_is_one_line_and_nonzero(pacs, tmp_path):
+    proc = run_node("echo", "--host", "127.0.0.1", "--port", pacs.port, "--aet", "NOPE",
+                    cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and "called ae title not recognised" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+class SilentPeer:
+    """Accepts TCP connections and never says a word: every DICOM timeout must fire."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        deadline = time.monotonic() + 60
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn, _ = self.sock.accept()
+                self.conns.append(conn)
+            except OSError:
+                continue
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5)
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+def test_silent_peer_times_out_within_the_configured_bound():
+    peer = SilentPeer()
+    try:
+        dest = _dest(peer.port, acse_timeout=1.0, connect_timeout=1.0)
+        t0 = time.monotonic()
+        with pytest.raises(NetworkFailure) as err:
+            echo(dest, NODE_AET)
+        elapsed = time.monotonic() - t0
+    finally:
+        peer.close()
+    assert err.value.kind == FailureKind.TIMEOUT and err.value.transient
+    assert "did not answer the association request within 1 s" in err.value.message
+    assert elapsed < 1.0 + 3.0  # ACSE timeout plus the diagnosis connect, never unbounded
+
+
+# --- C-STORE ----------------------------------------------------------------------------------
+
+def _nifti(tmp_path: Path, name="sub-net01_ses-1_T1w", shape=(16, 12, 6), seed=3) -> Path:
+    return write_nifti(tmp_path / f"{name}.nii.gz", ramp_data(shape, "int16", seed=seed),
+                       affine_from(rotation(10, 0, 5), (0.9, 1.1, 2.0)), sidecar=SIDECAR)
+
+
+def test_push_nifti_arrives_in_orthanc_complete_and_correct(pacs, tmp_path):
+    src = _nifti(tmp_path)
+    cfg = pacs.config_toml(tmp_path / "node.toml")
+    proc = run_node("push", src, "--config", cfg, "--verify", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["delivered"] == 6 and summary["failed"] == 0 and summary["verified"] is True
+    assert summary["series"][0]["pacs_instances"] == 6
+
+    # what we would have written, to compare with what Orthanc stored
+    expected = convert_file(src, config_from_dict({}))
+    assert summary["series"][0]["series_uid"] == expected.uids.series
+    series = pacs.series(expected.uids.series)
+    assert series is not None and len(series["Instances"]) == 6
+    assert series["MainDicomTags"]["SeriesDescription"] == "net test T1"
+    by_number = {}
+    for oid in series["Instances"]:
+        tags = pacs.get(f"/instances/{oid}/simplified-tags")
+        by_number[int(tags["InstanceNumber"])] = (oid, tags)
+    assert set(by_number) == set(range(1, 7))
+    oid, tags = by_number[4]
+    assert tags["PatientID"] == "net01"
+    ipp = [float(v) for v in tags["ImagePositionPatient"].split("\\")]
+    assert np.allclose(ipp, expected.geometry.positions[3], atol=1e-4)
+    stored = pydicom.dcmread(io.BytesIO(pacs.get_bytes(f"/instances/{oid}/file")))
+    source = np.asarray(expected.stored)[:, :, 3].T
+    assert np.array_equal(stored.pixel_array, source)
+
+
+def test_push_dicom_folder_skips_bad_files_and_sends_the_rest(pacs, tmp_path):
+    series = convert_file(_nifti(tmp_path, "sub-net02_T2w", seed=4), config_from_dict({}))
+    folder = write_series(series, tmp_path / "dicom")
+    (folder / "README.txt").write_text("not DICOM")
+    cfg = pacs.config_toml(tmp_path / "node.toml")
+    proc = run_node("push", tmp_path / "dicom", tmp_path / "missing.dcm", "--config", cfg)
+    assert proc.returncode == 2, proc.stderr  # delivered, but inputs were skipped
+    assert "README.txt" in proc.stderr and "missing.dcm" in proc.stderr
+    assert "6 of 6 instances delivered" in proc.stdout
+    assert len(pacs.series(series.uids.series)["Instances"]) == 6
+
+
+def test_push_again_is_idempotent(pacs, tmp_path):
+    src = _nifti(tmp_path, "sub-net03_T1w", seed=5)
+    cfg = pacs.config_toml(tmp_path / "node.toml")
+    for _ in range(2):
+        proc = run_node("push", src, "--config", cfg)
+        assert proc.returncode == 0, proc.stderr
+    uid = convert_file(src, config_from_dict({})).uids.series
+    assert len(pacs.series(uid)["Instances"]) == 6
+
+
+def test_push_to_dcmtk_storescp(tmp_path):
+    port = free_port()
+    out = tmp_path / "received"
+    out.mkdir()
+    scp = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(out), str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        src = _nifti(tmp_path, "sub-net04_T1w", seed=6)
+        proc = run_node("push", src, "--host", "127.0.0.1", "--port", port, "--aet", "STORESCP",
+                        cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        scp.terminate()
+        scp.wait(timeout=10)
+    files = sorted(out.iterdir())
+    assert len(files) == 6
+    dump = subprocess.run(["dcmdump", str(files[0])], capture_output=True, text=True).stdout
+    assert "net test T1" in dump and "MRImageStorage" in dump
+
+
+def test_status_classes():
+    assert classify_status(0x0000)[0] == Outcome.SUCCESS
+    for code in (0xB000, 0xB006, 0xB007):
+        assert classify_status(code)[0] == Outcome.WARNING and classify_status(code)[0].delivered
+    assert classify_status(0x0111)[0] == Outcome.DUPLICATE and Outcome.DUPLICATE.delivered
+    assert classify_status(0xA700)[0] == Outcome.TRANSIENT
+    assert classify_status(0xA7FF)[0] == Outcome.TRANSIENT
+    for code in (0xA900, 0xA9FF, 0xC000, 0xCFFF, 0x0122):
+        assert classify_status(code)[0] == Outcome.PERMANENT
+    outcome, text = classify_status(None)
+    assert outcome == Outcome.TRANSIENT and not outcome.delivered and "no response" in text
+    assert "Out of Resources" in classify_status(0xA700)[1]
+
+
+def test_contexts_are_split_at_128_per_association():
+    files = [DicomFile(Path(f"{i}.dcm"), f"1.2.840.10008.5.1.4.1.1.{i}", f"1.2.3.{i}",
+                       "1.2.840.10008.1.2.1") for i in range(1, 100)]
+    groups = plan_contexts(files)
+    assert len(groups) == 2
+    assert all(len(g) <= MAX_CONTEXTS for g in groups)
+    classes = [c for g in groups for c, _ in g]
+    assert len(set(classes)) == 99
+    for g in groups:  # a SOP class never straddles two associations
+        assert not ({c for c, _ in g} & ({c for h in groups if h is not g for c, _ in h}))

@@ -173,6 +173,18 @@ def _nodelay(event: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _wake_dimse(event: Any) -> None:
+    """EVT_CONN_CLOSE/EVT_ABORTED: stop waiting for a DIMSE response that cannot come.
+
+    pynetdicom waits the whole DIMSE timeout for a response even after the peer has closed
+    the connection (pynetdicom issue #430 suggests this wake-up); a PACS that dies mid-push
+    must not stall every remaining association for a minute.
+    """
+    dimse = getattr(event.assoc, "dimse", None)
+    if dimse is not None:
+        dimse.msg_queue.put((None, None))
+
+
 def _diagnose(dest: Destination, address: str, saw_abort: bool) -> NetworkFailure:
     """Why did an association fail before any answer? Probe the transport step by step."""
     where = dest.address
@@ -245,7 +257,10 @@ def open_association(
     tls_args = (_tls_context(dest), dest.host) if dest.tls is not None else None
     assoc = ae.associate(
         address, dest.port, ae_title=dest.ae_title, tls_args=tls_args,
-        evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_ACSE_RECV, on_acse)],
+        evt_handlers=[
+            (evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_ACSE_RECV, on_acse),
+            (evt.EVT_CONN_CLOSE, _wake_dimse), (evt.EVT_ABORTED, _wake_dimse),
+        ],
     )
     if assoc.is_established:
         return assoc

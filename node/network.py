@@ -18,7 +18,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -459,33 +458,108 @@ def store(
 ) -> StoreReport:
     """C-STORE every file, over up to ``dest.max_associations`` parallel associations.
 
-    Never raises for network trouble: every file gets an InstanceResult, association-level
-    problems are also listed in ``failures``.
+    Parallel associations run in worker processes: pynetdicom's per-instance work is Python
+    and would serialise on the GIL in threads. Never raises for network trouble: every file
+    gets an InstanceResult, association-level problems are also listed in ``failures``.
     """
+    report = StoreReport(dest.address)
+    t0 = time.monotonic()
+
+    def record(result: InstanceResult) -> None:
+        report.results.append(result)
+        if progress is not None:
+            progress(result)
+
+    n = max(1, min(dest.max_associations, len(files) // 50 + 1))
+    if n == 1:
+        _chunked_sending()
+        _store_share(dest, calling_ae, list(files), t0, record, report.failures, stop)
+    else:
+        _store_parallel(dest, calling_ae, files, n, t0, record, report.failures, stop)
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _chunked_sending() -> None:
     from pynetdicom import _config
 
     _config.STORE_SEND_CHUNKED_DATASET = True  # stream files as encoded, no decode/re-encode
-    report = StoreReport(dest.address)
-    lock = threading.Lock()
-    t0 = time.perf_counter()
+
+
+_worker_queue: Any = None
+_worker_stop: Any = None
+
+
+def _worker_init(results: Any, stop: Any) -> None:
+    global _worker_queue, _worker_stop
+    _worker_queue, _worker_stop = results, stop
+    _chunked_sending()
+
+
+class _StopFlag:
+    """threading.Event-like view of a multiprocessing.Event for _store_share."""
+
+    def __init__(self, event: Any) -> None:
+        self._event = event
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+def _store_worker(dest: Destination, calling_ae: str, files: list[DicomFile], t0: float):
+    """In a worker process: send a share, streaming results back in small batches."""
+    batch: list[InstanceResult] = []
+    last = time.monotonic()
 
     def record(result: InstanceResult) -> None:
-        with lock:
-            report.results.append(result)
-            if progress is not None:
-                progress(result)
+        nonlocal last
+        batch.append(result)
+        if len(batch) >= 32 or time.monotonic() - last > 0.2:
+            _worker_queue.put(list(batch))
+            batch.clear()
+            last = time.monotonic()
 
-    n = max(1, min(dest.max_associations, len(files) // 50 + 1))
+    failures: list[NetworkFailure] = []
+    _store_share(dest, calling_ae, files, t0, record, failures, _StopFlag(_worker_stop))
+    if batch:
+        _worker_queue.put(list(batch))
+    return failures
+
+
+def _store_parallel(
+    dest: Destination, calling_ae: str, files: Sequence[DicomFile], n: int, t0: float,
+    record: Callable[[InstanceResult], None], failures: list[NetworkFailure],
+    stop: threading.Event | None,
+) -> None:
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")  # no fork of a process that may hold threads and sockets
+    results, stop_flag = ctx.Queue(), ctx.Event()
     shares = [list(files[i::n]) for i in range(n)]
-    if n == 1:
-        _store_share(dest, calling_ae, shares[0], t0, record, report.failures, stop)
-    else:
-        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="c-store") as pool:
-            for future in [pool.submit(_store_share, dest, calling_ae, share, t0, record,
-                                       report.failures, stop) for share in shares]:
-                future.result()
-    report.seconds = time.perf_counter() - t0
-    return report
+    with ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_init,
+                             initargs=(results, stop_flag)) as pool:
+        futures = [pool.submit(_store_worker, dest, calling_ae, share, t0) for share in shares]
+        pending = set(futures)
+        while pending:
+            if stop is not None and stop.is_set():
+                stop_flag.set()
+            try:
+                for result in results.get(timeout=0.1):
+                    record(result)
+            except queue_mod.Empty:
+                pass
+            pending = {f for f in pending if not f.done()}
+        while True:  # what arrived after the last worker finished
+            try:
+                for result in results.get(timeout=0.05):
+                    record(result)
+            except queue_mod.Empty:
+                break
+        wait(futures)
+        for future in futures:
+            failures.extend(future.result())
 
 
 # --- C-FIND ---------------------------------------------------------------------------------

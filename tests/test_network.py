@@ -246,3 +246,15 @@ def test_contexts_are_split_at_128_per_association():
     assert len(set(classes)) == 99
     for g in groups:  # a SOP class never straddles two associations
         assert not ({c for c, _ in g} & ({c for h in groups if h is not g for c, _ in h}))
+
+
+def test_parallel_associations_deliver_everything_once(pacs, tmp_path):
+    src = write_nifti(tmp_path / "sub-net05_task-x_bold.nii.gz",
+                      ramp_data((8, 8, 10, 12), "int16", seed=8), affine_from(np.eye(3)))
+    cfg = pacs.config_toml(tmp_path / "node.toml", "max_associations = 3")
+    proc = run_node("push", src, "--config", cfg, "--json", "--verify")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["delivered"] == 120 and summary["verified"] is True
+    series = pacs.series(summary["series"][0]["series_uid"])
+    assert len(series["Instances"]) == 120

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Benchmark: C-STORE throughput of `dicom-node push` against DCMTK's storescu, same run.
+
+2,000 instances (256x256 int16, made by dicom-node convert) are pushed to the bundled Orthanc
+(started with TCP_NODELAY=1, so DCMTK disables Nagle's algorithm) by:
+  * storescu (DCMTK, C++), with TCP_NODELAY=1, one association;
+  * dicom-node push with 1, 2 and 4 parallel associations.
+Each run gets a fresh, empty Orthanc, so nobody profits from duplicates. Prints instances/s,
+MB/s and the ratio to storescu. Target (issue "DICOM networking"): >= 1.0x storescu.
+
+    .venv/bin/python scripts/bench_push.py [--work DIR] [--instances 2000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import orthanc  # noqa: E402
+
+NODE_AET = "DICOM_NODE"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_dicom(work: Path, instances: int) -> tuple[Path, int]:
+    """Convert NIfTI volumes of 256x256x200 int16 into DICOM folders; (folder, total bytes)."""
+    out = work / "dicom"
+    if not out.exists():
+        src = work / "nifti"
+        src.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        n_volumes, per = -(-instances // 200), 200
+        paths = []
+        for v in range(n_volumes):
+            nz = min(per, instances - v * per)
+            data = rng.integers(0, 4000, size=(256, 256, nz), dtype=np.int16)
+            path = src / f"sub-{v + 1:02d}_T1w.nii.gz"
+            nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+            paths.append(str(path))
+        subprocess.run([sys.executable, "-m", "node", "convert", *paths, "-o", str(out)],
+                       check=True, stdout=subprocess.DEVNULL)
+    files = sorted(out.rglob("*.dcm"))
+    return out, sum(f.stat().st_size for f in files)
+
+
+def run(label: str, make_cmd, storage: Path, expected: int, env=None) -> float:
+    """Start a fresh Orthanc, time ``make_cmd(dicom_port)``, check that all arrived."""
+    shutil.rmtree(storage, ignore_errors=True)
+    server = orthanc.start(storage, http_port=free_port(), dicom_port=free_port(),
+                           node_aet=NODE_AET)
+    try:
+        cmd = make_cmd(server.dicom_port)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
+                              env={**os.environ, **(env or {})})
+        seconds = time.perf_counter() - t0
+        stored = int(server.get("/statistics")["CountInstances"])
+    finally:
+        orthanc.stop(storage)
+    if proc.returncode != 0 or stored != expected:
+        raise SystemExit(f"{label}: exit {proc.returncode}, Orthanc has {stored}/{expected}\n"
+                         f"{proc.stderr[-2000:]}")
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path)
+    parser.add_argument("--instances", type=int, default=2000)
+    parser.add_argument("--profile", action="store_true", help="where dicom-node's time goes")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-push-"))
+    work.mkdir(parents=True, exist_ok=True)
+    folder, total_bytes = make_dicom(work, args.instances)
+    n = args.instances
+    mb = total_bytes / 1024**2
+    print(f"{n} instances, {mb:.0f} MB, to Orthanc {orthanc.binary()} (TCP_NODELAY=1); "
+          f"cores: {os.cpu_count()}; work: {work}")
+    print(f"{'':<36} {'wall':>8} {'inst/s':>9} {'MB/s':>7}  vs storescu")
+
+    def storescu(port: int) -> list[str]:
+        return ["storescu", "-aet", NODE_AET, "-aec", "ORTHANC", "--scan-directories",
+                "--recurse", "127.0.0.1", str(port), str(folder)]
+
+    ref = run("storescu", storescu, work / "orthanc", n, env={"TCP_NODELAY": "1"})
+    print(f"{'storescu (DCMTK), 1 association':<36} {ref:7.2f}s {n / ref:9.0f} {mb / ref:7.1f}"
+          f"  1.00x")
+    best = 0.0
+    for assocs in (1, 2, 4):
+        def push(port: int, assocs: int = assocs) -> list[str]:
+            cfg = work / f"node-{assocs}.toml"
+            cfg.write_text(
+                f'[node]\nae_title = "{NODE_AET}"\n[destinations.pacs]\nhost = "127.0.0.1"\n'
+                f'port = {port}\nae_title = "ORTHANC"\nmax_associations = {assocs}\n'
+            )
+            return [sys.executable, "-m", "node", "push", str(folder), "--to", "pacs",
+                    "--config", str(cfg)]
+
+        seconds = run(f"dicom-node x{assocs}", push, work / "orthanc", n)
+        best = max(best, ref / seconds)
+        print(f"{f'dicom-node push, {assocs} association(s)':<36} {seconds:7.2f}s "
+              f"{n / seconds:9.0f} {mb / seconds:7.1f}  {ref / seconds:5.2f}x")
+    print(f"\nbest dicom-node rate vs storescu: {best:.2f}x  (target >= 1.0x)")
+
+    if args.profile:
+        import cProfile
+        import pstats
+
+        storage = work / "orthanc"
+        shutil.rmtree(storage, ignore_errors=True)
+        server = orthanc.start(storage, http_port=free_port(), dicom_port=free_port(),
+                               node_aet=NODE_AET)
+        try:
+            prof = work / "push.prof"
+            cProfile.run(
+                "from node.cli import main; main(['push', "
+                f"{str(folder)!r}, '--host', '127.0.0.1', '--port', "
+                f"'{server.dicom_port}', '--aet', 'ORTHANC'])",
+                str(prof),
+            )
+        finally:
+            orthanc.stop(storage)
+        pstats.Stats(str(prof)).sort_stats("tottime").print_stats(15)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

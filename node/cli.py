@@ -264,6 +264,278 @@ def cmd_push(args: argparse.Namespace) -> int:
     return EXIT_USAGE if gathered.problems else EXIT_OK
 
 
+def _load(args: argparse.Namespace):
+    from node.config import load_config
+
+    return load_config(args.config)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from node.errors import DicomNodeError
+    from node.service import Node, setup_service_logging
+
+    try:
+        config = _load(args)
+        if not config.watches:
+            raise ValueError("the config has no [[watch]] folders: nothing to watch")
+        for watch in config.watches:
+            config.destination(watch.destination)
+    except (DicomNodeError, ValueError) as exc:
+        _error(getattr(exc, "message", str(exc)))
+        return EXIT_USAGE
+    setup_service_logging(config.node.log_format, args.verbose)
+    node = Node(config)
+    node.install_signals()
+    return node.run()
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from node.errors import DicomNodeError
+    from node.service import open_journal
+
+    try:
+        config = _load(args)
+    except DicomNodeError as exc:
+        _error(exc.message)
+        return EXIT_USAGE
+    journal = open_journal(config)
+    try:
+        counts = journal.counts()
+        oldest = journal.oldest_waiting()
+        errors = journal.last_errors()
+        alerts = journal.alerts()
+        echoes = journal.echoes()
+    finally:
+        journal.close()
+    now = time.time()
+    if args.json:
+        print(json.dumps({
+            "counts": counts,
+            "oldest_waiting": oldest.as_json() if oldest else None,
+            "alerts": [{"job": j.id, "error": j.last_error} for j in alerts],
+            "last_errors": [{"job": j.id, "state": j.state, "error": j.last_error}
+                            for j in errors],
+            "destinations": [{"name": n, "checked": c, "ok": ok, "message": m}
+                             for n, c, ok, m in echoes],
+        }, indent=2))
+        return EXIT_OK
+    print("jobs: " + ", ".join(f"{state} {n}" for state, n in counts.items()))
+    if oldest:
+        print(f"oldest waiting: job {oldest.id} {Path(oldest.source).name} "
+              f"({oldest.state}, {_age(now - oldest.created)})")
+    for job in alerts:
+        print(f"ALERT: job {job.id}: {job.last_error}")
+    if errors:
+        print("last errors:")
+        for job in errors:
+            print(f"  job {job.id} [{job.state}] {job.last_error}")
+    for name, checked, ok, message in echoes:
+        print(f"destination {name}: {'ok' if ok else 'FAILING'} ({message}), "
+              f"checked {_age(now - checked)} ago")
+    return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    import json
+
+    from node.errors import DicomNodeError
+    from node.journal import STATES
+    from node.service import open_journal
+
+    if args.state and args.state not in STATES:
+        _error(f"--state {args.state!r}: one of {', '.join(STATES)}")
+        return EXIT_USAGE
+    try:
+        config = _load(args)
+    except DicomNodeError as exc:
+        _error(exc.message)
+        return EXIT_USAGE
+    journal = open_journal(config)
+    try:
+        jobs = journal.jobs(args.state)
+    finally:
+        journal.close()
+    if args.json:
+        print(json.dumps([j.as_json() for j in jobs], indent=2))
+        return EXIT_OK
+    for j in jobs:
+        detail = f"{j.delivered}/{j.instances}" if j.instances else ""
+        print(f"{j.id:>6}  {j.state:<11} {j.attempts:>3}  {detail:<11} {j.destination:<10} "
+              f"{j.source}" + (f"\n        {j.last_error}" if j.last_error and
+                               j.state != "done" else ""))
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from node.errors import DicomNodeError
+    from node.service import open_journal
+
+    if not args.jobs and not args.failed:
+        _error("name JOB ids or give --failed")
+        return EXIT_USAGE
+    try:
+        config = _load(args)
+    except DicomNodeError as exc:
+        _error(exc.message)
+        return EXIT_USAGE
+    journal = open_journal(config)
+    try:
+        ids = journal.requeue(None if args.failed else args.jobs,
+                              states=("failed", "retry-wait"))
+    finally:
+        journal.close()
+    missing = set(args.jobs or []) - set(ids)
+    for job_id in sorted(missing):
+        _error(f"job {job_id}: not failed or waiting (see dicom-node jobs)")
+    print(f"requeued {len(ids)} job(s)" + (f": {', '.join(map(str, ids))}" if ids else ""))
+    return EXIT_USAGE if missing else EXIT_OK
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    import shutil
+
+    from node.errors import DicomNodeError
+    from node.nifti import content_digest
+    from node.service import open_journal
+
+    try:
+        config = _load(args)
+    except DicomNodeError as exc:
+        _error(exc.message)
+        return EXIT_USAGE
+    journal = open_journal(config)
+    try:
+        if args.action == "list":
+            for j in journal.jobs("quarantined"):
+                print(f"{j.id:>6}  {j.quarantine_path}\n        {j.last_error}")
+            return EXIT_OK
+        if args.item is None:
+            _error("quarantine release ITEM: name the job id (see dicom-node quarantine list)")
+            return EXIT_USAGE
+        job = journal.get(args.item)
+        if job is None or job.state != "quarantined" or not job.quarantine_path:
+            _error(f"job {args.item}: not in quarantine")
+            return EXIT_USAGE
+        folder = Path(job.quarantine_path)
+        for original in (Path(job.source), Path(job.sidecar) if job.sidecar else None):
+            if original is not None and (folder / original.name).exists():
+                original.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(folder / original.name), original)
+        shutil.rmtree(folder, ignore_errors=True)
+        source = Path(job.source)
+        if not source.exists():
+            _error(f"job {job.id}: {source} is missing from quarantine and its original place")
+            return EXIT_USAGE
+        # the operator vouches for the file as it is now (fixed or not): queue that content
+        sidecar = Path(job.sidecar) if job.sidecar and Path(job.sidecar).exists() else None
+        journal.transition(job.id, "queued", sha256=content_digest(source, sidecar),
+                           size=source.stat().st_size, attempts=0, next_attempt=0,
+                           quarantine_path=None)
+        print(f"released job {job.id}: {job.source} is queued again")
+        return EXIT_OK
+    finally:
+        journal.close()
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import time
+
+    from node.config import WatchSettings
+    from node.errors import DicomNodeError
+    from node.service import Node, setup_service_logging
+    from node.watcher import scan
+
+    try:
+        config = _load(args)
+        dest_name = args.destination or config.node.default_destination
+        config.destination(dest_name)
+        profile = config.profile(args.profile).name
+        if not args.directory.is_dir():
+            raise ValueError(f"{args.directory}: not a folder")
+    except (DicomNodeError, ValueError) as exc:
+        _error(getattr(exc, "message", str(exc)))
+        return EXIT_USAGE
+    if dest_name is None:
+        dest_name = next(iter(config.destinations))
+    setup_service_logging(config.node.log_format, args.verbose)
+    logging.getLogger("node").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    tree = WatchSettings(path=args.directory.resolve(), destination=dest_name, profile=profile,
+                         after="keep")  # an archive is read, never moved or deleted
+    node = Node(config, watch=False)
+    node.install_signals()
+    files = list(scan(tree))
+    tty = sys.stderr.isatty()
+    t0 = time.monotonic()
+    job_ids = []
+    for i, path in enumerate(files, 1):
+        if node.stopping.is_set():
+            break
+        job = node.enqueue_file(path, tree)
+        if job is not None:
+            job_ids.append(job.id)
+        if tty:
+            _bar("enqueue", i, len(files), t0)
+    print(f"ingest: {len(job_ids)} files of {args.directory} in the journal", flush=True)
+    if args.enqueue_only or node.stopping.is_set():
+        node.shutdown()
+        return EXIT_OK
+
+    def finished() -> int:
+        states = [node.journal.get(i).state for i in job_ids]
+        return sum(s in ("done", "failed", "quarantined") for s in states)
+
+    node.start()
+    t1 = time.monotonic()
+    try:
+        while not node.stopping.is_set():
+            node.step()
+            done = finished()
+            if tty:
+                _bar("deliver", done, len(job_ids), t1)
+            if done == len(job_ids):
+                break
+            node.stopping.wait(0.2)
+    finally:
+        node.shutdown()
+    from node.journal import Journal
+
+    journal = Journal(node.dirs.journal)
+    try:
+        states = [journal.get(i).state for i in job_ids]
+    finally:
+        journal.close()
+    summary = {s: states.count(s) for s in sorted(set(states))}
+    print("ingest: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    if any(s != "done" for s in states):
+        print("ingest: see dicom-node jobs --state failed / dicom-node quarantine list")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _bar(label: str, done: int, total: int, t0: float) -> None:
+    import time
+
+    elapsed = time.monotonic() - t0
+    eta = elapsed / done * (total - done) if done else 0.0
+    filled = int(30 * done / total) if total else 30
+    sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} "
+                     f"ETA {_age(eta)}   ")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
 def _unique_name(stem: str, used: set[str]) -> str:
     name, n = stem, 1
     while name in used:
@@ -332,6 +604,47 @@ def build_parser() -> argparse.ArgumentParser:
                       help="then ask the PACS (C-FIND) whether every series is complete")
     push.add_argument("--json", action="store_true", help="print a machine-readable summary")
     push.set_defaults(func=cmd_push)
+
+    watch = sub.add_parser("watch", help="run the node: watched folders -> PACS",
+                           description="Watch the [[watch]] folders and deliver what arrives.")
+    watch.add_argument("--config", type=Path, help="node config (TOML)")
+    watch.set_defaults(func=cmd_watch)
+
+    status = sub.add_parser("status", help="queue counts, alerts, last errors, echoes")
+    status.add_argument("--config", type=Path)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    jobs = sub.add_parser("jobs", help="list jobs from the journal")
+    jobs.add_argument("--state", help="only jobs in this state")
+    jobs.add_argument("--config", type=Path)
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(func=cmd_jobs)
+
+    retry = sub.add_parser("retry", help="queue failed (or waiting) jobs again")
+    retry.add_argument("jobs", nargs="*", type=int, metavar="JOB")
+    retry.add_argument("--failed", action="store_true", help="every failed job")
+    retry.add_argument("--config", type=Path)
+    retry.set_defaults(func=cmd_retry)
+
+    quarantine = sub.add_parser("quarantine", help="list or release quarantined inputs")
+    quarantine.add_argument("action", choices=["list", "release"])
+    quarantine.add_argument("item", nargs="?", type=int, metavar="ITEM", help="job id")
+    quarantine.add_argument("--config", type=Path)
+    quarantine.set_defaults(func=cmd_quarantine)
+
+    ingest = sub.add_parser(
+        "ingest", help="archive mode: deliver a whole tree (resumable)",
+        description="Enqueue every NIfTI under DIR (files are kept where they are) and deliver "
+        "them; run it again after an interruption to resume.",
+    )
+    ingest.add_argument("directory", type=Path, metavar="DIR")
+    ingest.add_argument("--to", dest="destination", metavar="DEST")
+    ingest.add_argument("--profile")
+    ingest.add_argument("--config", type=Path)
+    ingest.add_argument("--enqueue-only", action="store_true",
+                        help="only fill the journal; a running node delivers")
+    ingest.set_defaults(func=cmd_ingest)
     return parser
 
 

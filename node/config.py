@@ -29,7 +29,12 @@ _PROFILE_KEYS = {
     "pseudonym_prefix", "pseudonym_secret", "pseudonym_secret_env", "date_shift_days",
     "static", "sidecar", "filename", "fallback", "pseudonyms",
 }
-_NODE_KEYS = {"ae_title", "uid_root", "default_profile", "default_destination"}
+_NODE_KEYS = {"ae_title", "uid_root", "default_profile", "default_destination", "state_dir",
+              "retry_base_seconds", "retry_max_seconds", "max_attempts", "workers",
+              "log_format", "metrics_port", "echo_interval_seconds", "rescan_seconds",
+              "shutdown_seconds"}
+_WATCH_KEYS = {"path", "destination", "profile", "recursive", "settle_seconds", "patterns",
+               "ignore_patterns", "polling", "after", "require_sidecar", "sidecar_grace_seconds"}
 _DEST_KEYS = {
     "host", "port", "ae_title", "calling_ae_title", "max_pdu", "connect_timeout",
     "acse_timeout", "dimse_timeout", "network_timeout", "max_associations",
@@ -79,6 +84,33 @@ class NodeSettings:
     uid_root: str = "2.25"
     default_profile: str = "bids-mr"
     default_destination: str | None = None
+    state_dir: Path = Path("var")  # journal, spool, quarantine, done
+    retry_base_seconds: float = 5.0  # first retry delay; doubles per attempt, with jitter
+    retry_max_seconds: float = 600.0
+    max_attempts: int = 50
+    workers: int = 2  # conversion+delivery worker processes
+    log_format: str = "plain"  # or "json"
+    metrics_port: int = 0  # /healthz and /metrics on 127.0.0.1; 0 = off
+    echo_interval_seconds: float = 60.0
+    rescan_seconds: float = 30.0
+    shutdown_seconds: float = 30.0  # SIGTERM: how long in-flight jobs may finish
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """One watched folder ([[watch]])."""
+
+    path: Path
+    destination: str
+    profile: str
+    recursive: bool = True
+    settle_seconds: float = 2.0
+    patterns: tuple[str, ...] = ("*.nii", "*.nii.gz")
+    ignore_patterns: tuple[str, ...] = ()
+    polling: bool = False
+    after: str = "move"
+    require_sidecar: bool = False
+    sidecar_grace_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +154,7 @@ class Config:
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
     destinations: dict[str, Destination] = field(default_factory=dict)
+    watches: tuple[WatchSettings, ...] = ()
 
     def destination(self, name: str | None = None) -> Destination:
         """The named destination, or ``[node].default_destination``."""
@@ -292,15 +325,15 @@ def config_from_dict(user: dict[str, Any], path: Path | None = None) -> Config:
     node_raw = raw.get("node", {})
     if not isinstance(node_raw, dict):
         raise ConfigError(path, "[node] must be a table")
-    unknown = set(node_raw) - _NODE_KEYS - _LATER_NODE_KEYS
+    unknown = set(node_raw) - _NODE_KEYS
     if unknown:
         raise ConfigError(path, f"[node]: unknown key(s) {', '.join(sorted(unknown))}")
-    node = NodeSettings(
-        ae_title=str(node_raw.get("ae_title", NodeSettings.ae_title)),
-        uid_root=str(node_raw.get("uid_root", NodeSettings.uid_root)),
-        default_profile=str(node_raw.get("default_profile", NodeSettings.default_profile)),
-        default_destination=node_raw.get("default_destination"),
-    )
+    base = path.parent.parent if path is not None and path.parent.name == "config" else (
+        path.parent if path is not None else Path.cwd())
+    try:
+        node = _node_settings(node_raw, base)
+    except ValueError as exc:
+        raise ConfigError(path, str(exc)) from None
     try:
         check_ae_title("[node].ae_title", node.ae_title)
     except ValueError as exc:
@@ -335,7 +368,92 @@ def config_from_dict(user: dict[str, Any], path: Path | None = None) -> Config:
         raise ConfigError(
             path, f"[node].default_destination {node.default_destination!r} is not a destination"
         )
-    return Config(node=node, profiles=profiles, path=path, raw=user, destinations=destinations)
+    watches_raw = raw.get("watch", [])
+    if not isinstance(watches_raw, list):
+        raise ConfigError(path, "watch folders are [[watch]] tables (an array of tables)")
+    watches = []
+    for i, wraw in enumerate(watches_raw):
+        try:
+            watches.append(_watch_settings(i, wraw, base, node, profiles, destinations))
+        except ValueError as exc:
+            raise ConfigError(path, str(exc)) from None
+    return Config(node=node, profiles=profiles, path=path, raw=user, destinations=destinations,
+                  watches=tuple(watches))
+
+
+def _node_settings(raw: dict[str, Any], base: Path) -> NodeSettings:
+    d = NodeSettings()
+    log_format = raw.get("log_format", d.log_format)
+    if log_format not in ("plain", "json"):
+        raise ValueError(f'[node].log_format: write "plain" or "json", not {log_format!r}')
+    state_dir = Path(raw.get("state_dir", str(d.state_dir)))
+    return NodeSettings(
+        ae_title=str(raw.get("ae_title", d.ae_title)),
+        uid_root=str(raw.get("uid_root", d.uid_root)),
+        default_profile=str(raw.get("default_profile", d.default_profile)),
+        default_destination=raw.get("default_destination"),
+        state_dir=state_dir if state_dir.is_absolute() else base / state_dir,
+        retry_base_seconds=_number("[node].retry_base_seconds",
+                                   raw.get("retry_base_seconds", d.retry_base_seconds)),
+        retry_max_seconds=_number("[node].retry_max_seconds",
+                                  raw.get("retry_max_seconds", d.retry_max_seconds)),
+        max_attempts=_number("[node].max_attempts", raw.get("max_attempts", d.max_attempts),
+                             integer=True, minimum=1),
+        workers=_number("[node].workers", raw.get("workers", d.workers), integer=True, minimum=1),
+        log_format=log_format,
+        metrics_port=_number("[node].metrics_port", raw.get("metrics_port", d.metrics_port),
+                             integer=True),
+        echo_interval_seconds=_number("[node].echo_interval_seconds",
+                                      raw.get("echo_interval_seconds", d.echo_interval_seconds)),
+        rescan_seconds=_number("[node].rescan_seconds",
+                               raw.get("rescan_seconds", d.rescan_seconds), minimum=0.1),
+        shutdown_seconds=_number("[node].shutdown_seconds",
+                                 raw.get("shutdown_seconds", d.shutdown_seconds)),
+    )
+
+
+def _watch_settings(
+    i: int, raw: Any, base: Path, node: NodeSettings, profiles: dict, destinations: dict
+) -> WatchSettings:
+    where = f"[[watch]] #{i + 1}"
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be a table")
+    unknown = set(raw) - _WATCH_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    if not isinstance(raw.get("path"), str) or not raw["path"]:
+        raise ValueError(f"{where}: path is required (the folder to watch)")
+    folder = Path(raw["path"])
+    folder = folder if folder.is_absolute() else base / folder
+    destination = raw.get("destination", node.default_destination)
+    if destination is None or destination not in destinations:
+        known = ", ".join(sorted(destinations)) or "none configured"
+        raise ValueError(f"{where}: destination {destination!r} is not a [destinations.NAME] "
+                         f"(known: {known})")
+    profile = raw.get("profile", node.default_profile)
+    if profile not in profiles:
+        raise ValueError(f"{where}: profile {profile!r} is not a profile")
+    after = raw.get("after", "move")
+    if after not in ("move", "delete", "keep"):
+        raise ValueError(f'{where}.after: write "move", "delete" or "keep", not {after!r}')
+    for key in ("patterns", "ignore_patterns"):
+        value = raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{where}.{key}: a list of glob patterns like \"*.nii.gz\"")
+    return WatchSettings(
+        path=folder,
+        destination=destination,
+        profile=profile,
+        recursive=bool(raw.get("recursive", True)),
+        settle_seconds=_number(f"{where}.settle_seconds", raw.get("settle_seconds", 2.0)),
+        patterns=tuple(raw.get("patterns") or WatchSettings.patterns),
+        ignore_patterns=tuple(raw.get("ignore_patterns") or ()),
+        polling=bool(raw.get("polling", False)),
+        after=after,
+        require_sidecar=bool(raw.get("require_sidecar", False)),
+        sidecar_grace_seconds=_number(f"{where}.sidecar_grace_seconds",
+                                      raw.get("sidecar_grace_seconds", 30.0)),
+    )
 
 
 def check_ae_title(where: str, value: Any) -> str:
@@ -415,9 +533,3 @@ def build_destination(name: str, raw: Any, base: Path | None = None) -> Destinat
         tls=tls,
     )
 
-
-#: [node] keys owned by the networking and node services (validated there).
-_LATER_NODE_KEYS = {
-    "state_dir", "retry_base_seconds", "retry_max_seconds",
-    "max_attempts", "workers", "log_format", "metrics_port",
-}

@@ -90,6 +90,22 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def content_digest(path: Path, sidecar: Path | None = None) -> str:
+    """SHA-256 of a job's inputs: the file, then its sidecar when there is one.
+
+    The same NIfTI with another sidecar converts to other DICOM, so it is other content.
+    """
+    h = hashlib.sha256()
+    for part in (path, sidecar):
+        if part is None:
+            continue
+        with open(part, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        h.update(b"\x00sidecar\x00")
+    return h.hexdigest()
+
+
 def _gzip_isize(path: Path) -> int:
     """Uncompressed size mod 2**32 from the gzip trailer (RFC 1952 section 2.3.1)."""
     with open(path, "rb") as f:

@@ -1,0 +1,319 @@
+"""The node with real parts: watchdog on temp folders, a real Orthanc, real processes, signals."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import NODE_AET, free_port, orthanc_script, run_node, start_pacs
+from niftigen import affine_from, ramp_data, write_nifti
+
+SETTLE = 1.0
+
+
+def wait_until(predicate, timeout: float, what: str, step: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class NodeProcess:
+    """`python -m node watch` in its own process, with its own state folder and inbox."""
+
+    def __init__(self, tmp: Path, pacs_port: int, **node_keys) -> None:
+        self.tmp = tmp
+        self.inbox = tmp / "inbox"
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        self.state = tmp / "var"
+        self.metrics_port = free_port()
+        keys = {"ae_title": f'"{NODE_AET}"', "default_destination": '"pacs"',
+                "state_dir": f'"{self.state}"', "retry_base_seconds": 0.5,
+                "retry_max_seconds": 2, "metrics_port": self.metrics_port,
+                "rescan_seconds": 2, "echo_interval_seconds": 5, "shutdown_seconds": 10,
+                **node_keys}
+        self.config = tmp / "node.toml"
+        self.config.write_text(
+            "[node]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
+            + f'[destinations.pacs]\nhost = "127.0.0.1"\nport = {pacs_port}\n'
+            'ae_title = "ORTHANC"\nacse_timeout = 5\ndimse_timeout = 10\nconnect_timeout = 2\n'
+            f'[[watch]]\npath = "{self.inbox}"\nsettle_seconds = {SETTLE}\n'
+        )
+        self.log = tmp / "node.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> NodeProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node", "watch", "--config", str(self.config)],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        )
+        wait_until(self.healthy, 30, "the node's /healthz")
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            url = f"http://127.0.0.1:{self.metrics_port}/healthz"
+            with urllib.request.urlopen(url, timeout=1) as rsp:
+                return json.loads(rsp.read())["ok"]
+        except OSError:
+            return False
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def jobs(self) -> list[dict]:
+        db = self.state / "journal.sqlite"
+        if not db.exists():
+            return []
+        con = sqlite3.connect(db, timeout=10)
+        try:
+            con.row_factory = sqlite3.Row
+            return [dict(r) for r in con.execute("SELECT * FROM jobs ORDER BY id")]
+        finally:
+            con.close()
+
+    def states(self) -> list[str]:
+        return [j["state"] for j in self.jobs()]
+
+    def cli(self, *args) -> subprocess.CompletedProcess:
+        return run_node(*args, "--config", self.config)
+
+    def logtext(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def own_pacs(tmp_path):
+    """An Orthanc of this test's own (tests stop and restart it)."""
+    storage = tmp_path / "orthanc"
+    pacs = start_pacs(storage)
+    yield pacs
+    orthanc_script.stop(storage)
+
+
+@pytest.fixture
+def node_factory(tmp_path):
+    nodes: list[NodeProcess] = []
+
+    def make(pacs_port: int, name: str = "node", **keys) -> NodeProcess:
+        node = NodeProcess(tmp_path / name, pacs_port, **keys)
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait(timeout=10)
+
+
+def nifti_bytes(tmp: Path, name: str, shape=(12, 10, 5), seed=0) -> bytes:
+    path = write_nifti(tmp / "src" / name, ramp_data(shape, "int16", seed=seed),
+                       affine_from(np.eye(3)))
+    return path.read_bytes()
+
+
+def drop(inbox: Path, name: str, data: bytes) -> Path:
+    """Write elsewhere, then rename into place: how pipelines and rsync deliver."""
+    tmp = inbox / f".{name}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, inbox / name)
+    return inbox / name
+
+
+def series_count(pacs, series_uid: str) -> int:
+    s = pacs.series(series_uid)
+    return len(s["Instances"]) if s else 0
+
+
+def test_slow_writer_is_sent_once_and_complete(pacs, node_factory, tmp_path):
+    node = node_factory(pacs.port).start()
+    data = nifti_bytes(tmp_path, "sub-slow_T1w.nii.gz", shape=(16, 16, 8), seed=11)
+    target = node.inbox / "sub-slow_T1w.nii.gz"
+    with open(target, "wb") as f:  # written in place, in chunks, over ~3 s
+        chunks = [data[i:i + len(data) // 6 + 1] for i in range(0, len(data), len(data) // 6 + 1)]
+        for chunk in chunks:
+            f.write(chunk)
+            f.flush()
+            time.sleep(0.5)
+    wait_until(lambda: node.states() == ["done"], 60, "the job to be done")
+    job = node.jobs()[0]
+    assert job["instances"] == 8 and job["delivered"] == 8 and job["attempts"] == 1
+    assert series_count(pacs, job["series_uid"]) == 8
+    time.sleep(SETTLE * 2)
+    assert len(node.jobs()) == 1, "a partially written file must never become a job"
+    assert (node.state / "done").rglob("sub-slow_T1w.nii.gz")
+    assert node.stop() == 0
+
+
+def test_preexisting_files_and_duplicates(pacs, node_factory, tmp_path):
+    node = node_factory(pacs.port)
+    data = nifti_bytes(tmp_path, "sub-pre_T1w.nii.gz", seed=12)
+    drop(node.inbox, "sub-pre_T1w.nii.gz", data)  # there before the node starts
+    node.start()
+    wait_until(lambda: node.states() == ["done"], 60, "the pre-existing file")
+    drop(node.inbox, "copy-of-sub-pre_T1w.nii.gz", data)  # the same content again
+    wait_until(lambda: not any(node.inbox.iterdir()), 30, "the duplicate to be moved away")
+    assert node.states() == ["done"], "the same content is sent once"
+    assert "not sent again" in node.logtext()
+    assert node.stop() == 0
+
+
+def _bad_inputs(folder: Path) -> list[Path]:
+    """The converter's bad-input list (tests/test_bad_input.py) plus an unmappable sidecar."""
+    from test_bad_input import BAD
+
+    folder.mkdir(parents=True, exist_ok=True)
+    made = [make(folder) for make, _ in BAD.values()]
+    extra = write_nifti(folder / "sub-badsex_T1w.nii.gz", ramp_data((6, 6, 3), "int16"),
+                        affine_from(np.eye(3)), sidecar={"PatientSex": "female"})
+    made.append(extra)
+    return [p for p in made if p.name.endswith((".nii", ".nii.gz"))]
+
+
+def test_burst_of_good_and_bad_files(pacs, node_factory, tmp_path):
+    node = node_factory(pacs.port, workers=2).start()
+    bad = _bad_inputs(tmp_path / "bad")
+    while len(bad) < 20:  # pad to 20 with more broken files of different kinds
+        p = tmp_path / "bad" / f"junk{len(bad)}.nii.gz"
+        p.write_bytes(gzip.compress(os.urandom(500 + len(bad))))
+        bad.append(p)
+    for i in range(20):
+        drop(node.inbox, f"sub-b{i:02d}_T1w.nii.gz",
+             nifti_bytes(tmp_path, f"g{i}.nii.gz", shape=(8, 8, 3), seed=100 + i))
+        src = bad[i]
+        drop(node.inbox, f"bad{i:02d}-{src.name}", src.read_bytes())
+        sidecar = src.with_name(src.name.split(".nii")[0] + ".json")
+        if sidecar.exists():
+            stem = f"bad{i:02d}-{src.name}".split(".nii")[0]
+            (node.inbox / f"{stem}.json").write_text(sidecar.read_text())
+    wait_until(lambda: sorted(node.states()).count("done") == 20
+               and node.states().count("quarantined") == 20, 120, "20 done + 20 quarantined")
+    assert node.proc.poll() is None and node.healthy(), "the node is still up"
+    for job in node.jobs():
+        if job["state"] == "done":
+            assert series_count(pacs, job["series_uid"]) == 3
+        else:
+            folder = Path(job["quarantine_path"])
+            reasons = list(folder.glob("*.reason.txt"))
+            assert reasons and "dicom-node quarantine release" in reasons[0].read_text()
+            assert job["last_error"]
+    listing = node.cli("quarantine", "list")
+    assert listing.returncode == 0 and listing.stdout.count("job-") == 20
+    assert node.stop() == 0
+
+
+def test_pacs_down_while_files_arrive_then_back_after_30s(own_pacs, node_factory, tmp_path):
+    pacs = own_pacs
+    http_port, dicom_port, storage = pacs.server.http_port, pacs.port, pacs.server.storage
+    orthanc_script.stop(storage)
+    node = node_factory(dicom_port).start()
+    names = [f"sub-d{i}_T1w.nii.gz" for i in range(3)]
+    for i, name in enumerate(names):
+        drop(node.inbox, name, nifti_bytes(tmp_path, name, seed=200 + i))
+    wait_until(lambda: node.states().count("retry-wait") == 3, 60, "retries while down")
+    status = node.cli("status")
+    assert "retry-wait 3" in status.stdout and "connection refused" in status.stdout
+    time.sleep(30)
+    server = orthanc_script.start(storage, http_port=http_port, dicom_port=dicom_port,
+                                  node_aet=NODE_AET)
+    try:
+        wait_until(lambda: node.states() == ["done"] * 3, 60, "delivery after restart")
+        for job in node.jobs():
+            assert job["attempts"] > 1
+            oid = server.get(f"/series?expand")  # noqa: F541 - literal path
+            assert any(s["MainDicomTags"]["SeriesInstanceUID"] == job["series_uid"]
+                       and len(s["Instances"]) == job["instances"] for s in oid)
+    finally:
+        assert node.stop() == 0
+
+
+@pytest.mark.parametrize("moment", ["converting", "sending"])
+def test_sigkill_at_any_step_resumes_without_loss_or_duplicates(own_pacs, node_factory,
+                                                                  tmp_path, moment):
+    pacs = own_pacs
+    node = node_factory(pacs.port, workers=1).start()
+    # big enough that conversion and sending each take a noticeable time
+    drop(node.inbox, "sub-kill_T1w.nii.gz",
+         nifti_bytes(tmp_path, "k.nii.gz", shape=(256, 256, 120), seed=300))
+    wait_until(lambda: moment in node.states(), 60, f"the job to be {moment}", step=0.01)
+    if moment == "sending":
+        time.sleep(0.3)  # some instances are already in the PACS
+    node.stop(signal.SIGKILL)
+    assert node.states() == [moment], "the journal holds the interrupted step"
+    node.start()
+    wait_until(lambda: node.states() == ["done"], 120, "the resumed job")
+    job = node.jobs()[0]
+    assert "resumed after an interruption" in node.logtext()
+    series = pacs.series(job["series_uid"])
+    uids = [pacs.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"]
+            for i in series["Instances"]]
+    assert len(uids) == 120 and len(set(uids)) == 120
+    assert node.stop() == 0
+
+
+def test_console_against_a_running_node(own_pacs, node_factory, tmp_path):
+    pacs = own_pacs
+    http_port, dicom_port, storage = pacs.server.http_port, pacs.port, pacs.server.storage
+    node = node_factory(dicom_port, max_attempts=1).start()
+    # quarantine, fix, release
+    broken = drop(node.inbox, "sub-q_T1w.nii.gz", b"not a nifti at all" * 10)
+    wait_until(lambda: node.states() == ["quarantined"], 30, "quarantine")
+    job = node.jobs()[0]
+    fixed = nifti_bytes(tmp_path, "fixed.nii.gz", seed=400)
+    (Path(job["quarantine_path"]) / broken.name).write_bytes(fixed)
+    released = node.cli("quarantine", "release", str(job["id"]))
+    assert released.returncode == 0, released.stderr
+    wait_until(lambda: node.states() == ["done"], 60, "the released job")
+    # a job that fails (PACS down, one attempt allowed), then retry by hand
+    orthanc_script.stop(storage)
+    drop(node.inbox, "sub-r_T1w.nii.gz", nifti_bytes(tmp_path, "r.nii.gz", seed=401))
+    wait_until(lambda: node.states() == ["done", "failed"], 60, "the failure")
+    jobs = node.cli("jobs", "--state", "failed", "--json")
+    failed = json.loads(jobs.stdout)
+    assert len(failed) == 1 and "gave up after 1 attempts" in failed[0]["last_error"]
+    orthanc_script.start(storage, http_port=http_port, dicom_port=dicom_port, node_aet=NODE_AET)
+    retried = node.cli("retry", "--failed")
+    assert retried.returncode == 0 and "requeued 1" in retried.stdout
+    wait_until(lambda: node.states() == ["done", "done"], 60, "the retried job")
+    status = json.loads(node.cli("status", "--json").stdout)
+    assert status["counts"]["done"] == 2
+    assert node.stop() == 0
+    assert "stopped" in node.logtext()
+
+
+def test_ingest_a_tree_is_resumable(pacs, tmp_path):
+    tree = tmp_path / "archive" / "sub-01" / "anat"
+    tree.mkdir(parents=True)
+    for i in range(3):
+        write_nifti(tree / f"sub-i{i}_run-{i}_T1w.nii.gz",
+                    ramp_data((8, 8, 4), "int16", seed=500 + i), affine_from(np.eye(3)))
+    cfg = tmp_path / "node.toml"
+    pacs.config_toml(cfg)
+    cfg.write_text(cfg.read_text().replace(
+        "[node]\n", f'[node]\nstate_dir = "{tmp_path / "var"}"\n'))
+    first = run_node("ingest", tmp_path / "archive", "--config", cfg, "--enqueue-only")
+    assert first.returncode == 0 and "3 files" in first.stdout
+    second = run_node("ingest", tmp_path / "archive", "--config", cfg)
+    assert second.returncode == 0, second.stderr
+    assert "done 3" in second.stdout
+    assert len(list(tree.iterdir())) == 3, "an archive is never moved or deleted"
+    again = run_node("ingest", tmp_path / "archive", "--config", cfg)
+    assert again.returncode == 0 and "done 3" in again.stdout
+    con = sqlite3.connect(tmp_path / "var" / "journal.sqlite")
+    assert con.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 3

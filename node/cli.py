@@ -505,7 +505,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 _bar("deliver", done, len(job_ids), t1)
             if done == len(job_ids):
                 break
-            node.stopping.wait(0.2)
+            node.idle(0.2)
     finally:
         node.shutdown()
     from node.journal import Journal

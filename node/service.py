@@ -19,7 +19,8 @@ import shutil
 import signal
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
+from concurrent.futures import wait as futures_wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,7 +255,7 @@ class Node:
             log.info("%s: same content as job %d (%s), not sent again", path.name, job.id,
                      job.state, extra={"fields": {"job": job.id, "source": str(path)}})
             if job.state == "done":
-                self._after_action(job, Path(path), watch.after)
+                self._after_action(job, path, sidecar, watch.after)
             return job
         log_transition(job, "new", "queued")
         if sidecar_missing:
@@ -312,7 +313,8 @@ class Node:
             done = self.journal.transition(job.id, "done", delivered=result.delivered,
                                            last_error=None, error_class=None, alert=0, **ident)
             log_transition(done, job.state, "done", f"{result.delivered} instances")
-            self._after_action(done, Path(done.source), done.after)
+            self._after_action(done, Path(done.source),
+                               Path(done.sidecar) if done.sidecar else None, done.after)
             return
         self.metrics.failures.labels(result.error_class or "unknown").inc()
         if result.verdict == Verdict.QUARANTINE:
@@ -354,8 +356,9 @@ class Node:
                                         error_class="input", quarantine_path=str(folder))
         log_transition(moved, job.state, "quarantined", reason)
 
-    def _after_action(self, job: Job, source: Path, after: str) -> None:
-        files = [source] + ([Path(job.sidecar)] if job.sidecar else [])
+    def _after_action(self, job: Job, source: Path, sidecar: Path | None, after: str) -> None:
+        """What happens to a delivered source (and its sidecar): move, delete or keep."""
+        files = [source] + ([sidecar] if sidecar else [])
         if after == "keep":
             return
         if after == "delete":
@@ -445,10 +448,18 @@ class Node:
                     next_gauges = now + 2.0
                 if until_idle and not self._inflight and not self._due_soon():
                     break
-                self.stopping.wait(tick)
+                self.idle(tick)
         finally:
             self.shutdown()
         return 0
+
+    def idle(self, tick: float) -> None:
+        """Sleep until a job finishes, a signal arrives, or ``tick`` passes."""
+        if self._inflight:
+            futures_wait([f.future for f in self._inflight.values()], timeout=tick,
+                         return_when=FIRST_COMPLETED)
+        else:
+            self.stopping.wait(tick)
 
     def _due_soon(self) -> bool:
         counts = self.journal.counts()

@@ -162,16 +162,24 @@ def test_slow_writer_is_sent_once_and_complete(pacs, node_factory, tmp_path):
 
 
 def test_preexisting_files_and_duplicates(pacs, node_factory, tmp_path):
-    node = node_factory(pacs.port)
+    node = node_factory(pacs.port, log_format='"json"')
     data = nifti_bytes(tmp_path, "sub-pre_T1w.nii.gz", seed=12)
+    sidecar = json.dumps({"PatientName": "Secret^Person", "PatientBirthDate": "19700101"})
+    (node.inbox / "sub-pre_T1w.json").write_text(sidecar)
     drop(node.inbox, "sub-pre_T1w.nii.gz", data)  # there before the node starts
     node.start()
     wait_until(lambda: node.states() == ["done"], 60, "the pre-existing file")
+    (node.inbox / "copy-of-sub-pre_T1w.json").write_text(sidecar)
     drop(node.inbox, "copy-of-sub-pre_T1w.nii.gz", data)  # the same content again
     wait_until(lambda: not any(node.inbox.iterdir()), 30, "the duplicate to be moved away")
     assert node.states() == ["done"], "the same content is sent once"
-    assert "not sent again" in node.logtext()
     assert node.stop() == 0
+    lines = [json.loads(line) for line in node.logtext().splitlines() if line.startswith("{")]
+    transitions = [(r["from"], r["to"]) for r in lines if "to" in r]
+    assert transitions == [("new", "queued"), ("queued", "converting"),
+                           ("converting", "sending"), ("sending", "done")]
+    assert any("not sent again" in r["message"] for r in lines)
+    assert "Secret" not in node.logtext() and "19700101" not in node.logtext()
 
 
 def _bad_inputs(folder: Path) -> list[Path]:

@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Benchmark: end-to-end ingestion by the node, against storescu's send-only rate, same run.
+
+50 NIfTI volumes (mixed 3D and 4D, about 2,000 instances) are dropped at once into the watched
+folder of a running `dicom-node watch`, with the bundled Orthanc (TCP_NODELAY=1) as destination.
+Measured: time from the first drop to the last instance stored in Orthanc (polled over REST),
+volumes/min, instances/s, and the node's peak RSS (its process tree, sampled). Then the same
+series, converted once by `dicom-node convert`, are sent by DCMTK's storescu to a fresh Orthanc
+(send only). Target (issue "The node"): node end-to-end rate >= 0.6x storescu's send-only rate,
+peak RSS under 1 GB.
+
+    .venv/bin/python scripts/bench_ingest.py [--work DIR] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import orthanc  # noqa: E402
+
+NODE_AET = "DICOM_NODE"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_inputs(folder: Path) -> tuple[list[Path], int]:
+    """40 3D volumes of 128x128x40 and 10 4D volumes of 64x64x8x5: 2,000 instances."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    paths, instances = [], 0
+    for i in range(50):
+        shape = (128, 128, 40) if i < 40 else (64, 64, 8, 5)
+        path = folder / f"sub-{i:02d}_{'T1w' if i < 40 else 'bold'}.nii.gz"
+        if not path.exists():
+            data = rng.integers(0, 3000, size=shape, dtype=np.int16)
+            nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 2.0, 1.0])), str(path))
+        paths.append(path)
+        instances += int(np.prod(shape[2:]))
+    return paths, instances
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident memory of a process and its descendants (Linux /proc)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    work.mkdir(parents=True, exist_ok=True)
+    inputs, n_inst = make_inputs(work / "inputs")
+    print(f"50 volumes (40 x 128x128x40, 10 x 64x64x8x5), {n_inst} instances; "
+          f"cores: {os.cpu_count()}; workers: {args.workers}; work: {work}")
+
+    # --- the node, end to end
+    storage, state, inbox = work / "orthanc", work / "var", work / "inbox"
+    for folder in (storage, state, inbox):
+        shutil.rmtree(folder, ignore_errors=True)
+    inbox.mkdir()
+    server = orthanc.start(storage, http_port=free_port(), dicom_port=free_port(),
+                           node_aet=NODE_AET)
+    cfg = work / "node.toml"
+    cfg.write_text(
+        f'[node]\nae_title = "{NODE_AET}"\ndefault_destination = "pacs"\n'
+        f'state_dir = "{state}"\nworkers = {args.workers}\nrescan_seconds = 5\n'
+        f'[destinations.pacs]\nhost = "127.0.0.1"\nport = {server.dicom_port}\n'
+        f'ae_title = "ORTHANC"\n[[watch]]\npath = "{inbox}"\nsettle_seconds = 0.5\n'
+        'after = "delete"\n'
+    )
+    node = subprocess.Popen([sys.executable, "-m", "node", "watch", "--config", str(cfg)],
+                            stdout=open(work / "node.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    try:
+        time.sleep(2.0)  # let it start watching
+        staging = work / "staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        for p in inputs:
+            shutil.copy(p, staging / p.name)
+        t0 = time.perf_counter()
+        for p in inputs:  # dropped at once: renamed into place
+            os.replace(staging / p.name, inbox / p.name)
+        peak, stored = 0, 0
+        deadline = time.monotonic() + 1800
+        while stored < n_inst and time.monotonic() < deadline:
+            peak = max(peak, tree_rss_kib(node.pid))
+            stored = int(server.get("/statistics")["CountInstances"])
+            time.sleep(0.1)
+        node_s = time.perf_counter() - t0
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.wait(timeout=60)
+        orthanc.stop(storage)
+    if stored < n_inst:
+        raise SystemExit(f"only {stored}/{n_inst} instances arrived")
+
+    # --- storescu, send only, the same series
+    dicom = work / "dicom"
+    if not dicom.exists():
+        subprocess.run([sys.executable, "-m", "node", "convert", *map(str, inputs), "-o",
+                        str(dicom)], check=True, stdout=subprocess.DEVNULL)
+    shutil.rmtree(storage, ignore_errors=True)
+    server = orthanc.start(storage, http_port=free_port(), dicom_port=free_port(),
+                           node_aet=NODE_AET)
+    try:
+        t0 = time.perf_counter()
+        subprocess.run(["storescu", "-aet", NODE_AET, "-aec", "ORTHANC", "--scan-directories",
+                        "--recurse", "127.0.0.1", str(server.dicom_port), str(dicom)],
+                       check=True, env={**os.environ, "TCP_NODELAY": "1"},
+                       capture_output=True)
+        ref_s = time.perf_counter() - t0
+        assert int(server.get("/statistics")["CountInstances"]) == n_inst
+    finally:
+        orthanc.stop(storage)
+
+    node_rate, ref_rate = n_inst / node_s, n_inst / ref_s
+    print(f"node end to end (drop -> last instance in Orthanc): {node_s:6.2f} s  "
+          f"{50 / node_s * 60:6.0f} volumes/min  {node_rate:6.0f} inst/s  "
+          f"peak RSS {peak / 1024:.0f} MB")
+    print(f"storescu send only (same series, converted):         {ref_s:6.2f} s  "
+          f"{'':>18} {ref_rate:6.0f} inst/s")
+    print(f"node vs storescu send-only: {node_rate / ref_rate:.2f}x (target >= 0.6x); "
+          f"peak RSS {peak / 1024:.0f} MB (target < 1024 MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

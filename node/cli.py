@@ -270,18 +270,55 @@ def _load(args: argparse.Namespace):
     return load_config(args.config)
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from node.config import check_environment, describe
+    from node.errors import DicomNodeError
+    from node.network import NetworkFailure, echo
+
+    _quiet_pynetdicom(args.verbose)
+    try:
+        config = _load(args)
+    except DicomNodeError as exc:
+        _error(exc.message)
+        return EXIT_USAGE
+    problems = check_environment(config)
+    print(describe(config))
+    print()
+    status = EXIT_OK
+    for problem in problems:
+        _error(problem)
+        status = EXIT_USAGE
+    if not args.no_echo:
+        for name, dest in config.destinations.items():
+            try:
+                result = echo(dest, config.node.ae_title)
+                print(f"echo {name} ({dest.address}): ok, {result.echo_ms:.1f} ms")
+            except NetworkFailure as exc:
+                _error(f"echo {name}: {exc.message}")
+                status = status or EXIT_FAILURE
+    if status == EXIT_OK:
+        print("config OK")
+    return status
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
+    from node.config import check_environment
     from node.errors import DicomNodeError
     from node.service import Node, setup_service_logging
 
     try:
         config = _load(args)
         if not config.watches:
-            raise ValueError("the config has no [[watch]] folders: nothing to watch")
-        for watch in config.watches:
-            config.destination(watch.destination)
+            raise ValueError(f"{config.path or 'built-in defaults'}: no [[watch]] folders: "
+                             "add one (see config/node.toml)")
     except (DicomNodeError, ValueError) as exc:
         _error(getattr(exc, "message", str(exc)))
+        return EXIT_USAGE
+    problems = check_environment(config)
+    for problem in problems:
+        _error(problem)
+    if problems:
+        _error("the node does not start on an invalid config (dicom-node check-config)")
         return EXIT_USAGE
     setup_service_logging(config.node.log_format, args.verbose)
     node = Node(config)
@@ -604,6 +641,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="then ask the PACS (C-FIND) whether every series is complete")
     push.add_argument("--json", action="store_true", help="print a machine-readable summary")
     push.set_defaults(func=cmd_push)
+
+    check = sub.add_parser(
+        "check-config", help="validate the config, show it (secrets masked), echo destinations")
+    check.add_argument("--config", type=Path)
+    check.add_argument("--no-echo", action="store_true", help="skip the C-ECHO of destinations")
+    check.set_defaults(func=cmd_check_config)
 
     watch = sub.add_parser("watch", help="run the node: watched folders -> PACS",
                            description="Watch the [[watch]] folders and deliver what arrives.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -303,8 +303,57 @@ def find_config_path(explicit: str | Path | None = None) -> Path | None:
     return None
 
 
+ENV_PREFIX = "DICOM_NODE_"
+_ENV_NOT_OVERRIDES = {"DICOM_NODE_CONFIG", "DICOM_NODE_VENV", "DICOM_NODE_PSEUDONYM_SECRET"}
+
+
+def _env_value(text: str) -> Any:
+    """A TOML value if the text is one (42, 1.5, true, ["a"]), else the text itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_env_overrides(user: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Overrides for containers: ``DICOM_NODE_NODE_<KEY>`` sets ``[node].<key>``;
+    ``DICOM_NODE_DESTINATIONS_<NAME>_<KEY>`` sets ``[destinations.<name>].<key>`` (the
+    destination is created if the config has none of that name; ``-`` in names is ``_``).
+    Values are read as TOML values when they parse as one (``4242``, ``true``), else as text.
+    """
+    env = dict(os.environ if env is None else env)
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in user.items()}
+    for var, text in sorted(env.items()):
+        if not var.startswith(ENV_PREFIX) or var in _ENV_NOT_OVERRIDES:
+            continue
+        rest = var[len(ENV_PREFIX):]
+        if rest.startswith("NODE_"):
+            key = rest[len("NODE_"):].lower()
+            if key not in _NODE_KEYS:
+                raise ConfigError(None, f"environment {var}: [node] has no key {key!r}")
+            out.setdefault("node", {})[key] = _env_value(text)
+        elif rest.startswith("DESTINATIONS_"):
+            tail = rest[len("DESTINATIONS_"):]
+            key = next((k for k in sorted(_DEST_KEYS, key=len, reverse=True)
+                        if tail.endswith("_" + k.upper())), None)
+            if key is None or tail == "_" + key.upper():
+                raise ConfigError(None, f"environment {var}: write DICOM_NODE_DESTINATIONS_"
+                                  f"<NAME>_<KEY> with KEY one of {', '.join(sorted(_DEST_KEYS))}")
+            wanted = tail[: -len(key) - 1]
+            dests = out.setdefault("destinations", {})
+            dests = out["destinations"] = {k: dict(v) for k, v in dests.items()}
+            name = next((n for n in dests if n.upper().replace("-", "_") == wanted),
+                        wanted.lower())
+            dests.setdefault(name, {})[key] = _env_value(text)
+        else:
+            raise ConfigError(None, f"environment {var}: only DICOM_NODE_NODE_<KEY> and "
+                              "DICOM_NODE_DESTINATIONS_<NAME>_<KEY> override the config")
+    return out
+
+
 def load_config(explicit: str | Path | None = None) -> Config:
-    """Load and validate the configuration found by :func:`find_config_path`."""
+    """Load and validate the configuration found by :func:`find_config_path`, with the
+    environment's ``DICOM_NODE_*`` overrides applied."""
     path = find_config_path(explicit)
     user: dict[str, Any] = {}
     if path is not None:
@@ -316,7 +365,7 @@ def load_config(explicit: str | Path | None = None) -> Config:
             raise ConfigError(path, f"cannot read config ({exc.strerror})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(path, f"invalid TOML: {exc}") from None
-    return config_from_dict(user, path)
+    return config_from_dict(apply_env_overrides(user), path)
 
 
 def config_from_dict(user: dict[str, Any], path: Path | None = None) -> Config:
@@ -328,8 +377,8 @@ def config_from_dict(user: dict[str, Any], path: Path | None = None) -> Config:
     unknown = set(node_raw) - _NODE_KEYS
     if unknown:
         raise ConfigError(path, f"[node]: unknown key(s) {', '.join(sorted(unknown))}")
-    base = path.parent.parent if path is not None and path.parent.name == "config" else (
-        path.parent if path is not None else Path.cwd())
+    here = path.resolve().parent if path is not None else Path.cwd()
+    base = here.parent if here.name == "config" else here
     try:
         node = _node_settings(node_raw, base)
     except ValueError as exc:
@@ -533,3 +582,77 @@ def build_destination(name: str, raw: Any, base: Path | None = None) -> Destinat
         tls=tls,
     )
 
+
+
+def check_environment(config: Config) -> list[str]:
+    """What the file system and environment say about a valid config: problems, each one line
+    naming the key and what to do. The node refuses to start while there are any."""
+    where = str(config.path) if config.path else "built-in defaults"
+    problems: list[str] = []
+    state = config.node.state_dir
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        probe = state / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        problems.append(f"{where}: [node].state_dir {state}: not writable ({exc.strerror}); "
+                        "choose a folder this user can write")
+    for i, watch in enumerate(config.watches):
+        if not watch.path.is_dir():
+            problems.append(f"{where}: [[watch]] #{i + 1} path {watch.path}: no such folder; "
+                            f"create it (mkdir -p {watch.path}) or fix the path")
+        profile = config.profiles[watch.profile]
+        if profile.deidentify and not profile.secret() and not profile.pseudonyms:
+            problems.append(
+                f"{where}: [[watch]] #{i + 1} uses profile {profile.name!r}, which "
+                f"de-identifies: set {profile.pseudonym_secret_env or 'pseudonym_secret'}")
+    for name, dest in config.destinations.items():
+        if dest.tls is not None:
+            for label, f in (("ca", dest.tls.ca), ("cert", dest.tls.cert), ("key", dest.tls.key)):
+                if f is not None and not f.is_file():
+                    problems.append(f"{where}: [destinations.{name}].tls.{label} {f}: "
+                                    "no such file")
+    return problems
+
+
+def describe(config: Config) -> str:
+    """The resolved settings as TOML-like text, secrets masked."""
+    lines = [f"# config: {config.path or 'built-in defaults'}", "[node]"]
+    for f in fields(NodeSettings):
+        lines.append(f"{f.name} = {_show(getattr(config.node, f.name))}")
+    for name, d in config.destinations.items():
+        lines.append(f"\n[destinations.{name}]")
+        for f in fields(Destination):
+            if f.name in ("name",):
+                continue
+            value = getattr(d, f.name)
+            if f.name == "tls" and value is not None:
+                value = {k.name: getattr(value, k.name) for k in fields(value)}
+                value["key"] = "****" if value["key"] else None
+            lines.append(f"{f.name} = {_show(value)}")
+    for w in config.watches:
+        lines.append("\n[[watch]]")
+        for f in fields(WatchSettings):
+            lines.append(f"{f.name} = {_show(getattr(w, f.name))}")
+    for name, p in config.profiles.items():
+        secret = "****" if p.secret() else "(not set)"
+        lines.append(f"\n[profiles.{name}]  # modality {p.modality}, derived {p.derived}, "
+                     f"deidentify {p.deidentify}" + (f", key {secret}" if p.deidentify else ""))
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, Path):
+        return f'"{value}"'
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "(none)"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + " }"
+    return str(value)

@@ -1,0 +1,27 @@
+# dicom-node: the node as a container. Installs exactly as CI does (scripts/install), runs as a
+# non-root user, watches /data/inbox and keeps its journal in /data/var.
+#   docker build -t dicom-node .
+#   docker run -v $PWD/inbox:/data/inbox -v $PWD/var:/data/var \
+#     -e DICOM_NODE_DESTINATIONS_PACS_HOST=pacs.example.org dicom-node
+# No secrets are baked in: pass them at run time (e.g. -e DICOM_NODE_PSEUDONYM_SECRET=...).
+FROM python:3.11-slim-bookworm
+
+WORKDIR /opt/dicom-node
+COPY pyproject.toml README.md ./
+COPY node ./node
+COPY scripts/install ./scripts/install
+COPY config/docker.toml ./config/docker.toml
+RUN scripts/install --no-apt --venv /opt/dicom-node/venv \
+    && useradd --system --create-home --uid 10001 dicomnode \
+    && mkdir -p /data/inbox /data/var \
+    && chown -R dicomnode /data
+
+ENV PATH="/opt/dicom-node/venv/bin:$PATH" \
+    DICOM_NODE_CONFIG=/opt/dicom-node/config/docker.toml \
+    PYTHONUNBUFFERED=1
+
+USER dicomnode
+VOLUME ["/data/inbox", "/data/var"]
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request, sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=4).status == 200 else 1)"]
+ENTRYPOINT ["dicom-node", "watch"]

@@ -1,0 +1,156 @@
+"""Shipping: config checking, environment overrides, the demo, Docker and systemd files."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, run_node
+
+from node.config import apply_env_overrides, config_from_dict, load_config
+from node.errors import ConfigError
+
+
+def _cfg(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return path
+
+
+def test_check_config_ok_shows_settings_masks_secrets_and_echoes(pacs, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cfg = pacs.config_toml(tmp_path / "node.toml")
+    cfg.write_text(cfg.read_text().replace("[node]\n", f'[node]\nstate_dir = "{tmp_path}/var"\n')
+                   + f'\n[[watch]]\npath = "{inbox}"\nprofile = "research-deidentified"\n'
+                   '[profiles.research-deidentified]\npseudonym_secret = "s3cret-value"\n')
+    proc = run_node("check-config", "--config", cfg)
+    assert proc.returncode == 0, proc.stderr
+    assert "config OK" in proc.stdout and "echo pacs" in proc.stdout
+    assert f"port = {pacs.port}" in proc.stdout and "key ****" in proc.stdout
+    assert "s3cret-value" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('[node]\nworkrs = 2\n', "[node]: unknown key(s) workrs"),
+        ('[node]\nworkers = "two"\n', "[node].workers: write a whole number"),
+        ('[node]\nlog_format = "xml"\n', '[node].log_format: write "plain" or "json"'),
+        ('[destinations.pacs]\nhost = "h"\nport = 70000\nae_title = "A"\n', "not a TCP port"),
+        ('[destinations.pacs]\nhost = "h"\nport = 104\n', "missing ae_title"),
+        ('[destinations.pacs]\nhost = "h"\nport = 104\nae_title = "MUCH_TOO_LONG_AE_TITLE"\n',
+         "must be 1-16 printable characters"),
+        ('[[watch]]\npath = "in"\ndestination = "nowhere"\n', "destination 'nowhere' is not"),
+        ('[profiles.x.static]\nPatientSexx = "M"\n', "'PatientSexx' is not a DICOM attribute"),
+        ('[profiles.x.static]\nStudyDate = "yesterday"\n', "StudyDate"),
+    ],
+)
+def test_check_config_errors_name_file_key_and_fix(tmp_path, text, words):
+    cfg = _cfg(tmp_path, text)
+    proc = run_node("check-config", "--config", cfg, "--no-echo")
+    assert proc.returncode == 2
+    assert words in proc.stderr and str(cfg) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    watch = run_node("watch", "--config", cfg)
+    assert watch.returncode == 2 and words in watch.stderr  # the node refuses, same message
+
+
+def test_filesystem_problems_stop_the_node(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cfg = _cfg(tmp_path, f'[node]\nstate_dir = "{blocker}/var"\ndefault_destination = "p"\n'
+               '[destinations.p]\nhost = "127.0.0.1"\nport = 9\nae_title = "P"\n'
+               f'[[watch]]\npath = "{tmp_path}/missing-inbox"\n')
+    for command in (["check-config", "--no-echo"], ["watch"]):
+        proc = run_node(*command, "--config", cfg, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert "[node].state_dir" in proc.stderr and "not writable" in proc.stderr
+        assert "missing-inbox: no such folder; create it (mkdir -p" in proc.stderr
+
+
+def test_environment_overrides():
+    user = {"destinations": {"main-pacs": {"host": "a", "port": 1, "ae_title": "A"}}}
+    env = {"DICOM_NODE_NODE_WORKERS": "4", "DICOM_NODE_NODE_AE_TITLE": "NODE2",
+           "DICOM_NODE_DESTINATIONS_MAIN_PACS_HOST": "pacs.example.org",
+           "DICOM_NODE_DESTINATIONS_MAIN_PACS_MAX_ASSOCIATIONS": "3",
+           "DICOM_NODE_DESTINATIONS_BACKUP_HOST": "b", "DICOM_NODE_DESTINATIONS_BACKUP_PORT": "104",
+           "DICOM_NODE_DESTINATIONS_BACKUP_AE_TITLE": "BACKUP",
+           "DICOM_NODE_CONFIG": "ignored.toml", "DICOM_NODE_PSEUDONYM_SECRET": "ignored"}
+    config = config_from_dict(apply_env_overrides(user, env))
+    assert config.node.workers == 4 and config.node.ae_title == "NODE2"
+    assert config.destinations["main-pacs"].host == "pacs.example.org"
+    assert config.destinations["main-pacs"].max_associations == 3
+    assert config.destinations["backup"].port == 104
+    with pytest.raises(ConfigError, match="DICOM_NODE_NODE_WORKRS"):
+        apply_env_overrides({}, {"DICOM_NODE_NODE_WORKRS": "1"})
+    with pytest.raises(ConfigError, match="DICOM_NODE_WATCH_PATH"):
+        apply_env_overrides({}, {"DICOM_NODE_WATCH_PATH": "x"})
+
+
+def test_demo_runs_end_to_end():
+    """`./scripts/demo --once` without its install step (scripts/test installed everything)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--once"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "instances 25" in proc.stdout and "patient  demo01" in proc.stdout
+    assert "stopped the node and Orthanc" in proc.stdout
+    again = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--once"],
+                           capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert again.returncode == 0 and "instances 25" in again.stdout  # twice works
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_matches_the_repository():
+    steps = _dockerfile()
+    assert steps[0] == ("FROM", "python:3.11-slim-bookworm")
+    for word, rest in steps:
+        if word == "COPY":
+            *sources, _dest = shlex.split(rest)
+            for src in sources:
+                assert (ROOT / src).exists(), f"Dockerfile copies {src}, which is missing"
+    runs = " ".join(rest for word, rest in steps if word == "RUN")
+    assert "scripts/install" in runs  # the same install path as .ci/run (scripts/test)
+    assert "scripts/install" in (ROOT / "scripts" / "test").read_text()
+    users = [rest for word, rest in steps if word == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    entry = [rest for word, rest in steps if word == "ENTRYPOINT"]
+    assert entry and re.search(r'"dicom-node",\s*"watch"', entry[0])
+    health = [rest for word, rest in steps if word == "HEALTHCHECK"]
+    assert health and "/healthz" in health[0]
+    env = " ".join(rest for word, rest in steps if word == "ENV")
+    assert not re.search(r"SECRET|PASSWORD|TOKEN", env)
+    config_path = re.search(r"DICOM_NODE_CONFIG=(\S+)", env).group(1)
+    shipped = ROOT / "config" / Path(config_path).name
+    config = load_config(shipped)  # the container's config is valid
+    assert config.watches[0].path == Path("/data/inbox")
+    assert str(config.node.state_dir) == "/data/var" and config.node.metrics_port == 9464
+    volumes = [rest for word, rest in steps if word == "VOLUME"]
+    assert "/data/inbox" in volumes[0] and "/data/var" in volumes[0]
+
+
+def test_compose_and_systemd_unit():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert services["dicom-node"]["build"] == "."
+    assert "orthancteam/orthanc" in services["orthanc"]["image"]
+    env = services["dicom-node"]["environment"]
+    assert env["DICOM_NODE_DESTINATIONS_PACS_HOST"] == "orthanc"
+    unit = (ROOT / "config" / "dicom-node.service").read_text()
+    assert re.search(r"^ExecStart=\S+/dicom-node watch$", unit, re.M)
+    assert "KillSignal=SIGTERM" in unit

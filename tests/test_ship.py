@@ -154,3 +154,25 @@ def test_compose_and_systemd_unit():
     unit = (ROOT / "config" / "dicom-node.service").read_text()
     assert re.search(r"^ExecStart=\S+/dicom-node watch$", unit, re.M)
     assert "KillSignal=SIGTERM" in unit
+
+
+def test_scripts_orthanc_command(tmp_path):
+    from conftest import free_port
+
+    storage = tmp_path / "o"
+    http, dicom = free_port(), free_port()
+    start = subprocess.run([str(ROOT / "scripts" / "orthanc"), "start", "--background",
+                            "--http-port", str(http), "--dicom-port", str(dicom),
+                            "--storage", str(storage)], capture_output=True, text=True,
+                           timeout=60)
+    try:
+        assert start.returncode == 0, start.stderr
+        assert f"DICOM port {dicom}" in start.stdout
+        echo = run_node("echo", "--host", "127.0.0.1", "--port", dicom, "--aet", "ORTHANC")
+        assert echo.returncode == 0, echo.stderr
+    finally:
+        stop = subprocess.run([str(ROOT / "scripts" / "orthanc"), "stop", "--storage",
+                               str(storage)], capture_output=True, text=True, timeout=60)
+    assert stop.returncode == 0 and "stopped" in stop.stdout
+    again = run_node("echo", "--host", "127.0.0.1", "--port", dicom, "--aet", "ORTHANC")
+    assert again.returncode == 1 and "connection refused" in again.stderr

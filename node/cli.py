@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from functools import partial
 from pathlib import Path
 
@@ -270,16 +271,24 @@ def _load(args: argparse.Namespace):
     return load_config(args.config)
 
 
+def _load_or_report(args: argparse.Namespace):
+    """The config, or None after printing the one-line error (the caller exits 2)."""
+    from node.errors import DicomNodeError
+
+    try:
+        return _load(args)
+    except DicomNodeError as exc:
+        _error(exc.message)
+        return None
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from node.config import check_environment, describe
-    from node.errors import DicomNodeError
     from node.network import NetworkFailure, echo
 
     _quiet_pynetdicom(args.verbose)
-    try:
-        config = _load(args)
-    except DicomNodeError as exc:
-        _error(exc.message)
+    config = _load_or_report(args)
+    if config is None:
         return EXIT_USAGE
     problems = check_environment(config)
     print(describe(config))
@@ -338,23 +347,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from node.errors import DicomNodeError
     from node.service import open_journal
 
-    try:
-        config = _load(args)
-    except DicomNodeError as exc:
-        _error(exc.message)
+    config = _load_or_report(args)
+    if config is None:
         return EXIT_USAGE
-    journal = open_journal(config)
-    try:
+    with closing(open_journal(config)) as journal:
         counts = journal.counts()
         oldest = journal.oldest_waiting()
         errors = journal.last_errors()
         alerts = journal.alerts()
         echoes = journal.echoes()
-    finally:
-        journal.close()
     now = time.time()
     if args.json:
         print(json.dumps({
@@ -386,23 +389,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     import json
 
-    from node.errors import DicomNodeError
     from node.journal import STATES
     from node.service import open_journal
 
     if args.state and args.state not in STATES:
         _error(f"--state {args.state!r}: one of {', '.join(STATES)}")
         return EXIT_USAGE
-    try:
-        config = _load(args)
-    except DicomNodeError as exc:
-        _error(exc.message)
+    config = _load_or_report(args)
+    if config is None:
         return EXIT_USAGE
-    journal = open_journal(config)
-    try:
+    with closing(open_journal(config)) as journal:
         jobs = journal.jobs(args.state)
-    finally:
-        journal.close()
     if args.json:
         print(json.dumps([j.as_json() for j in jobs], indent=2))
         return EXIT_OK
@@ -415,23 +412,17 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from node.errors import DicomNodeError
     from node.service import open_journal
 
     if not args.jobs and not args.failed:
         _error("name JOB ids or give --failed")
         return EXIT_USAGE
-    try:
-        config = _load(args)
-    except DicomNodeError as exc:
-        _error(exc.message)
+    config = _load_or_report(args)
+    if config is None:
         return EXIT_USAGE
-    journal = open_journal(config)
-    try:
+    with closing(open_journal(config)) as journal:
         ids = journal.requeue(None if args.failed else args.jobs,
                               states=("failed", "retry-wait"))
-    finally:
-        journal.close()
     missing = set(args.jobs or []) - set(ids)
     for job_id in sorted(missing):
         _error(f"job {job_id}: not failed or waiting (see dicom-node jobs)")
@@ -442,14 +433,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def cmd_quarantine(args: argparse.Namespace) -> int:
     import shutil
 
-    from node.errors import DicomNodeError
     from node.nifti import content_digest
     from node.service import open_journal
 
-    try:
-        config = _load(args)
-    except DicomNodeError as exc:
-        _error(exc.message)
+    config = _load_or_report(args)
+    if config is None:
         return EXIT_USAGE
     journal = open_journal(config)
     try:

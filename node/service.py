@@ -259,7 +259,8 @@ class Node:
             return job
         log_transition(job, "new", "queued")
         if sidecar_missing:
-            self._quarantine(job, f"no BIDS sidecar {sidecar.name} arrived within "
+            expected = default_sidecar_path(path).name
+            self._quarantine(job, f"no BIDS sidecar {expected} arrived within "
                              f"{watch.sidecar_grace_seconds:g} s and this watch requires one; "
                              "add the sidecar next to the file and release it")
         return job
@@ -424,7 +425,11 @@ class Node:
         now = time.monotonic()
         self.metrics.heartbeat = now
         for path, watch, missing in self.stabilizer.ready():
-            self.enqueue_file(path, watch, missing)
+            try:
+                self.enqueue_file(path, watch, missing)
+            except Exception:  # a bug must not stop the node; the next rescan tries again
+                log.exception("%s: could not enqueue", path)
+                self.stabilizer.forget(path)
         self._claim_and_submit()
         self._collect()
         if self.watching and now >= self._echo_due:

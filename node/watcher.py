@@ -129,6 +129,17 @@ class Stabilizer:
                 out.append((path, cand.watch, missing))
         return out
 
+    def forget(self, path: Path) -> None:
+        """Let ``path`` be taken again (its enqueue failed, or it left and came back)."""
+        with self._lock:
+            self._taken.pop(path, None)
+
+    def prune(self) -> None:
+        """Drop memories of files that are gone (moved to done/, deleted): bounded memory."""
+        with self._lock:
+            for path in [p for p in self._taken if not p.exists()]:
+                del self._taken[path]
+
     def pending(self) -> int:
         with self._lock:
             return len(self._candidates)
@@ -182,6 +193,7 @@ class FolderWatcher:
         return nominate
 
     def rescan(self) -> int:
+        self.stabilizer.prune()
         n = 0
         for watch in self.watches:
             for path in scan(watch):

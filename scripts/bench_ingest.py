@@ -30,16 +30,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import orthanc  # noqa: E402
+from orthanc import free_port  # noqa: E402
 
 NODE_AET = "DICOM_NODE"
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_inputs(folder: Path) -> tuple[list[Path], int]:

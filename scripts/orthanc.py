@@ -55,6 +55,15 @@ class Orthanc:
         return True
 
 
+def free_port() -> int:
+    """A TCP port free on loopback now (for tests, benchmarks and the demo)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def binary() -> str:
     for candidate in (shutil.which("Orthanc"), "/usr/sbin/Orthanc", "/usr/bin/Orthanc"):
         if candidate and Path(candidate).exists():

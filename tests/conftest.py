@@ -31,7 +31,6 @@ def out_dir(tmp_path: Path) -> Path:
 
 # --- real peers: Orthanc (Debian's orthanc) and DCMTK's storescp -----------------------------
 
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import urllib.request  # noqa: E402
@@ -43,10 +42,7 @@ import orthanc as orthanc_script  # noqa: E402
 NODE_AET = "DICOM_NODE"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = orthanc_script.free_port
 
 
 class Pacs:

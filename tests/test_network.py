@@ -258,3 +258,36 @@ def test_parallel_associations_deliver_everything_once(pacs, tmp_path):
     assert summary["delivered"] == 120 and summary["verified"] is True
     series = pacs.series(summary["series"][0]["series_uid"])
     assert len(series["Instances"]) == 120
+
+
+def test_peer_accepting_only_implicit_vr_gets_a_reencoded_file(tmp_path):
+    """Our files are Explicit VR Little Endian; a storescp limited to Implicit VR must still get
+    them (the uncompressed fallback context), re-encoded by pynetdicom."""
+    port = free_port()
+    out = tmp_path / "received"
+    out.mkdir()
+    scp = subprocess.Popen(["storescp", "+xi", "-aet", "IMPLICIT", "-od", str(out), str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        series = convert_file(_nifti(tmp_path, "sub-net06_T1w", seed=7), config_from_dict({}))
+        folder = write_series(series, tmp_path / "dicom")
+        proc = run_node("push", folder, "--host", "127.0.0.1", "--port", port, "--aet",
+                        "IMPLICIT", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        scp.terminate()
+        scp.wait(timeout=10)
+    files = sorted(out.iterdir())
+    assert len(files) == 6
+    received = pydicom.dcmread(files[0])
+    assert received.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"  # implicit VR LE
+    original = pydicom.dcmread(folder / "IM000001.dcm")
+    by_uid = {pydicom.dcmread(f).SOPInstanceUID: f for f in files}
+    assert np.array_equal(pydicom.dcmread(by_uid[original.SOPInstanceUID]).pixel_array,
+                          original.pixel_array)

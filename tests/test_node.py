@@ -141,8 +141,12 @@ def series_count(pacs, series_uid: str) -> int:
     return len(s["Instances"]) if s else 0
 
 
-def test_slow_writer_is_sent_once_and_complete(pacs, node_factory, tmp_path):
-    node = node_factory(pacs.port).start()
+@pytest.mark.parametrize("observer", ["native", "polling"])
+def test_slow_writer_is_sent_once_and_complete(pacs, node_factory, tmp_path, observer):
+    node = node_factory(pacs.port)
+    if observer == "polling":  # NFS/SMB mode: watchdog's polling observer
+        node.config.write_text(node.config.read_text() + "polling = true\n")
+    node.start()
     data = nifti_bytes(tmp_path, "sub-slow_T1w.nii.gz", shape=(16, 16, 8), seed=11)
     target = node.inbox / "sub-slow_T1w.nii.gz"
     with open(target, "wb") as f:  # written in place, in chunks, over ~3 s
@@ -157,7 +161,27 @@ def test_slow_writer_is_sent_once_and_complete(pacs, node_factory, tmp_path):
     assert series_count(pacs, job["series_uid"]) == 8
     time.sleep(SETTLE * 2)
     assert len(node.jobs()) == 1, "a partially written file must never become a job"
-    assert (node.state / "done").rglob("sub-slow_T1w.nii.gz")
+    assert list((node.state / "done").rglob("sub-slow_T1w.nii.gz"))
+    url = f"http://127.0.0.1:{node.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as rsp:
+        metrics = rsp.read().decode()
+    assert "dicom_node_instances_sent_total 8.0" in metrics
+    assert "dicom_node_conversion_seconds_count 1.0" in metrics
+    assert node.stop() == 0
+
+
+def test_required_sidecar_that_never_comes_is_quarantined(pacs, node_factory, tmp_path):
+    node = node_factory(pacs.port)
+    node.config.write_text(node.config.read_text()
+                           + "require_sidecar = true\nsidecar_grace_seconds = 2\n")
+    node.start()
+    drop(node.inbox, "sub-nosc_T1w.nii.gz", nifti_bytes(tmp_path, "n.nii.gz", seed=13))
+    drop(node.inbox, "sub-sc_T1w.nii.gz", nifti_bytes(tmp_path, "s.nii.gz", seed=14))
+    (node.inbox / "sub-sc_T1w.json").write_text('{"SeriesDescription": "with sidecar"}')
+    wait_until(lambda: sorted(node.states()) == ["done", "quarantined"], 60, "both decided")
+    quarantined = next(j for j in node.jobs() if j["state"] == "quarantined")
+    assert "sub-nosc_T1w.nii.gz" in quarantined["source"]
+    assert "no BIDS sidecar sub-nosc_T1w.json arrived within 2 s" in quarantined["last_error"]
     assert node.stop() == 0
 
 

@@ -247,6 +247,7 @@ class Node:
         except OSError as exc:
             log.warning("%s: cannot read (%s); will try again at the next scan", path,
                         exc.strerror)
+            self.stabilizer.forget(path)
             return None
         job, created = self.journal.enqueue(
             path, digest, size, watch.profile, watch.destination, watch.after, sidecar

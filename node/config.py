@@ -88,7 +88,7 @@ class NodeSettings:
     retry_base_seconds: float = 5.0  # first retry delay; doubles per attempt, with jitter
     retry_max_seconds: float = 600.0
     max_attempts: int = 50
-    workers: int = 2  # conversion+delivery worker processes
+    workers: int = 4  # conversion+delivery processes (mostly waiting on the PACS: > cores)
     log_format: str = "plain"  # or "json"
     metrics_port: int = 0  # /healthz and /metrics on 127.0.0.1; 0 = off
     echo_interval_seconds: float = 60.0

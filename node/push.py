@@ -85,7 +85,7 @@ def gather(paths: Iterable[Path], spool: Path, config: Config, profile: Profile)
 
 
 @dataclass
-class SeriesSummary:
+class SeriesReport:
     series_uid: str
     study_uid: str
     instances: int = 0
@@ -104,17 +104,17 @@ class SeriesSummary:
         }
         if self.messages:
             out["messages"] = self.messages
-        if self.verified_count is not None or self.verified_count == 0:
+        if self.verified_count is not None:
             out["pacs_instances"] = self.verified_count
         return out
 
 
-def summarise(report: StoreReport) -> list[SeriesSummary]:
+def summarise(report: StoreReport) -> list[SeriesReport]:
     """Per-series counts in first-seen order; distinct failure messages kept (at most 5)."""
-    series: dict[str, SeriesSummary] = {}
+    series: dict[str, SeriesReport] = {}
     for result in report.results:
         f = result.file
-        s = series.setdefault(f.series_uid, SeriesSummary(f.series_uid, f.study_uid))
+        s = series.setdefault(f.series_uid, SeriesReport(f.series_uid, f.study_uid))
         s.instances += 1
         s.seconds = max(s.seconds, result.seconds)
         if result.outcome.delivered:
@@ -128,6 +128,6 @@ def summarise(report: StoreReport) -> list[SeriesSummary]:
     return list(series.values())
 
 
-def _note(summary: SeriesSummary, message: str) -> None:
+def _note(summary: SeriesReport, message: str) -> None:
     if message not in summary.messages and len(summary.messages) < 5:
         summary.messages.append(message)

@@ -159,6 +159,16 @@ class Metrics:
 _worker_logging = False
 
 
+def warm_up() -> int:
+    """Run once per worker at node start: import what a delivery needs before work arrives."""
+    import pynetdicom  # noqa: F401
+
+    import node.convert  # noqa: F401
+    import node.network  # noqa: F401
+
+    return os.getpid()
+
+
 def die_with_parent() -> None:
     """Worker initializer: a worker must not outlive a node killed with SIGKILL (Linux).
 
@@ -415,6 +425,9 @@ class Node:
         if self.config.node.metrics_port:
             port = self.metrics.serve(self.config.node.metrics_port, self.dirs.journal)
             log.info("health and metrics on http://127.0.0.1:%d/healthz and /metrics", port)
+        pool = self._executor()  # spawn and warm the workers now, not when the first file lands
+        for _ in range(self.config.node.workers):
+            pool.submit(warm_up)
         if self.watcher is not None:
             self.watcher.start()
             n = self.watcher.rescan()

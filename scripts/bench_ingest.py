@@ -72,7 +72,8 @@ def tree_rss_kib(pid: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=4, help="[node].workers (default 4)")
+    parser.add_argument("--verbose-pacs", action="store_true", help="Orthanc --verbose")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -86,7 +87,7 @@ def main() -> int:
         shutil.rmtree(folder, ignore_errors=True)
     inbox.mkdir()
     server = orthanc.start(storage, http_port=free_port(), dicom_port=free_port(),
-                           node_aet=NODE_AET)
+                           node_aet=NODE_AET, verbose=args.verbose_pacs)
     cfg = work / "node.toml"
     cfg.write_text(
         f'[node]\nae_title = "{NODE_AET}"\ndefault_destination = "pacs"\n'
@@ -118,6 +119,7 @@ def main() -> int:
         node.send_signal(signal.SIGTERM)
         node.wait(timeout=60)
         orthanc.stop(storage)
+        shutil.copy(storage / "orthanc.log", work / "orthanc-node-run.log")
     if stored < n_inst:
         raise SystemExit(f"only {stored}/{n_inst} instances arrived")
 

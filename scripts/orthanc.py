@@ -97,14 +97,15 @@ def write_config(
 def start(
     storage: Path, http_port: int = 8042, dicom_port: int = 4242, node_aet: str = "DICOM_NODE",
     aet: str = "ORTHANC", tls: dict | None = None, wait: float = 30.0,
-    overrides: dict | None = None,
+    overrides: dict | None = None, verbose: bool = False,
 ) -> Orthanc:
     """Start Orthanc in the background and wait until its REST API answers."""
     storage = storage.resolve()
     config = write_config(storage, http_port, dicom_port, node_aet, aet, tls, overrides)
     log = open(storage / "orthanc.log", "ab")  # noqa: SIM115 - kept open by the child
     proc = subprocess.Popen(
-        [binary(), str(config)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [binary(), *(["--verbose"] if verbose else []), str(config)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env={**os.environ, "TCP_NODELAY": "1"}, start_new_session=True,
     )
     (storage / "orthanc.pid").write_text(str(proc.pid))

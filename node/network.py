@@ -184,6 +184,27 @@ def _wake_dimse(event: Any) -> None:
         dimse.msg_queue.put((None, None))
 
 
+def _responses_for_the_caller(assoc: Any) -> None:
+    """Keep DIMSE responses for the thread that asked, never the association's own reactor.
+
+    pynetdicom pauses its reactor thread around send_c_store() with a checkpoint, but the pause
+    has a window: the reactor can pass its checkpoint just before the pause and then take a fast
+    response off the DIMSE queue ("Received unexpected C-STORE service message"), leaving
+    send_c_store() waiting until a timeout (seen here as a 30 s stall about once in 250
+    associations with Nagle off). As a pure SCU we never serve requests on our associations,
+    so the reactor gets nothing from the queue; A-RELEASE/A-ABORT handling is unaffected.
+    """
+    dimse = assoc.dimse
+    original = dimse.get_msg
+
+    def get_msg(block: bool = False):
+        if threading.current_thread() is assoc:
+            return None, None
+        return original(block)
+
+    dimse.get_msg = get_msg
+
+
 def _diagnose(dest: Destination, address: str, saw_abort: bool) -> NetworkFailure:
     """Why did an association fail before any answer? Probe the transport step by step."""
     where = dest.address
@@ -262,6 +283,7 @@ def open_association(
         ],
     )
     if assoc.is_established:
+        _responses_for_the_caller(assoc)
         return assoc
     if "reject" in seen:
         rj = seen["reject"]

@@ -220,9 +220,7 @@ def _build_profile(name: str, raw: dict[str, Any]) -> Profile:
     from node.vr import coerce, keyword_vr
 
     where = f"[profiles.{name}]"
-    unknown = set(raw) - _PROFILE_KEYS
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    _check_table(where, raw, _PROFILE_KEYS)
     modality = str(raw.get("modality", "MR")).upper()
     if modality not in MODALITIES:
         raise ValueError(f"{where}.modality: {modality!r} is not one of {', '.join(MODALITIES)}")
@@ -465,11 +463,7 @@ def _watch_settings(
     i: int, raw: Any, base: Path, node: NodeSettings, profiles: dict, destinations: dict
 ) -> WatchSettings:
     where = f"[[watch]] #{i + 1}"
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where} must be a table")
-    unknown = set(raw) - _WATCH_KEYS
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    _check_table(where, raw, _WATCH_KEYS)
     if not isinstance(raw.get("path"), str) or not raw["path"]:
         raise ValueError(f"{where}: path is required (the folder to watch)")
     folder = Path(raw["path"])
@@ -521,14 +515,19 @@ def _number(where: str, value: Any, *, integer: bool = False, minimum: float = 0
     return value
 
 
+def _check_table(where: str, raw: Any, allowed: set[str]) -> None:
+    """A table with only known keys, or a ValueError naming the table and the strangers."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be a table")
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+
+
 def build_destination(name: str, raw: Any, base: Path | None = None) -> Destination:
     """Validate ``[destinations.NAME]``; relative TLS file paths are relative to the config."""
     where = f"[destinations.{name}]"
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where} must be a table")
-    unknown = set(raw) - _DEST_KEYS
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    _check_table(where, raw, _DEST_KEYS)
     for key in ("host", "port", "ae_title"):
         if key not in raw:
             raise ValueError(f"{where}: missing {key} (host, port and ae_title are required)")

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -196,11 +197,12 @@ def test_push_again_is_idempotent(pacs, tmp_path):
     assert len(pacs.series(uid)["Instances"]) == 6
 
 
-def test_push_to_dcmtk_storescp(tmp_path):
+@contextmanager
+def storescp(folder: Path, aet: str, *options: str):
+    """DCMTK's storescp on a free loopback port, writing into ``folder``; yields the port."""
     port = free_port()
-    out = tmp_path / "received"
-    out.mkdir()
-    scp = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(out), str(port)],
+    folder.mkdir()
+    scp = subprocess.Popen(["storescp", *options, "-aet", aet, "-od", str(folder), str(port)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
@@ -209,13 +211,19 @@ def test_push_to_dcmtk_storescp(tmp_path):
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.05)
+        yield port
+    finally:
+        scp.terminate()
+        scp.wait(timeout=10)
+
+
+def test_push_to_dcmtk_storescp(tmp_path):
+    out = tmp_path / "received"
+    with storescp(out, "STORESCP") as port:
         src = _nifti(tmp_path, "sub-net04_T1w", seed=6)
         proc = run_node("push", src, "--host", "127.0.0.1", "--port", port, "--aet", "STORESCP",
                         cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-    finally:
-        scp.terminate()
-        scp.wait(timeout=10)
     files = sorted(out.iterdir())
     assert len(files) == 6
     dump = subprocess.run(["dcmdump", str(files[0])], capture_output=True, text=True).stdout
@@ -263,26 +271,13 @@ def test_parallel_associations_deliver_everything_once(pacs, tmp_path):
 def test_peer_accepting_only_implicit_vr_gets_a_reencoded_file(tmp_path):
     """Our files are Explicit VR Little Endian; a storescp limited to Implicit VR must still get
     them (the uncompressed fallback context), re-encoded by pynetdicom."""
-    port = free_port()
     out = tmp_path / "received"
-    out.mkdir()
-    scp = subprocess.Popen(["storescp", "+xi", "-aet", "IMPLICIT", "-od", str(out), str(port)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
+    with storescp(out, "IMPLICIT", "+xi") as port:  # accept Implicit VR Little Endian only
         series = convert_file(_nifti(tmp_path, "sub-net06_T1w", seed=7), config_from_dict({}))
         folder = write_series(series, tmp_path / "dicom")
         proc = run_node("push", folder, "--host", "127.0.0.1", "--port", port, "--aet",
                         "IMPLICIT", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-    finally:
-        scp.terminate()
-        scp.wait(timeout=10)
     files = sorted(out.iterdir())
     assert len(files) == 6
     received = pydicom.dcmread(files[0])

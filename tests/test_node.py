@@ -282,10 +282,10 @@ def test_sigkill_at_any_step_resumes_without_loss_or_duplicates(own_pacs, node_f
     node = node_factory(pacs.port, workers=1).start()
     # big enough that conversion and sending each take a noticeable time
     drop(node.inbox, "sub-kill_T1w.nii.gz",
-         nifti_bytes(tmp_path, "k.nii.gz", shape=(256, 256, 120), seed=300))
+         nifti_bytes(tmp_path, "k.nii.gz", shape=(256, 256, 200), seed=300))
     wait_until(lambda: moment in node.states(), 60, f"the job to be {moment}", step=0.01)
     if moment == "sending":
-        time.sleep(0.3)  # some instances are already in the PACS
+        time.sleep(0.1)  # some instances are already in the PACS (200 take ~0.8 s)
     node.stop(signal.SIGKILL)
     assert node.states() == [moment], "the journal holds the interrupted step"
     node.start()
@@ -295,7 +295,7 @@ def test_sigkill_at_any_step_resumes_without_loss_or_duplicates(own_pacs, node_f
     series = pacs.series(job["series_uid"])
     uids = [pacs.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"]
             for i in series["Instances"]]
-    assert len(uids) == 120 and len(set(uids)) == 120
+    assert len(uids) == 200 and len(set(uids)) == 200
     assert node.stop() == 0
 
 

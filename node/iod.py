@@ -32,11 +32,11 @@ SOP_CLASSES: dict[str, UID] = {
     "CT": CTImageStorage,
     "OT": SecondaryCaptureImageStorage,
 }
-SOP_CLASS_NAMES = {v: k for k, v in {
-    "MR Image Storage": MRImageStorage,
-    "CT Image Storage": CTImageStorage,
-    "Secondary Capture Image Storage": SecondaryCaptureImageStorage,
-}.items()}
+SOP_CLASS_NAMES: dict[UID, str] = {
+    MRImageStorage: "MR Image Storage",
+    CTImageStorage: "CT Image Storage",
+    SecondaryCaptureImageStorage: "Secondary Capture Image Storage",
+}
 
 #: Type 2 attributes present in every series (PS3.3 C.7.1.1, C.7.2.1, C.7.3.1, C.7.5.1, ...).
 _TYPE2_COMMON = (

@@ -118,7 +118,7 @@ class Metrics:
         self.heartbeat = time.monotonic()
         self._server = None
 
-    def serve(self, port: int, journal_path: Path) -> int:
+    def serve(self, port: int) -> int:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -423,7 +423,7 @@ class Node:
         for job in self.journal.recover():
             log_transition(job, job.state, "queued", "resumed after an interruption")
         if self.config.node.metrics_port:
-            port = self.metrics.serve(self.config.node.metrics_port, self.dirs.journal)
+            port = self.metrics.serve(self.config.node.metrics_port)
             log.info("health and metrics on http://127.0.0.1:%d/healthz and /metrics", port)
         pool = self._executor()  # spawn and warm the workers now, not when the first file lands
         for _ in range(self.config.node.workers):
@@ -493,8 +493,8 @@ class Node:
                      self.config.node.shutdown_seconds, len(self._inflight))
             self._collect(wait=self.config.node.shutdown_seconds)
         for flight in self._inflight.values():  # still running: resumed at the next start
-            log.info("job %d left in %s; it resumes at the next start", flight.job.id,
-                     "progress")
+            log.info("job %d is still running; it resumes from the journal at the next start",
+                     flight.job.id)
         if self._pool is not None:
             self._pool.shutdown(wait=not self._inflight, cancel_futures=True)
             if self._inflight:

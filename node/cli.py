@@ -41,6 +41,8 @@ def _setup_logging(verbose: int) -> None:
     root = logging.getLogger("node")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    # pynetdicom only encodes and decodes association PDUs for us; we report failures ourselves
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
 
 
 def _parse_overrides(items: Sequence[str]) -> dict[str, str]:
@@ -131,16 +133,11 @@ def _destination(args: argparse.Namespace, config):
     return config.destination(args.destination)
 
 
-def _quiet_pynetdicom(verbose: int) -> None:
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose > 2 else logging.CRITICAL)
-
-
 def cmd_echo(args: argparse.Namespace) -> int:
     from node.config import load_config
     from node.errors import DicomNodeError
     from node.network import NetworkFailure, echo
 
-    _quiet_pynetdicom(args.verbose)
     try:
         config = load_config(args.config)
         dest = _destination(args, config)
@@ -197,7 +194,6 @@ def cmd_push(args: argparse.Namespace) -> int:
     from node.network import NetworkFailure, series_instance_counts, store
     from node.push import gather, summarise
 
-    _quiet_pynetdicom(args.verbose)
     try:
         config = load_config(args.config)
         dest = _destination(args, config)
@@ -286,7 +282,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from node.config import check_environment, describe
     from node.network import NetworkFailure, echo
 
-    _quiet_pynetdicom(args.verbose)
     config = _load_or_report(args)
     if config is None:
         return EXIT_USAGE

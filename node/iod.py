@@ -25,7 +25,7 @@ from node import CONVERTER_NAME, __version__
 from node.geometry import VolumeGeometry
 from node.mapping import Attributes
 from node.pixels import PixelEncoding
-from node.uids import IMPLEMENTATION_CLASS_UID, SeriesUids
+from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, SeriesUids
 
 SOP_CLASSES: dict[str, UID] = {
     "MR": MRImageStorage,
@@ -277,5 +277,5 @@ def file_meta(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
     meta.MediaStorageSOPInstanceUID = sop_instance_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = f"DICOMNODE_{__version__}"[:16]
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     return meta

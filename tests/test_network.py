@@ -28,6 +28,8 @@ from node.network import (
     classify_status,
     echo,
     plan_contexts,
+    read_dicom_file,
+    store,
 )
 
 SIDECAR = {"SeriesDescription": "net test T1", "RepetitionTime": 2.0, "EchoTime": 0.003}
@@ -286,3 +288,52 @@ def test_peer_accepting_only_implicit_vr_gets_a_reencoded_file(tmp_path):
     by_uid = {pydicom.dcmread(f).SOPInstanceUID: f for f in files}
     assert np.array_equal(pydicom.dcmread(by_uid[original.SOPInstanceUID]).pixel_array,
                           original.pixel_array)
+
+
+def test_peer_with_small_pdus_gets_identical_data_sets(tmp_path):
+    """storescp limited to 4 KB PDUs: every instance arrives fragmented and byte-identical."""
+    out = tmp_path / "received"
+    series = convert_file(_nifti(tmp_path, "sub-net07_T1w", seed=9), config_from_dict({}))
+    folder = write_series(series, tmp_path / "dicom")
+    with storescp(out, "SMALLPDU", "--max-pdu", "4096") as port:
+        files = [read_dicom_file(p) for p in sorted(folder.iterdir())]
+        report = store(_dest(port, "SMALLPDU"), NODE_AET, files)
+    assert report.ok and report.delivered == 6
+    for f in files:
+        received = pydicom.dcmread(out / f"MR.{f.sop_instance_uid}")
+        original = pydicom.dcmread(f.path)
+        assert received == original  # every data element, pixel data included
+        assert received.SeriesInstanceUID == report.results[0].file.series_uid
+
+
+def test_peer_aborting_each_store_is_reported_not_retried_forever(tmp_path):
+    """storescp --abort-after aborts the association on every C-STORE-RQ: the instance and
+    those after it fail as transient, with the abort in the words, and nothing hangs."""
+    series = convert_file(_nifti(tmp_path, "sub-net08_T1w", seed=10), config_from_dict({}))
+    folder = write_series(series, tmp_path / "dicom")
+    with storescp(tmp_path / "received", "ABORTER", "--abort-after") as port:
+        files = [read_dicom_file(p) for p in sorted(folder.iterdir())]
+        t0 = time.monotonic()
+        report = store(_dest(port, "ABORTER", max_associations=1), NODE_AET, files)
+        elapsed = time.monotonic() - t0
+    assert report.delivered == 0 and report.failed == 6 and elapsed < 10
+    assert all(r.outcome == Outcome.TRANSIENT for r in report.results)
+    assert "abort" in report.results[0].message or "closed" in report.results[0].message
+    assert report.failures and report.failures[0].kind == FailureKind.ABORTED
+    assert all(r.file.series_uid == series.uids.series for r in report.results)
+
+
+def test_slow_peer_hits_the_dimse_timeout(tmp_path):
+    """storescp sleeping 5 s in the middle of a store: our 1 s DIMSE timeout fires, the
+    association is aborted, and the push reports it instead of waiting."""
+    series = convert_file(_nifti(tmp_path, "sub-net09_T1w", seed=11), config_from_dict({}))
+    folder = write_series(series, tmp_path / "dicom")
+    with storescp(tmp_path / "received", "SLOW", "--sleep-during", "5") as port:
+        files = [read_dicom_file(p) for p in sorted(folder.iterdir())][:2]
+        t0 = time.monotonic()
+        report = store(_dest(port, "SLOW", dimse_timeout=1.0), NODE_AET, files)
+        elapsed = time.monotonic() - t0
+    assert elapsed < 1.0 + 3.0
+    assert report.delivered == 0 and report.failures[0].kind == FailureKind.TIMEOUT
+    assert "no C-STORE response from SLOW@127.0.0.1" in report.results[0].message
+    assert "within 1 s" in report.results[0].message

@@ -261,9 +261,8 @@ def echo(dest: Destination, calling_ae: str) -> EchoResult:
         code = assoc.receive(dest.dimse_timeout, "C-ECHO response").status
         t2 = time.perf_counter()
     if code != 0:
-        raise NetworkFailure(
-            FailureKind.NETWORK, f"{dest.address}: C-ECHO failed with status 0x{code or 0:04X}"
-        )
+        status = "no status" if code is None else f"status 0x{code:04X}"
+        raise NetworkFailure(FailureKind.NETWORK, f"{dest.address}: C-ECHO failed with {status}")
     return EchoResult(dest.address, (t1 - t0) * 1000, (t2 - t1) * 1000, code)
 
 

@@ -375,7 +375,7 @@ Recorder = Callable[[InstanceResult], None]
 
 def _store_share(
     dest: Destination, calling_ae: str, files: Sequence[DicomFile], t0: float,
-    record: Recorder, failures: list[NetworkFailure], stop: threading.Event | None,
+    record: Recorder, failures: list[NetworkFailure],
 ) -> None:
     """One association's share: its files over as many associations as the context groups
     need, one after the other."""
@@ -392,12 +392,12 @@ def _store_share(
                                       time.monotonic() - t0))
             continue
         with assoc:
-            _send_all(assoc, todo, t0, record, failures, stop)
+            _send_all(assoc, todo, t0, record, failures)
 
 
 def _send_all(
     assoc: Association, todo: Sequence[DicomFile], t0: float, record: Recorder,
-    failures: list[NetworkFailure], stop: threading.Event | None,
+    failures: list[NetworkFailure],
 ) -> None:
     """C-STORE ``todo`` in order on one association; the rest fails as soon as it is lost.
 
@@ -417,11 +417,9 @@ def _send_all(
     ahead = prepare(0)
     try:
         for i, f in enumerate(todo):
-            stopped = stop is not None and stop.is_set()
-            if stopped or assoc.lost:
-                reason = "stopped" if stopped else lost
+            if assoc.lost:
                 for rest in todo[i:]:
-                    record(InstanceResult(describe(rest), Outcome.TRANSIENT, None, reason,
+                    record(InstanceResult(describe(rest), Outcome.TRANSIENT, None, lost,
                                           time.monotonic() - t0))
                 return
             payload, ahead = ahead, None
@@ -444,14 +442,17 @@ def _send_all(
                 record(InstanceResult(describe(f), Outcome.TRANSIENT, None, exc.message,
                                       time.monotonic() - t0))
                 continue
-            if response.us(MESSAGE_ID_RESPONDED_TO) != message_id:
-                code, text = None, "the response answered another request"
-                outcome = Outcome.TRANSIENT
-            else:
-                code = response.status
-                outcome, text = classify_status(code)
-                if comment := response.text(ERROR_COMMENT):
-                    text = f"{text}: {comment}"
+            if response.us(MESSAGE_ID_RESPONDED_TO) != message_id:  # a confused peer
+                assoc.abort()
+                lost = (f"{assoc.dest.address} answered another request than C-STORE "
+                        f"{message_id}; association aborted")
+                failures.append(NetworkFailure(FailureKind.NETWORK, lost))
+                record(InstanceResult(f, Outcome.TRANSIENT, None, lost, time.monotonic() - t0))
+                continue
+            code = response.status
+            outcome, text = classify_status(code)
+            if comment := response.text(ERROR_COMMENT):
+                text = f"{text}: {comment}"
             record(InstanceResult(f, outcome, code, text, time.monotonic() - t0))
     finally:
         if isinstance(ahead, tuple):
@@ -463,7 +464,6 @@ def store(
     calling_ae: str,
     files: Sequence[DicomFile],
     progress: Callable[[InstanceResult], None] | None = None,
-    stop: threading.Event | None = None,
 ) -> StoreReport:
     """C-STORE every file, over up to ``dest.max_associations`` parallel associations.
 
@@ -486,7 +486,7 @@ def store(
     shares = [list(files[i::n]) for i in range(n)]
     with ThreadPoolExecutor(n, thread_name_prefix="c-store") as pool:
         futures = [pool.submit(_store_share, dest, calling_ae, share, t0, record,
-                               report.failures, stop) for share in shares]
+                               report.failures) for share in shares]
         for future in futures:
             future.result()  # a bug in a thread is raised here, never lost
     report.seconds = time.monotonic() - t0

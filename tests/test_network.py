@@ -337,3 +337,42 @@ def test_slow_peer_hits_the_dimse_timeout(tmp_path):
     assert report.delivered == 0 and report.failures[0].kind == FailureKind.TIMEOUT
     assert "no C-STORE response from SLOW@127.0.0.1" in report.results[0].message
     assert "within 1 s" in report.results[0].message
+
+
+def test_every_status_class_from_a_pynetdicom_scp(tmp_path):
+    """pynetdicom as an independent storage SCP answers each instance with a chosen status
+    (no PACS lets a test choose): each lands in its class, with the peer's error comment."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import MRImageStorage
+
+    series = convert_file(_nifti(tmp_path, "sub-net10_T1w", seed=12), config_from_dict({}))
+    folder = write_series(series, tmp_path / "dicom")
+    files = [read_dicom_file(p) for p in sorted(folder.iterdir())]
+    answers = dict(zip([f.sop_instance_uid for f in files],
+                       [0x0000, 0xB007, 0x0111, 0xA700, 0xA900, 0xC123], strict=True))
+
+    def on_store(event):
+        status = Dataset()
+        status.Status = answers[event.request.AffectedSOPInstanceUID]
+        status.ErrorComment = f"test comment {status.Status:04X}"
+        return status
+
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_supported_context(MRImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    server = ae.start_server(("127.0.0.1", 0), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        port = server.socket.getsockname()[1]
+        report = store(_dest(port, "PYNETDICOM", max_associations=1), NODE_AET, files)
+    finally:
+        server.shutdown()
+    got = {r.file.sop_instance_uid: r for r in report.results}
+    expected = [Outcome.SUCCESS, Outcome.WARNING, Outcome.DUPLICATE, Outcome.TRANSIENT,
+                Outcome.PERMANENT, Outcome.PERMANENT]
+    for f, outcome in zip(files, expected, strict=True):
+        result = got[f.sop_instance_uid]
+        assert result.outcome == outcome and result.status == answers[f.sop_instance_uid]
+        if result.status:
+            assert f"test comment {result.status:04X}" in result.message
+    assert report.delivered == 3 and report.failed == 3 and not report.failures

@@ -351,7 +351,10 @@ def _payload(f: DicomFile, contexts: Sequence[AcceptedContext]) -> tuple[int, Bi
     try:
         ds = dcmread(f.path)
         if f.transfer_syntax not in UNCOMPRESSED:
-            ds.decompress()
+            # a transfer syntax is not part of an instance's identity: pydicom would give the
+            # decompressed data set a new SOP Instance UID, and it would no longer match the
+            # request (storescp answers 0xA900) nor be the same instance in the PACS
+            ds.decompress(generate_instance_uid=False)
         data = encode(ds, fallback.transfer_syntax == IMPLICIT_LE, True)
     except Exception as exc:
         raise _Unsendable(f"peer does not accept transfer syntax {f.transfer_syntax} and the "

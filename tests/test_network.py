@@ -376,3 +376,21 @@ def test_every_status_class_from_a_pynetdicom_scp(tmp_path):
         if result.status:
             assert f"test comment {result.status:04X}" in result.message
     assert report.delivered == 3 and report.failed == 3 and not report.failures
+
+
+def test_compressed_file_is_decompressed_for_a_peer_without_its_syntax(tmp_path):
+    """storescp (default options) takes no RLE Lossless: the uncompressed fallback context is
+    used and the file is decompressed first; the pixels arrive unchanged."""
+    from pydicom.data import get_testdata_file
+
+    source = Path(get_testdata_file("MR_small_RLE.dcm"))
+    out = tmp_path / "received"
+    with storescp(out, "NORLE") as port:
+        report = store(_dest(port, "NORLE"), NODE_AET, [read_dicom_file(source)])
+    assert report.ok, [r.message for r in report.results]
+    (received,) = out.iterdir()
+    ds = pydicom.dcmread(received)
+    assert ds.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+    original = pydicom.dcmread(source)
+    assert ds.SOPInstanceUID == original.SOPInstanceUID  # the same instance, decompressed
+    assert np.array_equal(ds.pixel_array, original.pixel_array)

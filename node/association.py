@@ -314,7 +314,7 @@ class Association:
                 f"{dest.address} answered the association request with PDU type "
                 f"0x{pdu_type:02X}",
             )
-        assoc._accept(pdu, {cid: abstract for cid, abstract, _ in numbered})
+        assoc._accept(pdu, {cid: (abstract, syntaxes) for cid, abstract, syntaxes in numbered})
         if not assoc.contexts:
             assoc.release()
             offered = ", ".join(sorted({a for a, _ in proposed}))
@@ -327,20 +327,23 @@ class Association:
                   dest.address, len(assoc.contexts), len(numbered), assoc.peer_max_pdu)
         return assoc
 
-    def _accept(self, pdu: bytes, abstract_by_id: dict[int, str]) -> None:
+    def _accept(self, pdu: bytes, proposed: dict[int, tuple[str, Sequence[str]]]) -> None:
+        """Take the accepted contexts from an A-ASSOCIATE-AC (PS3.8 9.3.3): only those we
+        proposed, each with one of the transfer syntaxes we offered for it."""
         from pynetdicom.pdu import A_ASSOCIATE_AC as Accept
         from pynetdicom.pdu_primitives import MaximumLengthNotification
 
-        accept = Accept()
-        accept.decode(pdu)
-        primitive = accept.to_primitive()
+        try:
+            accept = Accept()
+            accept.decode(pdu)
+            primitive = accept.to_primitive()
+        except Exception as exc:
+            self._protocol_error(f"sent an A-ASSOCIATE-AC that cannot be read ({exc})")
         for result in primitive.presentation_context_definition_results_list:
-            taken = result.result == 0 and result.transfer_syntax
-            if taken and result.context_id in abstract_by_id:
-                self.contexts.append(AcceptedContext(
-                    result.context_id, abstract_by_id[result.context_id],
-                    str(result.transfer_syntax[0]),
-                ))
+            abstract, offered = proposed.get(result.context_id, ("", ()))
+            syntax = str(result.transfer_syntax[0]) if result.transfer_syntax else ""
+            if result.result == 0 and syntax in offered:
+                self.contexts.append(AcceptedContext(result.context_id, abstract, syntax))
         for item in primitive.user_information or []:
             if isinstance(item, MaximumLengthNotification):
                 self.peer_max_pdu = int(item.maximum_length_received or 0)

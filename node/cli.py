@@ -157,7 +157,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 class _Progress:
-    """A one-line progress bar on a terminal (stderr); silent otherwise."""
+    """The push's progress bar on a terminal (stderr); silent otherwise."""
 
     def __init__(self, total: int, enabled: bool) -> None:
         import time
@@ -175,14 +175,8 @@ class _Progress:
         if self.enabled and (now - self._last > 0.1 or self.done == self.total):
             self._last = now
             rate = self.done / max(now - self.start, 1e-6)
-            filled = int(30 * self.done / self.total)
-            sys.stderr.write(
-                f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} "
-                f"{rate:.0f} inst/s{f', {self.failed} failed' if self.failed else ''}  "
-            )
-            if self.done == self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
+            _bar("push", self.done, self.total, self.start,
+                 f"{rate:.0f} inst/s{f', {self.failed} failed' if self.failed else ''}")
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -543,14 +537,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _bar(label: str, done: int, total: int, t0: float) -> None:
+def _bar(label: str, done: int, total: int, t0: float, extra: str = "") -> None:
+    """One progress line on stderr, redrawn in place; a newline when done."""
     import time
 
     elapsed = time.monotonic() - t0
     eta = elapsed / done * (total - done) if done else 0.0
     filled = int(30 * done / total) if total else 30
     sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} "
-                     f"ETA {_age(eta)}   ")
+                     f"{extra + ', ' if extra else ''}ETA {_age(eta)}   ")
     if done == total:
         sys.stderr.write("\n")
     sys.stderr.flush()

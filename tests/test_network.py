@@ -6,6 +6,7 @@ import io
 import json
 import socket
 import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -394,3 +395,35 @@ def test_compressed_file_is_decompressed_for_a_peer_without_its_syntax(tmp_path)
     original = pydicom.dcmread(source)
     assert ds.SOPInstanceUID == original.SOPInstanceUID  # the same instance, decompressed
     assert np.array_equal(ds.pixel_array, original.pixel_array)
+
+
+def test_push_draws_a_progress_bar_on_a_terminal_only(pacs, tmp_path):
+    """stderr on a pseudo-terminal: the bar is redrawn in place and ends complete; with
+    stderr in a pipe (all other tests) there is no bar."""
+    import os
+    import pty
+
+    src = _nifti(tmp_path, "sub-net11_T1w", seed=13)
+    cfg = pacs.config_toml(tmp_path / "node.toml")
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "node", "push", str(src), "--config",
+                               str(cfg)], stdout=subprocess.PIPE, stderr=secondary,
+                              timeout=120, text=True)
+        os.close(secondary)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: everything written has been read
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(primary)
+    assert proc.returncode == 0
+    text = drawn.decode()
+    assert "\rpush [##############################] 6/6" in text and "inst/s" in text
+    piped = run_node("push", src, "--config", cfg)
+    assert piped.returncode == 0 and "\r" not in piped.stderr and "[#" not in piped.stderr

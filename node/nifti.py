@@ -113,6 +113,18 @@ def _gzip_isize(path: Path) -> int:
         return int.from_bytes(f.read(4), "little")
 
 
+def _gzip_length(path: Path, enough: int) -> int:
+    """Decompressed length of a gzip file, counted up to ``enough`` bytes (all members)."""
+    n = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while n < enough and (block := f.read(1 << 20)):
+                n += len(block)
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError):
+        pass  # what was counted is what the file holds
+    return n
+
+
 def _gzip_problem(path: Path) -> str | None:
     """Why a gzip file cannot be decompressed to its end, or None if it can."""
     try:
@@ -191,6 +203,8 @@ def _check_size(path: Path, img: Any, shape: tuple[int, ...], dtype: np.dtype) -
     actual = _gzip_isize(path) if gz else path.stat().st_size
     if gz and expected >= 2**32:
         return  # ISIZE is modulo 2**32: only the absolute limit above applies
+    if gz and actual < expected:  # ISIZE counts only the last member of a multi-member file
+        actual = _gzip_length(path, expected)
     if actual < expected:
         raise InputError(
             path,

@@ -226,3 +226,15 @@ def test_json_for_sidecar_option(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     ds = pydicom.dcmread(sorted((tmp_path / "out" / "scan").glob("*.dcm"))[0])
     assert ds.SeriesDescription == "from option"
+
+
+def test_multi_member_gzip_is_good_input(tmp_path: Path) -> None:
+    """Concatenated gzip members (bgzip, `cat a.gz b.gz`) are one valid stream (RFC 1952 2.2);
+    the trailer's size counts only the last member, which must not read as truncation."""
+    plain = _good(tmp_path / "plain.nii").read_bytes()
+    half = len(plain) // 2
+    multi = tmp_path / "sub-01_T1w.nii.gz"
+    multi.write_bytes(gzip.compress(plain[:half]) + gzip.compress(plain[half:]))
+    proc = run_convert(multi, "-o", tmp_path / "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == GOOD.shape[2]

@@ -105,7 +105,7 @@ class WatchSettings:
     profile: str
     recursive: bool = True
     settle_seconds: float = 2.0
-    patterns: tuple[str, ...] = ("*.nii", "*.nii.gz")
+    patterns: tuple[str, ...] = ("*.nii", "*.nii.gz", "*.dcm")  # DICOM is sent as it is
     ignore_patterns: tuple[str, ...] = ()
     polling: bool = False
     after: str = "move"

@@ -24,11 +24,19 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from node.config import Config
+from node.config import Config, Profile
 from node.errors import ConfigError, InputError
 from node.journal import Job
-from node.network import DicomFile, FailureKind, NetworkFailure, Outcome, store
-from node.nifti import content_digest
+from node.network import (
+    DicomFile,
+    FailureKind,
+    NetworkFailure,
+    Outcome,
+    describe,
+    read_dicom_file,
+    store,
+)
+from node.nifti import content_digest, is_nifti
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
@@ -67,9 +75,11 @@ def deliver(
     already: set[str] | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> DeliveryResult:
-    """Convert and send ``job``; instances in ``already`` (delivered before) are not resent."""
-    from node.convert import convert_file, instance_filename, write_series
+    """Convert and send ``job``; instances in ``already`` (delivered before) are not resent.
 
+    A NIfTI source is converted into the spool first; any other source is a DICOM file,
+    sent as it is.
+    """
     source = Path(job.source)
     if not source.is_file():
         return DeliveryResult(Verdict.FAILED, f"{source}: the source file is gone", "input")
@@ -91,24 +101,12 @@ def deliver(
     t0 = time.monotonic()
     spool = spool_root / f"job-{job.id}"
     try:
-        try:
-            series = convert_file(source, config, profile, sidecar=job.sidecar)
-        except ConfigError as exc:
-            return DeliveryResult(Verdict.FAILED, exc.message, "config")
-        except InputError as exc:
-            return DeliveryResult(Verdict.QUARANTINE, exc.message, "input")
-        folder = write_series(series, spool, "series")
+        batch = _convert(job, config, profile, spool) if is_nifti(source) else _dicom(source)
+        if isinstance(batch, DeliveryResult):
+            return batch
         t1 = time.monotonic()
-        ident = {"series_uid": series.uids.series, "study_uid": series.uids.study,
-                 "instances": series.n_instances}
         done = already or set()
-        files = [
-            DicomFile(folder / instance_filename(n), series.sop_class_uid,
-                      series.uids.instance(n), EXPLICIT_LE, series.uids.study,
-                      series.uids.series)
-            for n in range(1, series.n_instances + 1)
-            if series.uids.instance(n) not in done
-        ]
+        files = [f for f in batch.files if f.sop_instance_uid not in done]
         if on_stage is not None:
             on_stage("sending")
         one = dataclasses.replace(dest, max_associations=1)  # the node's parallelism is workers
@@ -118,10 +116,10 @@ def deliver(
         shutil.rmtree(spool, ignore_errors=True)
 
     rows = [(r.file.sop_instance_uid, r.status, r.outcome.value) for r in report.results]
-    delivered = len(done & {series.uids.instance(n) for n in range(1, series.n_instances + 1)})
-    delivered += report.delivered
-    common = dict(ident, delivered=delivered, instance_rows=rows, convert_seconds=t1 - t0,
-                  send_seconds=t2 - t1, warnings=tuple(series.warnings))
+    delivered = len(done & {f.sop_instance_uid for f in batch.files}) + report.delivered
+    common = dict(series_uid=batch.series_uid, study_uid=batch.study_uid,
+                  instances=len(batch.files), delivered=delivered, instance_rows=rows,
+                  convert_seconds=t1 - t0, send_seconds=t2 - t1, warnings=batch.warnings)
     if report.ok:
         return DeliveryResult(Verdict.DELIVERED, **common)
     permanent = [r for r in report.results if r.outcome == Outcome.PERMANENT]
@@ -136,3 +134,41 @@ def deliver(
                               alert=alert, **common)
     first = next(r for r in report.results if not r.outcome.delivered)
     return DeliveryResult(Verdict.RETRY, first.message, "transient", **common)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """What one job sends: the instances of one series (all of it, or one DICOM file)."""
+
+    files: list[DicomFile]
+    series_uid: str
+    study_uid: str
+    warnings: tuple[str, ...] = ()
+
+
+def _convert(job: Job, config: Config, profile: Profile, spool: Path) -> _Batch | DeliveryResult:
+    """A NIfTI source, converted into the job's spool folder."""
+    from node.convert import convert_file, instance_filename, write_series
+
+    try:
+        series = convert_file(Path(job.source), config, profile, sidecar=job.sidecar)
+    except ConfigError as exc:
+        return DeliveryResult(Verdict.FAILED, exc.message, "config")
+    except InputError as exc:
+        return DeliveryResult(Verdict.QUARANTINE, exc.message, "input")
+    folder = write_series(series, spool, "series")
+    files = [
+        DicomFile(folder / instance_filename(n), series.sop_class_uid, series.uids.instance(n),
+                  EXPLICIT_LE, series.uids.study, series.uids.series)
+        for n in range(1, series.n_instances + 1)
+    ]
+    return _Batch(files, series.uids.series, series.uids.study, tuple(series.warnings))
+
+
+def _dicom(source: Path) -> _Batch | DeliveryResult:
+    """A DICOM file dropped into a watched folder: one instance, sent as it is."""
+    try:
+        f = describe(read_dicom_file(source))
+    except InputError as exc:
+        return DeliveryResult(Verdict.QUARANTINE, exc.message, "input")
+    return _Batch([f], f.series_uid, f.study_uid)

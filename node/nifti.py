@@ -66,6 +66,19 @@ def default_sidecar_path(path: Path) -> Path:
     return path.with_name(nifti_stem(path) + ".json")
 
 
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti(path: Path) -> bool:
+    """Named like a NIfTI file. Other inputs (push, watched folders) are taken as DICOM."""
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def sidecar_of(path: Path) -> Path | None:
+    """Where the BIDS sidecar of an input would be: ``x.json`` for a NIfTI, none for DICOM."""
+    return default_sidecar_path(path) if is_nifti(path) else None
+
+
 def bids_entities(path: Path) -> dict[str, str]:
     """Parse ``sub-01_ses-02_acq-mprage_run-1_T1w`` into entities plus ``suffix``.
 

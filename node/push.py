@@ -14,13 +14,9 @@ from pathlib import Path
 from node.config import Config, Profile
 from node.errors import DicomNodeError, InputError
 from node.network import DicomFile, StoreReport, read_dicom_file
+from node.nifti import NIFTI_SUFFIXES, is_nifti
 
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _SKIP_NAMES = (".DS_Store", "DICOMDIR")
-
-
-def is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(_NIFTI_SUFFIXES)
 
 
 def walk(paths: Iterable[Path]) -> Iterator[Path]:
@@ -40,7 +36,7 @@ def walk(paths: Iterable[Path]) -> Iterator[Path]:
 
 def _has_nifti_twin(sidecar: Path) -> bool:
     stem = sidecar.name[: -len(".json")]
-    return any(sidecar.with_name(stem + ext).exists() for ext in _NIFTI_SUFFIXES)
+    return any(sidecar.with_name(stem + ext).exists() for ext in NIFTI_SUFFIXES)
 
 
 @dataclass

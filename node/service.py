@@ -28,7 +28,7 @@ from pathlib import Path
 from node.config import Config, WatchSettings
 from node.delivery import DeliveryResult, Verdict, deliver
 from node.journal import Job, Journal
-from node.nifti import content_digest, default_sidecar_path
+from node.nifti import content_digest, default_sidecar_path, sidecar_of
 
 log = logging.getLogger("node.service")
 
@@ -248,8 +248,8 @@ class Node:
 
     def enqueue_file(self, path: Path, watch: WatchSettings, sidecar_missing: bool = False):
         """Hash and enqueue one complete file (or quarantine it when its sidecar never came)."""
-        sidecar: Path | None = default_sidecar_path(path)
-        if not sidecar.exists():
+        sidecar = sidecar_of(path)
+        if sidecar is not None and not sidecar.exists():
             sidecar = None
         try:
             size = path.stat().st_size

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.config import WatchSettings
-from node.nifti import default_sidecar_path
+from node.nifti import is_nifti, sidecar_of
 
 log = logging.getLogger("node.watch")
 
@@ -63,10 +63,10 @@ def _signature(path: Path) -> tuple | None:
         st = path.stat()
     except OSError:
         return None
-    sidecar = default_sidecar_path(path)
+    sidecar = sidecar_of(path)
     try:
-        sc = sidecar.stat()
-        side = (sc.st_size, sc.st_mtime_ns)
+        sc = sidecar.stat() if sidecar is not None else None
+        side = (sc.st_size, sc.st_mtime_ns) if sc is not None else None
     except OSError:
         side = None
     return (st.st_size, st.st_mtime_ns, side)
@@ -121,7 +121,7 @@ class Stabilizer:
                     continue
                 if now - cand.stable_since < cand.watch.settle_seconds or not _readable(path):
                     continue
-                missing = cand.watch.require_sidecar and sig[2] is None
+                missing = cand.watch.require_sidecar and is_nifti(path) and sig[2] is None
                 if missing and now - cand.first_seen < cand.watch.sidecar_grace_seconds:
                     continue  # wait for the sidecar a while
                 del self._candidates[path]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from conftest import NODE_AET, free_port, orthanc_script, run_node, start_pacs
 from niftigen import affine_from, ramp_data, write_nifti
@@ -204,6 +206,33 @@ def test_preexisting_files_and_duplicates(pacs, node_factory, tmp_path):
                            ("converting", "sending"), ("sending", "done")]
     assert any("not sent again" in r["message"] for r in lines)
     assert "Secret" not in node.logtext() and "19700101" not in node.logtext()
+
+
+def test_dicom_files_are_sent_as_they_are(pacs, node_factory, tmp_path):
+    """DICOM dropped into a watched folder: each file one job, its bytes stored unchanged; a
+    .dcm that is not DICOM goes to quarantine with the reason."""
+    from node.config import config_from_dict
+    from node.convert import convert_file, write_series
+
+    src = write_nifti(tmp_path / "src" / "sub-dcm_T1w.nii.gz",
+                      ramp_data((8, 8, 3), "int16", seed=15), affine_from(np.eye(3)))
+    series = convert_file(src, config_from_dict({}))
+    folder = write_series(series, tmp_path / "dicom")
+    node = node_factory(pacs.port).start()
+    for f in sorted(folder.iterdir()):
+        drop(node.inbox, f.name, f.read_bytes())
+    drop(node.inbox, "not-dicom.dcm", b"hello, PACS")
+    wait_until(lambda: sorted(node.states()) == ["done"] * 3 + ["quarantined"], 60,
+               "3 done and 1 quarantined")
+    assert series_count(pacs, series.uids.series) == 3
+    jobs = node.jobs()
+    assert all(j["series_uid"] == series.uids.series for j in jobs if j["state"] == "done")
+    bad = next(j for j in jobs if j["state"] == "quarantined")
+    assert "neither NIfTI nor a DICOM Part 10 file" in bad["last_error"]
+    oid = pacs.lookup(series.uids.instance(2))
+    stored = pydicom.dcmread(io.BytesIO(pacs.get_bytes(f"/instances/{oid}/file")))
+    assert stored == pydicom.dcmread(folder / "IM000002.dcm")  # every element, pixels too
+    assert node.stop() == 0
 
 
 def _bad_inputs(folder: Path) -> list[Path]:

@@ -249,7 +249,11 @@ def cmd_push(args: argparse.Namespace) -> int:
             print("verify: every series is complete in the PACS" if verify_ok
                   else "verify: INCOMPLETE: the PACS is missing instances")
     for failure in sorted({f.message for f in report.failures}):
-        _error(failure)
+        if report.ok:  # another association sent what this one could not
+            print(f"dicom-node: warning: {failure} (the other associations delivered "
+                  "everything)", file=sys.stderr)
+        else:
+            _error(failure)
     if not report.ok or not verify_ok:
         return EXIT_FAILURE
     return EXIT_USAGE if gathered.problems else EXIT_OK

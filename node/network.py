@@ -18,6 +18,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -376,82 +377,101 @@ def _store_rq(f: DicomFile, message_id: int) -> bytes:
 Recorder = Callable[[InstanceResult], None]
 
 
-def _store_share(
-    dest: Destination, calling_ae: str, files: Sequence[DicomFile], t0: float,
-    record: Recorder, failures: list[NetworkFailure],
-) -> None:
-    """One association's share: its files over as many associations as the context groups
-    need, one after the other."""
-    for group in plan_contexts(files, dest.transfer_syntaxes):
-        classes = {c for c, _ in group}
-        todo = [f for f in files if f.sop_class_uid in classes]
+class _Pending:
+    """The files of one context group that no association has taken yet (shared by threads)."""
+
+    def __init__(self, files: Iterable[DicomFile]) -> None:
+        self._files = deque(files)
+
+    def take(self) -> DicomFile | None:
         try:
+            return self._files.popleft()  # atomic: each file goes to one association
+        except IndexError:
+            return None
+
+    def give_back(self, f: DicomFile) -> None:
+        self._files.appendleft(f)
+
+    def drain(self) -> list[DicomFile]:
+        out = []
+        while (f := self.take()) is not None:
+            out.append(f)
+        return out
+
+
+def _association_worker(
+    dest: Destination, calling_ae: str, group: list[Context], pending: _Pending, t0: float,
+    record: Recorder, failures: list[NetworkFailure], opening: threading.Lock,
+) -> None:
+    """One association: take files from ``pending`` until none is left or it is lost.
+
+    Associations are opened one after the other (``opening``): a peer then sees them arrive
+    as it would from separate clients, and one that limits its associations accepts up to
+    its limit instead of seeing a burst and rejecting all of them.
+    """
+    try:
+        with opening:
             assoc = Association.open(dest, calling_ae, group)
-        except NetworkFailure as exc:
-            failures.append(exc)
-            outcome = Outcome.TRANSIENT if exc.transient else Outcome.PERMANENT
-            for f in todo:
-                record(InstanceResult(describe(f), outcome, None, exc.message,
-                                      time.monotonic() - t0))
-            continue
-        with assoc:
-            _send_all(assoc, todo, t0, record, failures)
+    except NetworkFailure as exc:
+        failures.append(exc)
+        return
+    with assoc:
+        _send_all(assoc, pending, t0, record, failures)
 
 
 def _send_all(
-    assoc: Association, todo: Sequence[DicomFile], t0: float, record: Recorder,
+    assoc: Association, pending: _Pending, t0: float, record: Recorder,
     failures: list[NetworkFailure],
 ) -> None:
-    """C-STORE ``todo`` in order on one association; the rest fails as soon as it is lost.
+    """C-STORE files from ``pending`` on one association until none is left or it is lost.
 
     While the peer stores an instance we read its series and open the next file, so on
-    two or more cores our work hides behind the peer's.
+    two or more cores our work hides behind the peer's. A file opened but not yet sent when
+    the association is lost goes back to ``pending`` for another association.
     """
-    def prepare(i: int) -> tuple[int, BinaryIO] | str | None:
-        if i >= len(todo):
+    def prepare(f: DicomFile | None) -> tuple[int, BinaryIO] | str | None:
+        if f is None:
             return None
         try:
-            return _payload(todo[i], assoc.contexts)
+            return _payload(f, assoc.contexts)
         except _Unsendable as exc:
             return str(exc)
 
     dimse_timeout = assoc.dest.dimse_timeout
-    lost = f"association with {assoc.dest.address} was lost"
-    ahead = prepare(0)
+    message_id = 0
+    following = pending.take()
+    ahead = prepare(following)
     try:
-        for i, f in enumerate(todo):
-            if assoc.lost:
-                for rest in todo[i:]:
-                    record(InstanceResult(describe(rest), Outcome.TRANSIENT, None, lost,
-                                          time.monotonic() - t0))
-                return
-            payload, ahead = ahead, None
+        while following is not None:
+            f, payload = following, ahead
+            following = ahead = None
             if not isinstance(payload, tuple):
                 record(InstanceResult(describe(f), Outcome.PERMANENT, None, str(payload),
                                       time.monotonic() - t0))
-                ahead = prepare(i + 1)
+                following = pending.take()
+                ahead = prepare(following)
                 continue
-            message_id = i % 65535 + 1
+            message_id = message_id % 65535 + 1
             try:
                 context_id, dataset = payload
                 with dataset:
                     assoc.send(context_id, _store_rq(f, message_id), dataset)
                 f = describe(f)  # while the peer stores the instance
-                ahead = prepare(i + 1)
+                following = pending.take()
+                ahead = prepare(following)
                 response = assoc.receive(dimse_timeout, "C-STORE response")
             except NetworkFailure as exc:  # the association is lost with it
                 failures.append(exc)
-                lost = exc.message
                 record(InstanceResult(describe(f), Outcome.TRANSIENT, None, exc.message,
                                       time.monotonic() - t0))
-                continue
+                break
             if response.us(MESSAGE_ID_RESPONDED_TO) != message_id:  # a confused peer
                 assoc.abort()
                 lost = (f"{assoc.dest.address} answered another request than C-STORE "
                         f"{message_id}; association aborted")
                 failures.append(NetworkFailure(FailureKind.NETWORK, lost))
                 record(InstanceResult(f, Outcome.TRANSIENT, None, lost, time.monotonic() - t0))
-                continue
+                break
             code = response.status
             outcome, text = classify_status(code)
             if comment := response.text(ERROR_COMMENT):
@@ -460,6 +480,8 @@ def _send_all(
     finally:
         if isinstance(ahead, tuple):
             ahead[1].close()
+        if following is not None:
+            pending.give_back(following)
 
 
 def store(
@@ -470,8 +492,9 @@ def store(
 ) -> StoreReport:
     """C-STORE every file, over up to ``dest.max_associations`` parallel associations.
 
-    Never raises for network trouble: every file gets an InstanceResult, association-level
-    problems are also listed in ``failures``.
+    The associations take files from one shared list, so when one is refused or lost the
+    others send its part. Never raises for network trouble: every file gets exactly one
+    InstanceResult; association-level problems are also listed in ``failures``.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -486,12 +509,20 @@ def store(
                 progress(result)
 
     n = max(1, min(dest.max_associations, len(files) // 50 + 1))
-    shares = [list(files[i::n]) for i in range(n)]
-    with ThreadPoolExecutor(n, thread_name_prefix="c-store") as pool:
-        futures = [pool.submit(_store_share, dest, calling_ae, share, t0, record,
-                               report.failures) for share in shares]
-        for future in futures:
-            future.result()  # a bug in a thread is raised here, never lost
+    opening = threading.Lock()
+    for group in plan_contexts(files, dest.transfer_syntaxes):
+        classes = {c for c, _ in group}
+        pending = _Pending(f for f in files if f.sop_class_uid in classes)
+        with ThreadPoolExecutor(n, thread_name_prefix="c-store") as pool:
+            futures = [pool.submit(_association_worker, dest, calling_ae, group, pending, t0,
+                                   record, report.failures, opening) for _ in range(n)]
+            for future in futures:
+                future.result()  # a bug in a thread is raised here, never lost
+        last = report.failures[-1] if report.failures else None
+        for f in pending.drain():  # left when every association was refused or lost
+            outcome = Outcome.PERMANENT if last and not last.transient else Outcome.TRANSIENT
+            record(InstanceResult(describe(f), outcome, None,
+                                  last.message if last else "not sent", time.monotonic() - t0))
     report.seconds = time.monotonic() - t0
     return report
 

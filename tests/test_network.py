@@ -427,3 +427,36 @@ def test_push_draws_a_progress_bar_on_a_terminal_only(pacs, tmp_path):
     assert "\rpush [##############################] 6/6" in text and "inst/s" in text
     piped = run_node("push", src, "--config", cfg)
     assert piped.returncode == 0 and "\r" not in piped.stderr and "[#" not in piped.stderr
+
+
+def test_refused_associations_leave_their_files_to_the_accepted_one(tmp_path):
+    """A peer that takes one association at a time (pynetdicom, maximum_associations = 1)
+    rejects the others as "local limit exceeded": the accepted association sends every file,
+    the rejections are reported, and the push is complete."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import MRImageStorage
+
+    src = write_nifti(tmp_path / "sub-net12_T1w.nii.gz", ramp_data((8, 8, 150), "int16", seed=16),
+                      affine_from(np.eye(3)))
+    folder = write_series(convert_file(src, config_from_dict({})), tmp_path / "dicom")
+    files = [read_dicom_file(p) for p in sorted(folder.iterdir())]
+    received: list[str] = []
+
+    def on_store(event):
+        received.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    ae = AE(ae_title="ONEATATIME")
+    ae.maximum_associations = 1
+    ae.add_supported_context(MRImageStorage, ["1.2.840.10008.1.2.1"])
+    server = ae.start_server(("127.0.0.1", 0), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        port = server.socket.getsockname()[1]
+        report = store(_dest(port, "ONEATATIME", max_associations=3), NODE_AET, files)
+    finally:
+        server.shutdown()
+    assert report.ok and report.delivered == 150 and len(report.results) == 150
+    assert sorted(received) == sorted(f.sop_instance_uid for f in files)  # each once
+    rejected = [f for f in report.failures if f.kind == FailureKind.REJECTED]
+    assert rejected and all("local limit exceeded" in f.message for f in rejected)

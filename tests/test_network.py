@@ -220,6 +220,26 @@ def storescp(folder: Path, aet: str, *options: str):
         scp.wait(timeout=10)
 
 
+@contextmanager
+def pynetdicom_scp(aet: str, on_store, maximum_associations: int = 10):
+    """pynetdicom as an independent MR storage SCP on a free loopback port; yields the port.
+
+    No PACS lets a test choose its C-STORE statuses or its association limit; this one does.
+    """
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import MRImageStorage
+
+    ae = AE(ae_title=aet)
+    ae.maximum_associations = maximum_associations
+    ae.add_supported_context(MRImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    server = ae.start_server(("127.0.0.1", 0), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        yield server.socket.getsockname()[1]
+    finally:
+        server.shutdown()
+
+
 def test_push_to_dcmtk_storescp(tmp_path):
     out = tmp_path / "received"
     with storescp(out, "STORESCP") as port:
@@ -344,8 +364,6 @@ def test_every_status_class_from_a_pynetdicom_scp(tmp_path):
     """pynetdicom as an independent storage SCP answers each instance with a chosen status
     (no PACS lets a test choose): each lands in its class, with the peer's error comment."""
     from pydicom.dataset import Dataset
-    from pynetdicom import AE, evt
-    from pynetdicom.sop_class import MRImageStorage
 
     series = convert_file(_nifti(tmp_path, "sub-net10_T1w", seed=12), config_from_dict({}))
     folder = write_series(series, tmp_path / "dicom")
@@ -359,15 +377,8 @@ def test_every_status_class_from_a_pynetdicom_scp(tmp_path):
         status.ErrorComment = f"test comment {status.Status:04X}"
         return status
 
-    ae = AE(ae_title="PYNETDICOM")
-    ae.add_supported_context(MRImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-    server = ae.start_server(("127.0.0.1", 0), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    try:
-        port = server.socket.getsockname()[1]
+    with pynetdicom_scp("PYNETDICOM", on_store) as port:
         report = store(_dest(port, "PYNETDICOM", max_associations=1), NODE_AET, files)
-    finally:
-        server.shutdown()
     got = {r.file.sop_instance_uid: r for r in report.results}
     expected = [Outcome.SUCCESS, Outcome.WARNING, Outcome.DUPLICATE, Outcome.TRANSIENT,
                 Outcome.PERMANENT, Outcome.PERMANENT]
@@ -433,9 +444,6 @@ def test_refused_associations_leave_their_files_to_the_accepted_one(tmp_path):
     """A peer that takes one association at a time (pynetdicom, maximum_associations = 1)
     rejects the others as "local limit exceeded": the accepted association sends every file,
     the rejections are reported, and the push is complete."""
-    from pynetdicom import AE, evt
-    from pynetdicom.sop_class import MRImageStorage
-
     src = write_nifti(tmp_path / "sub-net12_T1w.nii.gz", ramp_data((8, 8, 150), "int16", seed=16),
                       affine_from(np.eye(3)))
     folder = write_series(convert_file(src, config_from_dict({})), tmp_path / "dicom")
@@ -446,16 +454,8 @@ def test_refused_associations_leave_their_files_to_the_accepted_one(tmp_path):
         received.append(event.request.AffectedSOPInstanceUID)
         return 0x0000
 
-    ae = AE(ae_title="ONEATATIME")
-    ae.maximum_associations = 1
-    ae.add_supported_context(MRImageStorage, ["1.2.840.10008.1.2.1"])
-    server = ae.start_server(("127.0.0.1", 0), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    try:
-        port = server.socket.getsockname()[1]
+    with pynetdicom_scp("ONEATATIME", on_store, maximum_associations=1) as port:
         report = store(_dest(port, "ONEATATIME", max_associations=3), NODE_AET, files)
-    finally:
-        server.shutdown()
     assert report.ok and report.delivered == 150 and len(report.results) == 150
     assert sorted(received) == sorted(f.sop_instance_uid for f in files)  # each once
     rejected = [f for f in report.failures if f.kind == FailureKind.REJECTED]

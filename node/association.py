@@ -192,6 +192,12 @@ def _connect(dest: Destination) -> socket.socket:
         return sock
     try:
         return _tls_context(dest).wrap_socket(sock, server_hostname=dest.host)
+    except TimeoutError:
+        sock.close()
+        raise NetworkFailure(
+            FailureKind.TIMEOUT, f"no TLS handshake with {where} within "
+            f"{dest.connect_timeout:g} s"
+        ) from None
     except ssl.SSLCertVerificationError as exc:
         sock.close()
         raise NetworkFailure(
@@ -550,13 +556,15 @@ def _pdv(context_id: int, header: int, fragment: bytes) -> bytes:
 
 
 def _rejection(dest: Destination, pdu: bytes) -> NetworkFailure:
+    """The A-ASSOCIATE-RJ's result, source and reason in words (PS3.8 9.3.4)."""
     from pynetdicom.pdu import A_ASSOCIATE_RJ as Reject
 
     reject = Reject()
-    reject.decode(pdu)
-    return NetworkFailure(
-        FailureKind.REJECTED,
-        f"{dest.address} rejected the association: {reject.reason_str.lower()} "
-        f"({reject.result_str.lower()}, source: {reject.source_str.lower()})",
-        transient=reject.result == 2,
-    )
+    try:
+        reject.decode(pdu)
+        why = (f"{reject.reason_str.lower()} ({reject.result_str.lower()}, "
+               f"source: {reject.source_str.lower()})")
+    except Exception:  # unknown codes: still a rejection, said in numbers
+        why = f"result {pdu[7]}, source {pdu[8]}, reason {pdu[9]}" if len(pdu) >= 10 else "?"
+    return NetworkFailure(FailureKind.REJECTED, f"{dest.address} rejected the association: "
+                          f"{why}", transient=reject.result == 2)

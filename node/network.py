@@ -72,7 +72,7 @@ class Outcome(StrEnum):
 def classify_status(code: int | None) -> tuple[Outcome, str]:
     """Map a C-STORE response status to an outcome and a readable meaning.
 
-    ``None`` is pynetdicom's empty status: timeout, abort or an invalid response. It is a
+    ``None`` is a response without a status (or none at all: timeout, abort). It is a
     failure, never a success.
     """
     from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS

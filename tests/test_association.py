@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -234,3 +235,63 @@ def test_not_dicom_is_an_input_error(tmp_path):
         with pytest.raises(InputError) as err:
             read_dicom_file(tmp_path / name)
         assert name in err.value.message
+
+
+class _ScriptedPeer:
+    """Accepts one connection, reads the A-ASSOCIATE-RQ and answers with ``reply`` bytes (or
+    nothing at all): the protocol corners no real peer can be asked to produce."""
+
+    def __init__(self, reply: bytes | None) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.reply = reply
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(10)
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.settimeout(10)
+            if self.reply is not None:
+                conn.recv(65536)
+                conn.sendall(self.reply)
+            time.sleep(3)  # silent, or waiting for our next move
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _peer_dest(port: int, **keys):
+    return build_destination("t", {"host": "127.0.0.1", "port": port, "ae_title": "PEER",
+                                   "acse_timeout": 1, "connect_timeout": 1, **keys})
+
+
+def test_rejection_with_codes_unknown_to_pynetdicom_is_still_a_rejection():
+    peer = _ScriptedPeer(b"\x03\x00\x00\x00\x00\x04\x00\x01\x07\x09")  # source 7: undefined
+    try:
+        with pytest.raises(NetworkFailure) as err:
+            Association.open(_peer_dest(peer.port), "US", [(VERIFICATION, ("1.2.840.10008.1.2",))])
+    finally:
+        peer.close()
+    assert err.value.kind == FailureKind.REJECTED and not err.value.transient
+    assert "result 1, source 7, reason 9" in err.value.message
+
+
+def test_silent_peer_during_the_tls_handshake_is_a_timeout_not_a_trust_problem():
+    from dataclasses import replace
+
+    from node.config import TlsSettings
+
+    peer = _ScriptedPeer(None)
+    try:
+        dest = replace(_peer_dest(peer.port), tls=TlsSettings(verify=False))
+        t0 = time.monotonic()
+        with pytest.raises(NetworkFailure) as err:
+            Association.open(dest, "US", [(VERIFICATION, ("1.2.840.10008.1.2",))])
+    finally:
+        peer.close()
+    assert err.value.kind == FailureKind.TIMEOUT and err.value.transient
+    assert "no TLS handshake" in err.value.message and time.monotonic() - t0 < 3

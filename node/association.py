@@ -27,7 +27,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import BinaryIO, NoReturn
 
+from pynetdicom import pdu as pdu_codecs
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+)
+from pynetdicom.presentation import build_context
+
 from node.config import Destination
+from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
 
@@ -217,17 +227,6 @@ def _associate_rq(
     max_pdu: int,
 ) -> bytes:
     """The A-ASSOCIATE-RQ PDU (PS3.8 9.3.2), encoded by pynetdicom."""
-    from pynetdicom.pdu import A_ASSOCIATE_RQ as Request
-    from pynetdicom.pdu_primitives import (
-        A_ASSOCIATE,
-        ImplementationClassUIDNotification,
-        ImplementationVersionNameNotification,
-        MaximumLengthNotification,
-    )
-    from pynetdicom.presentation import build_context
-
-    from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-
     primitive = A_ASSOCIATE()
     primitive.application_context_name = APPLICATION_CONTEXT
     primitive.calling_ae_title = calling_ae
@@ -245,15 +244,13 @@ def _associate_rq(
     version = ImplementationVersionNameNotification()
     version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     primitive.user_information = [length, implementation, version]
-    pdu = Request()
-    pdu.from_primitive(primitive)
-    return pdu.encode()
+    request = pdu_codecs.A_ASSOCIATE_RQ()
+    request.from_primitive(primitive)
+    return request.encode()
 
 
 def _abort_reason(pdu: bytes) -> str:
-    from pynetdicom.pdu import A_ABORT_RQ
-
-    abort = A_ABORT_RQ()
+    abort = pdu_codecs.A_ABORT_RQ()
     try:
         abort.decode(pdu)
         return f"{abort.source_str.lower()}: {abort.reason_str.lower()}"
@@ -277,6 +274,7 @@ class Association:
         self.peer_max_pdu = peer_max_pdu
         self._sock: socket.socket | None = sock
         self.lost = False  # the connection is gone or unusable; only abort() remains
+        self.peer_implementation = ""  # its version name, else its class UID (PS3.7 D.3.3.2)
 
     # -- establishment
 
@@ -336,11 +334,8 @@ class Association:
     def _accept(self, pdu: bytes, proposed: dict[int, tuple[str, Sequence[str]]]) -> None:
         """Take the accepted contexts from an A-ASSOCIATE-AC (PS3.8 9.3.3): only those we
         proposed, each with one of the transfer syntaxes we offered for it."""
-        from pynetdicom.pdu import A_ASSOCIATE_AC as Accept
-        from pynetdicom.pdu_primitives import MaximumLengthNotification
-
         try:
-            accept = Accept()
+            accept = pdu_codecs.A_ASSOCIATE_AC()
             accept.decode(pdu)
             primitive = accept.to_primitive()
         except Exception as exc:
@@ -353,6 +348,12 @@ class Association:
         for item in primitive.user_information or []:
             if isinstance(item, MaximumLengthNotification):
                 self.peer_max_pdu = int(item.maximum_length_received or 0)
+            elif isinstance(item, ImplementationVersionNameNotification):
+                self.peer_implementation = str(item.implementation_version_name or "")
+            elif isinstance(item, ImplementationClassUIDNotification) and not (
+                self.peer_implementation
+            ):
+                self.peer_implementation = str(item.implementation_class_uid or "")
 
     # -- data transfer
 
@@ -557,9 +558,7 @@ def _pdv(context_id: int, header: int, fragment: bytes) -> bytes:
 
 def _rejection(dest: Destination, pdu: bytes) -> NetworkFailure:
     """The A-ASSOCIATE-RJ's result, source and reason in words (PS3.8 9.3.4)."""
-    from pynetdicom.pdu import A_ASSOCIATE_RJ as Reject
-
-    reject = Reject()
+    reject = pdu_codecs.A_ASSOCIATE_RJ()
     try:
         reject.decode(pdu)
         why = (f"{reject.reason_str.lower()} ({reject.result_str.lower()}, "

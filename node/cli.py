@@ -152,6 +152,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
     print(
         f"echo {result.destination}: success, C-ECHO round trip {result.echo_ms:.1f} ms "
         f"(association {result.association_ms:.1f} ms)"
+        + (f", peer implementation {result.implementation}" if result.implementation else "")
     )
     return EXIT_OK
 

@@ -248,6 +248,7 @@ class EchoResult:
     association_ms: float
     echo_ms: float
     status: int
+    implementation: str = ""  # what the peer says it runs
 
 
 def echo(dest: Destination, calling_ae: str) -> EchoResult:
@@ -264,7 +265,8 @@ def echo(dest: Destination, calling_ae: str) -> EchoResult:
     if code != 0:
         status = "no status" if code is None else f"status 0x{code:04X}"
         raise NetworkFailure(FailureKind.NETWORK, f"{dest.address}: C-ECHO failed with {status}")
-    return EchoResult(dest.address, (t1 - t0) * 1000, (t2 - t1) * 1000, code)
+    return EchoResult(dest.address, (t1 - t0) * 1000, (t2 - t1) * 1000, code,
+                      assoc.peer_implementation)
 
 
 # --- C-STORE --------------------------------------------------------------------------------

@@ -47,9 +47,12 @@ def test_echo_succeeds_and_agrees_with_echoscu(pacs, tmp_path):
     proc = run_node("echo", "--config", cfg)
     assert proc.returncode == 0, proc.stderr
     assert "success" in proc.stdout and "ms" in proc.stdout
-    ref = subprocess.run(["echoscu", "-aet", NODE_AET, "-aec", pacs.aet, "127.0.0.1",
-                          str(pacs.port)], capture_output=True, timeout=30)
+    ref = subprocess.run(["echoscu", "-d", "-aet", NODE_AET, "-aec", pacs.aet, "127.0.0.1",
+                          str(pacs.port)], capture_output=True, timeout=30, text=True)
     assert ref.returncode == 0
+    theirs = [line.rsplit(":", 1)[1].strip() for line in (ref.stdout + ref.stderr).splitlines()
+              if "Their Implementation Version Name" in line and line.rsplit(":", 1)[1].strip()]
+    assert theirs and f"peer implementation {theirs[-1]}" in proc.stdout  # as echoscu saw it
 
 
 def test_echo_with_unconfigured_peer_on_command_line(pacs, tmp_path):

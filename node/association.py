@@ -364,9 +364,9 @@ class Association:
         pending: list[bytes] = [_pdv(context_id, 0x03, command)]  # a command set, whole
         size = len(pending[0])
         if dataset is not None:
-            chunk = dataset.read(limit)
+            chunk = self._read_from(dataset, limit)
             while True:
-                following = dataset.read(limit) if chunk else b""
+                following = self._read_from(dataset, limit) if chunk else b""
                 last = not following
                 pending.append(_pdv(context_id, 0x02 if last else 0x00, chunk))
                 size += len(pending[-1])
@@ -378,6 +378,16 @@ class Association:
                 chunk = following
         if pending:
             self._write(b"".join(pending))
+
+    def _read_from(self, dataset: BinaryIO, size: int) -> bytes:
+        try:
+            return dataset.read(size)
+        except OSError as exc:  # half a message is on the wire: the association is unusable
+            self.abort()
+            raise NetworkFailure(
+                FailureKind.NETWORK, f"cannot read the data set to send ({exc}); association "
+                "aborted"
+            ) from None
 
     def receive(self, timeout: float, waiting_for: str) -> Message:
         """The next complete DIMSE message from the peer, within ``timeout`` seconds.

@@ -295,3 +295,29 @@ def test_silent_peer_during_the_tls_handshake_is_a_timeout_not_a_trust_problem()
         peer.close()
     assert err.value.kind == FailureKind.TIMEOUT and err.value.transient
     assert "no TLS handshake" in err.value.message and time.monotonic() - t0 < 3
+
+
+def test_a_data_set_that_cannot_be_read_aborts_the_association():
+    """A disk error half-way through a data set: the peer gets an A-ABORT (never a message
+    that looks complete), and the failure says what happened."""
+
+    class FailingFile(BytesIO):
+        def read(self, size: int = -1) -> bytes:
+            if self.tell() >= 10:
+                raise OSError(5, "Input/output error")
+            return super().read(size)
+
+    dest = build_destination("t", {"host": "127.0.0.1", "port": 1, "ae_title": "PEER"})
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        assoc = Association(ours, dest, [], 16)  # 10-byte fragments
+        with pytest.raises(NetworkFailure) as err:
+            assoc.send(1, b"\x00" * 8, FailingFile(bytes(100)))
+        theirs.settimeout(2)
+        wire = b""
+        while chunk := theirs.recv(65536):
+            wire += chunk
+    assert assoc.lost and "cannot read the data set" in err.value.message
+    # a message is written whole (up to 1 MiB at a time), so nothing of it went out: only the
+    # A-ABORT did
+    assert wire == b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00"

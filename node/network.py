@@ -350,14 +350,18 @@ def _payload(f: DicomFile, contexts: Sequence[AcceptedContext]) -> tuple[int, Bi
         raise _Unsendable(f"peer accepted no presentation context for SOP class "
                           f"{f.sop_class_uid} in transfer syntax {f.transfer_syntax}")
     from pydicom import dcmread
+    from pydicom.uid import UID
 
     try:
-        ds = dcmread(f.path)
-        if f.transfer_syntax not in UNCOMPRESSED:
+        ds = dcmread(f.path)  # a deflated data set is inflated here
+        syntax = UID(f.transfer_syntax)
+        if syntax.is_compressed:
             # a transfer syntax is not part of an instance's identity: pydicom would give the
             # decompressed data set a new SOP Instance UID, and it would no longer match the
             # request (storescp answers 0xA900) nor be the same instance in the PACS
             ds.decompress(generate_instance_uid=False)
+        elif not syntax.is_little_endian:
+            _words_to_little_endian(ds)
         data = encode(ds, fallback.transfer_syntax == IMPLICIT_LE, True)
     except Exception as exc:
         raise _Unsendable(f"peer does not accept transfer syntax {f.transfer_syntax} and the "
@@ -365,6 +369,23 @@ def _payload(f: DicomFile, contexts: Sequence[AcceptedContext]) -> tuple[int, Bi
     if data is None:
         raise _Unsendable(f"{f.path} cannot be encoded in {fallback.transfer_syntax}")
     return fallback.id, BytesIO(data)
+
+
+#: Word size of the binary VRs whose values are byte-swapped with the data set (PS3.5 7.3).
+_WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def _words_to_little_endian(ds) -> None:
+    """Swap the words of the raw binary values (pixel data, LUTs, overlays) of a data set read
+    from Explicit VR Big Endian, which pydicom writes as they are: without this, a big endian
+    file re-encoded for a peer reaches it with every 16-bit pixel byte-swapped. Numeric VRs
+    (US, SS, FL, ...) are held as numbers and written in the new byte order by pydicom."""
+    import numpy as np
+
+    for elem in ds.iterall():
+        size = _WORD_SIZES.get(elem.VR)
+        if size and isinstance(elem.value, bytes) and len(elem.value) % size == 0:
+            elem.value = np.frombuffer(elem.value, f">u{size}").astype(f"<u{size}").tobytes()
 
 
 def _store_rq(f: DicomFile, message_id: int) -> bytes:

@@ -463,3 +463,23 @@ def test_refused_associations_leave_their_files_to_the_accepted_one(tmp_path):
     assert sorted(received) == sorted(f.sop_instance_uid for f in files)  # each once
     rejected = [f for f in report.failures if f.kind == FailureKind.REJECTED]
     assert rejected and all("local limit exceeded" in f.message for f in rejected)
+
+
+@pytest.mark.parametrize("name", ["MR_small_bigendian.dcm", "image_dfl.dcm"])
+def test_big_endian_and_deflated_files_reach_a_peer_without_their_syntax(tmp_path, name):
+    """storescp taking Implicit VR Little Endian only: a retired Explicit VR Big Endian file
+    and a Deflated one are re-encoded, and every pixel value arrives unchanged (pydicom alone
+    would send big endian pixel words byte-swapped)."""
+    from pydicom.data import get_testdata_file
+
+    source = Path(get_testdata_file(name))
+    out = tmp_path / "received"
+    with storescp(out, "IMPLICIT", "+xi") as port:
+        report = store(_dest(port, "IMPLICIT"), NODE_AET, [read_dicom_file(source)])
+    assert report.ok, [r.message for r in report.results]
+    (received,) = out.iterdir()
+    ds = pydicom.dcmread(received)
+    original = pydicom.dcmread(source)
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    assert ds.SOPInstanceUID == original.SOPInstanceUID
+    assert np.array_equal(ds.pixel_array, original.pixel_array)

@@ -161,10 +161,8 @@ _worker_logging = False
 
 def warm_up() -> int:
     """Run once per worker at node start: import what a delivery needs before work arrives."""
-    import pynetdicom.pdu  # noqa: F401
-
     import node.convert  # noqa: F401
-    import node.network  # noqa: F401
+    import node.network  # noqa: F401 - with it, pynetdicom's PDU codecs
 
     return os.getpid()
 

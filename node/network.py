@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from node.association import (
     AFFECTED_SOP_CLASS,
@@ -45,6 +45,9 @@ from node.association import (
 )
 from node.config import Destination
 from node.errors import InputError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 #: PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255) per association.
 MAX_CONTEXTS = 128
@@ -375,7 +378,7 @@ def _payload(f: DicomFile, contexts: Sequence[AcceptedContext]) -> tuple[int, Bi
 _WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 
-def _words_to_little_endian(ds) -> None:
+def _words_to_little_endian(ds: Dataset) -> None:
     """Swap the words of the raw binary values (pixel data, LUTs, overlays) of a data set read
     from Explicit VR Big Endian, which pydicom writes as they are: without this, a big endian
     file re-encoded for a peer reaches it with every 16-bit pixel byte-swapped. Numeric VRs

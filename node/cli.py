@@ -198,7 +198,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     with tempfile.TemporaryDirectory(prefix="dicom-node-push-") as spool:
-        gathered = gather(args.paths, Path(spool), config, profile)
+        gathered = gather(args.paths, Path(spool), config, profile, args.jobs or None)
         for warning in gathered.warnings:
             log.warning("%s", warning)
         for problem in gathered.problems:
@@ -620,6 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="configured destination (default: [node].default_destination)")
     peer_options(push)
     push.add_argument("--profile", help="mapping profile for NIfTI inputs")
+    push.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
+                      help="conversion processes for NIfTI inputs (default: one per core)")
     push.add_argument("--verify", action="store_true",
                       help="then ask the PACS (C-FIND) whether every series is complete")
     push.add_argument("--json", action="store_true", help="print a machine-readable summary")

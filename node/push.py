@@ -7,14 +7,17 @@ caller's, usually temporary) and sent from there as files, the same way as DICOM
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from node.config import Config, Profile
+from node.convert import SeriesSummary, convert_to_folder
 from node.errors import DicomNodeError, InputError
 from node.network import DicomFile, StoreReport, read_dicom_file
-from node.nifti import NIFTI_SUFFIXES, is_nifti
+from node.nifti import NIFTI_SUFFIXES, is_nifti, nifti_stem
 
 _SKIP_NAMES = (".DS_Store", "DICOMDIR")
 
@@ -44,40 +47,60 @@ class Gathered:
     files: list[DicomFile] = field(default_factory=list)
     problems: list[DicomNodeError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    converted: list[tuple[Path, str]] = field(default_factory=list)  # (NIfTI, series UID)
 
 
-def gather(paths: Iterable[Path], spool: Path, config: Config, profile: Profile) -> Gathered:
+def gather(
+    paths: Iterable[Path], spool: Path, config: Config, profile: Profile, jobs: int | None = None
+) -> Gathered:
     """Describe every DICOM input and convert every NIfTI input into ``spool``.
 
+    NIfTI inputs are converted in ``jobs`` processes (default: one per core; conversion is
+    CPU-bound), and their series are then described from the files like any DICOM input.
     Bad inputs are collected as problems (the rest goes on), never raised.
     """
-    from node.convert import convert_file, instance_filename, write_series
-
     out = Gathered()
+    nifti: list[tuple[Path, str]] = []
     for n, path in enumerate(walk(paths)):
-        try:
-            if not path.exists():
-                raise InputError(path, "no such file or folder")
-            if is_nifti(path):
-                series = convert_file(path, config, profile)
-                folder = write_series(series, spool, f"{n:05d}-{series.source.stem}")
-                out.warnings += [f"{path}: {w}" for w in series.warnings]
-                out.converted.append((path, series.uids.series))
-                for number in range(1, series.n_instances + 1):
-                    out.files.append(DicomFile(
-                        path=folder / instance_filename(number),
-                        sop_class_uid=series.sop_class_uid,
-                        sop_instance_uid=series.uids.instance(number),
-                        transfer_syntax="1.2.840.10008.1.2.1",
-                        study_uid=series.uids.study,
-                        series_uid=series.uids.series,
-                    ))
-            else:
+        if not path.exists():
+            out.problems.append(InputError(path, "no such file or folder"))
+        elif is_nifti(path):
+            nifti.append((path, f"{n:05d}-{nifti_stem(path)}"))
+        else:
+            try:
                 out.files.append(read_dicom_file(path))
-        except DicomNodeError as exc:
-            out.problems.append(exc)
+            except DicomNodeError as exc:
+                out.problems.append(exc)
+    for path, result in _convert_all(nifti, spool, config, profile, jobs):
+        if isinstance(result, DicomNodeError):
+            out.problems.append(result)
+            continue
+        out.warnings += [f"{path}: {w}" for w in result.warnings]
+        out.files += [read_dicom_file(p) for p in sorted(result.folder.iterdir())]
     return out
+
+
+def _convert_or_error(
+    path: Path, spool: Path, name: str, config: Config, profile: Profile
+) -> SeriesSummary | DicomNodeError:
+    try:
+        return convert_to_folder(path, spool, config, profile, name=name)
+    except DicomNodeError as exc:
+        return exc
+
+
+def _convert_all(
+    nifti: list[tuple[Path, str]], spool: Path, config: Config, profile: Profile,
+    jobs: int | None,
+) -> list[tuple[Path, SeriesSummary | DicomNodeError]]:
+    """Each NIfTI input with its converted series (or why not), in input order."""
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(nifti)))
+    if jobs == 1:
+        return [(path, _convert_or_error(path, spool, name, config, profile))
+                for path, name in nifti]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [(path, pool.submit(_convert_or_error, path, spool, name, config, profile))
+                   for path, name in nifti]
+        return [(path, future.result()) for path, future in futures]
 
 
 @dataclass

@@ -193,6 +193,23 @@ def test_push_dicom_folder_skips_bad_files_and_sends_the_rest(pacs, tmp_path):
     assert len(pacs.series(series.uids.series)["Instances"]) == 6
 
 
+def test_push_of_several_nifti_converts_in_parallel_and_skips_the_bad_one(pacs, tmp_path):
+    """Three NIfTI inputs, two conversion processes: the good two arrive whole, each as its
+    own series, the broken one is named and skipped (exit 2)."""
+    folder = tmp_path / "bids"
+    good = [_nifti(folder, f"sub-net13_run-{i}_T1w", seed=20 + i) for i in (1, 2)]
+    (folder / "sub-net13_run-3_T1w.nii.gz").write_bytes(b"\x1f\x8b broken")
+    cfg = pacs.config_toml(tmp_path / "node.toml")
+    proc = run_node("push", folder, "--config", cfg, "--json", "-j", "2")
+    assert proc.returncode == 2, proc.stderr
+    assert "sub-net13_run-3_T1w.nii.gz" in proc.stderr and "Traceback" not in proc.stderr
+    summary = json.loads(proc.stdout)
+    expected = {convert_file(p, config_from_dict({})).uids.series for p in good}
+    assert {s["series_uid"] for s in summary["series"]} == expected
+    for uid in expected:
+        assert len(pacs.series(uid)["Instances"]) == 6
+
+
 def test_push_again_is_idempotent(pacs, tmp_path):
     src = _nifti(tmp_path, "sub-net03_T1w", seed=5)
     cfg = pacs.config_toml(tmp_path / "node.toml")

@@ -469,7 +469,13 @@ def _watch_settings(
     folder = Path(raw["path"])
     folder = folder if folder.is_absolute() else base / folder
     destination = raw.get("destination", node.default_destination)
-    if destination is None or destination not in destinations:
+    if destination is None and len(destinations) == 1:
+        destination = next(iter(destinations))  # the only one, as for the console commands
+    if destination is None:
+        known = ", ".join(sorted(destinations)) or "none configured"
+        raise ValueError(f"{where}: no destination: set destination = \"NAME\" here or "
+                         f"[node].default_destination (known: {known})")
+    if destination not in destinations:
         known = ", ".join(sorted(destinations)) or "none configured"
         raise ValueError(f"{where}: destination {destination!r} is not a [destinations.NAME] "
                          f"(known: {known})")

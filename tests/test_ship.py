@@ -47,6 +47,9 @@ def test_check_config_ok_shows_settings_masks_secrets_and_echoes(pacs, tmp_path)
         ('[destinations.pacs]\nhost = "h"\nport = 104\nae_title = "MUCH_TOO_LONG_AE_TITLE"\n',
          "must be 1-16 printable characters"),
         ('[[watch]]\npath = "in"\ndestination = "nowhere"\n', "destination 'nowhere' is not"),
+        ('[destinations.a]\nhost = "h"\nport = 1\nae_title = "A"\n[destinations.b]\nhost = "h"\n'
+         'port = 2\nae_title = "B"\n[[watch]]\npath = "in"\n',
+         'no destination: set destination = "NAME" here or [node].default_destination'),
         ('[profiles.x.static]\nPatientSexx = "M"\n', "'PatientSexx' is not a DICOM attribute"),
         ('[profiles.x.static]\nStudyDate = "yesterday"\n', "StudyDate"),
     ],
@@ -72,6 +75,14 @@ def test_filesystem_problems_stop_the_node(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert "[node].state_dir" in proc.stderr and "not writable" in proc.stderr
         assert "missing-inbox: no such folder; create it (mkdir -p" in proc.stderr
+
+
+def test_a_watch_without_destination_uses_the_only_one(tmp_path):
+    config = config_from_dict({
+        "destinations": {"pacs": {"host": "h", "port": 1, "ae_title": "A"}},
+        "watch": [{"path": str(tmp_path)}],
+    })
+    assert config.watches[0].destination == "pacs"
 
 
 def test_environment_overrides():

@@ -569,12 +569,14 @@ def series_instance_counts(
         context = assoc.contexts[0]
         implicit = context.transfer_syntax == IMPLICIT_LE
         for n, (study_uid, series_uid) in enumerate(series, 1):
+            counts[series_uid] = None
+            if not series_uid:  # unknown: an empty key would match every series (PS3.4 C.2.2)
+                continue
             query = Dataset()
             query.QueryRetrieveLevel = "SERIES"
             query.StudyInstanceUID = study_uid
             query.SeriesInstanceUID = series_uid
             query.NumberOfSeriesRelatedInstances = ""
-            counts[series_uid] = None
             assoc.send(context.id, command_set([
                 (AFFECTED_SOP_CLASS, STUDY_ROOT_FIND), (COMMAND_FIELD, 0x0020),
                 (MESSAGE_ID, n % 65535 + 1), (PRIORITY, 0), (DATA_SET_TYPE, DATA_SET_PRESENT),

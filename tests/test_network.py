@@ -500,3 +500,18 @@ def test_big_endian_and_deflated_files_reach_a_peer_without_their_syntax(tmp_pat
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
     assert ds.SOPInstanceUID == original.SOPInstanceUID
     assert np.array_equal(ds.pixel_array, original.pixel_array)
+
+
+def test_verify_never_sends_an_empty_series_key(pacs, tmp_path):
+    """An unknown series UID must not become a universal-match C-FIND (which would count
+    some other series): it is reported as unknown."""
+    from node.network import series_instance_counts
+
+    src = _nifti(tmp_path, "sub-net14_T1w", seed=30)
+    cfg = pacs.config_toml(tmp_path / "node.toml")
+    assert run_node("push", src, "--config", cfg).returncode == 0  # the PACS is not empty
+    series = convert_file(src, config_from_dict({}))
+    counts = series_instance_counts(_dest(pacs.port), NODE_AET,
+                                    [(series.uids.study, ""), (series.uids.study,
+                                                               series.uids.series)])
+    assert counts == {"": None, series.uids.series: 6}

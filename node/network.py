@@ -583,8 +583,16 @@ def series_instance_counts(
             ]), BytesIO(encode(query, implicit, True) or b""))
             for _ in range(10_000):  # one pending response per match; a series has one
                 response = assoc.receive(dest.dimse_timeout, "C-FIND response")
-                if response.status not in (0xFF00, 0xFF01):
-                    break  # the final response: success, cancel or failure (PS3.4 C.4.1.1.4)
+                status = response.status
+                if status in (0x0000, 0xFE00):  # success or cancelled: the final response
+                    break
+                if status not in (0xFF00, 0xFF01):  # a failure (PS3.4 C.4.1.1.4)
+                    code = "none" if status is None else f"0x{status:04X}"
+                    comment = response.text(ERROR_COMMENT)
+                    raise NetworkFailure(
+                        FailureKind.NETWORK, f"{dest.address}: C-FIND failed with status "
+                        f"{code}{f' ({comment})' if comment else ''}", transient=False,
+                    )
                 if response.dataset:
                     identifier = decode(BytesIO(response.dataset), implicit, True)
                     value = identifier.get("NumberOfSeriesRelatedInstances")

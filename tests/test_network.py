@@ -22,6 +22,7 @@ from node.config import build_destination, config_from_dict
 from node.convert import convert_file, write_series
 from node.network import (
     MAX_CONTEXTS,
+    STUDY_ROOT_FIND,
     DicomFile,
     FailureKind,
     NetworkFailure,
@@ -241,10 +242,11 @@ def storescp(folder: Path, aet: str, *options: str):
 
 
 @contextmanager
-def pynetdicom_scp(aet: str, on_store, maximum_associations: int = 10):
-    """pynetdicom as an independent MR storage SCP on a free loopback port; yields the port.
+def pynetdicom_scp(aet: str, on_store=None, maximum_associations: int = 10, on_find=None):
+    """pynetdicom as an independent MR storage (and Study Root find) SCP on a free loopback
+    port; yields the port.
 
-    No PACS lets a test choose its C-STORE statuses or its association limit; this one does.
+    No PACS lets a test choose its statuses or its association limit; this one does.
     """
     from pynetdicom import AE, evt
     from pynetdicom.sop_class import MRImageStorage
@@ -252,8 +254,10 @@ def pynetdicom_scp(aet: str, on_store, maximum_associations: int = 10):
     ae = AE(ae_title=aet)
     ae.maximum_associations = maximum_associations
     ae.add_supported_context(MRImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-    server = ae.start_server(("127.0.0.1", 0), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    ae.add_supported_context(STUDY_ROOT_FIND, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    handlers = [(evt.EVT_C_STORE, on_store)] if on_store else []
+    handlers += [(evt.EVT_C_FIND, on_find)] if on_find else []
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
     try:
         yield server.socket.getsockname()[1]
     finally:
@@ -515,3 +519,21 @@ def test_verify_never_sends_an_empty_series_key(pacs, tmp_path):
                                     [(series.uids.study, ""), (series.uids.study,
                                                                series.uids.series)])
     assert counts == {"": None, series.uids.series: 6}
+
+
+def test_verify_reports_a_failed_query_with_its_status():
+    """A C-FIND answered with a failure status (pynetdicom SCP, 0xC001 and a comment) is an
+    error that says so, not a quiet "incomplete"."""
+    from pydicom.dataset import Dataset
+
+    from node.network import series_instance_counts
+
+    def on_find(event):
+        status = Dataset()
+        status.Status = 0xC001
+        status.ErrorComment = "index offline"
+        yield status, None
+
+    with pynetdicom_scp("FINDER", on_find=on_find) as port, pytest.raises(NetworkFailure) as err:
+        series_instance_counts(_dest(port, "FINDER"), NODE_AET, [("1.2.3", "1.2.3.4")])
+    assert "C-FIND failed with status 0xC001 (index offline)" in err.value.message

@@ -425,22 +425,35 @@ class _Pending:
         return out
 
 
+@dataclass
+class _Opening:
+    """Associations of one push are opened one after the other, through this.
+
+    A peer then sees them arrive as from separate clients, and one that limits its
+    associations accepts up to its limit instead of rejecting a whole burst. When the first
+    attempt fails (peer down, unreachable, TLS), the others do not wait the same timeouts again.
+    """
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    opened: int = 0
+    failed: bool = False
+
+
 def _association_worker(
     dest: Destination, calling_ae: str, group: list[Context], pending: _Pending, t0: float,
-    record: Recorder, failures: list[NetworkFailure], opening: threading.Lock,
+    record: Recorder, failures: list[NetworkFailure], opening: _Opening,
 ) -> None:
-    """One association: take files from ``pending`` until none is left or it is lost.
-
-    Associations are opened one after the other (``opening``): a peer then sees them arrive
-    as it would from separate clients, and one that limits its associations accepts up to
-    its limit instead of seeing a burst and rejecting all of them.
-    """
-    try:
-        with opening:
+    """One association: take files from ``pending`` until none is left or it is lost."""
+    with opening.lock:
+        if opening.failed and not opening.opened:
+            return  # the peer refused our first association: its failure stands for all
+        try:
             assoc = Association.open(dest, calling_ae, group)
-    except NetworkFailure as exc:
-        failures.append(exc)
-        return
+        except NetworkFailure as exc:
+            failures.append(exc)
+            opening.failed = True
+            return
+        opening.opened += 1
     with assoc:
         _send_all(assoc, pending, t0, record, failures)
 
@@ -535,10 +548,10 @@ def store(
                 progress(result)
 
     n = max(1, min(dest.max_associations, len(files) // 50 + 1))
-    opening = threading.Lock()
     for group in plan_contexts(files, dest.transfer_syntaxes):
         classes = {c for c, _ in group}
         pending = _Pending(f for f in files if f.sop_class_uid in classes)
+        opening = _Opening()
         with ThreadPoolExecutor(n, thread_name_prefix="c-store") as pool:
             futures = [pool.submit(_association_worker, dest, calling_ae, group, pending, t0,
                                    record, report.failures, opening) for _ in range(n)]

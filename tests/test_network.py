@@ -537,3 +537,24 @@ def test_verify_reports_a_failed_query_with_its_status():
     with pynetdicom_scp("FINDER", on_find=on_find) as port, pytest.raises(NetworkFailure) as err:
         series_instance_counts(_dest(port, "FINDER"), NODE_AET, [("1.2.3", "1.2.3.4")])
     assert "C-FIND failed with status 0xC001 (index offline)" in err.value.message
+
+
+def test_unanswering_peer_costs_one_timeout_not_one_per_association(tmp_path):
+    """Three associations planned, the peer never answers: the first attempt's ACSE timeout
+    stands for all (not three timeouts in a row), and every file is reported failed."""
+    src = write_nifti(tmp_path / "sub-net15_T1w.nii.gz", ramp_data((4, 4, 150), "int16", seed=17),
+                      affine_from(np.eye(3)))
+    folder = write_series(convert_file(src, config_from_dict({})), tmp_path / "dicom")
+    files = [read_dicom_file(p) for p in sorted(folder.iterdir())]
+    peer = SilentPeer()
+    try:
+        dest = _dest(peer.port, acse_timeout=1.0, connect_timeout=1.0, max_associations=3)
+        t0 = time.monotonic()
+        report = store(dest, NODE_AET, files)
+        elapsed = time.monotonic() - t0
+    finally:
+        peer.close()
+    assert elapsed < 1.0 + 1.5, elapsed
+    assert report.delivered == 0 and len(report.results) == 150
+    assert len(report.failures) == 1 and report.failures[0].kind == FailureKind.TIMEOUT
+    assert all(r.outcome == Outcome.TRANSIENT for r in report.results)

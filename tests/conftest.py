@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from node.config import config_from_dict
+from node.service.settings import config_from_dict
 
 JUDGES = ("dciodvfy", "dcm2niix", "dcmdump", "storescp", "echoscu", "storescu")
 

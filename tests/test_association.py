@@ -23,16 +23,7 @@ from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.pdu import P_DATA_TF
 
-from node.association import (
-    ERROR_COMMENT,
-    MESSAGE_ID_RESPONDED_TO,
-    Association,
-    FailureKind,
-    NetworkFailure,
-    parse_command_set,
-)
-from node.config import build_destination
-from node.network import (
+from node.net.scu import (
     STUDY_ROOT_FIND,
     VERIFICATION,
     DicomFile,
@@ -41,6 +32,15 @@ from node.network import (
     _store_rq,
     read_dicom_file,
 )
+from node.net.upper import (
+    ERROR_COMMENT,
+    MESSAGE_ID_RESPONDED_TO,
+    Association,
+    FailureKind,
+    NetworkFailure,
+    parse_command_set,
+)
+from node.service.settings import build_destination
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
 
@@ -98,7 +98,7 @@ def test_c_store_request_is_byte_identical_to_pynetdicom(size, max_pdu):
 
 
 def test_echo_and_find_command_sets_equal_pynetdicom():
-    from node.association import (
+    from node.net.upper import (
         AFFECTED_SOP_CLASS,
         COMMAND_FIELD,
         DATA_SET_PRESENT,
@@ -283,7 +283,7 @@ def test_rejection_with_codes_unknown_to_pynetdicom_is_still_a_rejection():
 def test_silent_peer_during_the_tls_handshake_is_a_timeout_not_a_trust_problem():
     from dataclasses import replace
 
-    from node.config import TlsSettings
+    from node.net.destination import TlsSettings
 
     peer = _ScriptedPeer(None)
     try:

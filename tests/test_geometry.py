@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from niftigen import AXIAL_LAS, affine_from, rotation
 
-from node.geometry import choose_affine, volume_geometry
+from node.convert.geometry import choose_affine, volume_geometry
 
 
 def test_ras_axial_to_lps():

@@ -10,9 +10,9 @@ import pytest
 from judges import assert_dciodvfy_clean
 from niftigen import AXIAL_RAS, affine_from, ramp_data, write_nifti
 
-from node.config import config_from_dict
-from node.convert import convert_file, write_series
+from node.convert.series import convert_file, write_series
 from node.errors import ConfigError, MappingError
+from node.service.settings import config_from_dict
 
 SIDECAR = {
     "PatientName": "Doe^Jane",
@@ -48,7 +48,8 @@ def _convert(tmp_path: Path, config, name="sub-07_ses-2_acq-mprage_run-1_T1w", s
              profile=None, overrides=None, seed=0):
     path = write_nifti(tmp_path / f"{name}.nii.gz", ramp_data((8, 9, 4), "int16", seed=seed),
                        affine_from(AXIAL_RAS), sidecar=sidecar)
-    series = convert_file(path, config, config.profile(profile), overrides=overrides)
+    series = convert_file(path, config.profile(profile), uid_root=config.node.uid_root,
+                          overrides=overrides)
     folder = write_series(series, tmp_path / "out")
     return series, [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))], folder
 
@@ -230,7 +231,7 @@ def test_instances_are_part10_with_slice_positions(tmp_path, config):
 
 
 def test_shipped_config_is_valid(monkeypatch):
-    from node.config import load_config
+    from node.service.settings import load_config
 
     config = load_config(Path(__file__).parent.parent / "config" / "node.toml")
     assert {"bids-mr", "research-deidentified"} <= set(config.profiles)

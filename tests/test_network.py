@@ -18,9 +18,8 @@ import pytest
 from conftest import NODE_AET, free_port, run_node
 from niftigen import affine_from, ramp_data, rotation, write_nifti
 
-from node.config import build_destination, config_from_dict
-from node.convert import convert_file, write_series
-from node.network import (
+from node.convert.series import convert_file, write_series
+from node.net.scu import (
     MAX_CONTEXTS,
     STUDY_ROOT_FIND,
     DicomFile,
@@ -33,6 +32,7 @@ from node.network import (
     read_dicom_file,
     store,
 )
+from node.service.settings import build_destination
 
 SIDECAR = {"SeriesDescription": "net test T1", "RepetitionTime": 2.0, "EchoTime": 0.003}
 
@@ -163,7 +163,7 @@ def test_push_nifti_arrives_in_orthanc_complete_and_correct(pacs, tmp_path):
     assert summary["series"][0]["pacs_instances"] == 6
 
     # what we would have written, to compare with what Orthanc stored
-    expected = convert_file(src, config_from_dict({}))
+    expected = convert_file(src)
     assert summary["series"][0]["series_uid"] == expected.uids.series
     series = pacs.series(expected.uids.series)
     assert series is not None and len(series["Instances"]) == 6
@@ -183,7 +183,7 @@ def test_push_nifti_arrives_in_orthanc_complete_and_correct(pacs, tmp_path):
 
 
 def test_push_dicom_folder_skips_bad_files_and_sends_the_rest(pacs, tmp_path):
-    series = convert_file(_nifti(tmp_path, "sub-net02_T2w", seed=4), config_from_dict({}))
+    series = convert_file(_nifti(tmp_path, "sub-net02_T2w", seed=4))
     folder = write_series(series, tmp_path / "dicom")
     (folder / "README.txt").write_text("not DICOM")
     cfg = pacs.config_toml(tmp_path / "node.toml")
@@ -205,7 +205,7 @@ def test_push_of_several_nifti_converts_in_parallel_and_skips_the_bad_one(pacs, 
     assert proc.returncode == 2, proc.stderr
     assert "sub-net13_run-3_T1w.nii.gz" in proc.stderr and "Traceback" not in proc.stderr
     summary = json.loads(proc.stdout)
-    expected = {convert_file(p, config_from_dict({})).uids.series for p in good}
+    expected = {convert_file(p).uids.series for p in good}
     assert {s["series_uid"] for s in summary["series"]} == expected
     for uid in expected:
         assert len(pacs.series(uid)["Instances"]) == 6
@@ -217,7 +217,7 @@ def test_push_again_is_idempotent(pacs, tmp_path):
     for _ in range(2):
         proc = run_node("push", src, "--config", cfg)
         assert proc.returncode == 0, proc.stderr
-    uid = convert_file(src, config_from_dict({})).uids.series
+    uid = convert_file(src).uids.series
     assert len(pacs.series(uid)["Instances"]) == 6
 
 
@@ -320,7 +320,7 @@ def test_peer_accepting_only_implicit_vr_gets_a_reencoded_file(tmp_path):
     them (the uncompressed fallback context), re-encoded by pynetdicom."""
     out = tmp_path / "received"
     with storescp(out, "IMPLICIT", "+xi") as port:  # accept Implicit VR Little Endian only
-        series = convert_file(_nifti(tmp_path, "sub-net06_T1w", seed=7), config_from_dict({}))
+        series = convert_file(_nifti(tmp_path, "sub-net06_T1w", seed=7))
         folder = write_series(series, tmp_path / "dicom")
         proc = run_node("push", folder, "--host", "127.0.0.1", "--port", port, "--aet",
                         "IMPLICIT", cwd=tmp_path)
@@ -338,7 +338,7 @@ def test_peer_accepting_only_implicit_vr_gets_a_reencoded_file(tmp_path):
 def test_peer_with_small_pdus_gets_identical_data_sets(tmp_path):
     """storescp limited to 4 KB PDUs: every instance arrives fragmented and byte-identical."""
     out = tmp_path / "received"
-    series = convert_file(_nifti(tmp_path, "sub-net07_T1w", seed=9), config_from_dict({}))
+    series = convert_file(_nifti(tmp_path, "sub-net07_T1w", seed=9))
     folder = write_series(series, tmp_path / "dicom")
     with storescp(out, "SMALLPDU", "--max-pdu", "4096") as port:
         files = [read_dicom_file(p) for p in sorted(folder.iterdir())]
@@ -354,7 +354,7 @@ def test_peer_with_small_pdus_gets_identical_data_sets(tmp_path):
 def test_peer_aborting_each_store_is_reported_not_retried_forever(tmp_path):
     """storescp --abort-after aborts the association on every C-STORE-RQ: the instance and
     those after it fail as transient, with the abort in the words, and nothing hangs."""
-    series = convert_file(_nifti(tmp_path, "sub-net08_T1w", seed=10), config_from_dict({}))
+    series = convert_file(_nifti(tmp_path, "sub-net08_T1w", seed=10))
     folder = write_series(series, tmp_path / "dicom")
     with storescp(tmp_path / "received", "ABORTER", "--abort-after") as port:
         files = [read_dicom_file(p) for p in sorted(folder.iterdir())]
@@ -371,7 +371,7 @@ def test_peer_aborting_each_store_is_reported_not_retried_forever(tmp_path):
 def test_slow_peer_hits_the_dimse_timeout(tmp_path):
     """storescp sleeping 5 s in the middle of a store: our 1 s DIMSE timeout fires, the
     association is aborted, and the push reports it instead of waiting."""
-    series = convert_file(_nifti(tmp_path, "sub-net09_T1w", seed=11), config_from_dict({}))
+    series = convert_file(_nifti(tmp_path, "sub-net09_T1w", seed=11))
     folder = write_series(series, tmp_path / "dicom")
     with storescp(tmp_path / "received", "SLOW", "--sleep-during", "5") as port:
         files = [read_dicom_file(p) for p in sorted(folder.iterdir())][:2]
@@ -389,7 +389,7 @@ def test_every_status_class_from_a_pynetdicom_scp(tmp_path):
     (no PACS lets a test choose): each lands in its class, with the peer's error comment."""
     from pydicom.dataset import Dataset
 
-    series = convert_file(_nifti(tmp_path, "sub-net10_T1w", seed=12), config_from_dict({}))
+    series = convert_file(_nifti(tmp_path, "sub-net10_T1w", seed=12))
     folder = write_series(series, tmp_path / "dicom")
     files = [read_dicom_file(p) for p in sorted(folder.iterdir())]
     answers = dict(zip([f.sop_instance_uid for f in files],
@@ -470,7 +470,7 @@ def test_refused_associations_leave_their_files_to_the_accepted_one(tmp_path):
     the rejections are reported, and the push is complete."""
     src = write_nifti(tmp_path / "sub-net12_T1w.nii.gz", ramp_data((8, 8, 150), "int16", seed=16),
                       affine_from(np.eye(3)))
-    folder = write_series(convert_file(src, config_from_dict({})), tmp_path / "dicom")
+    folder = write_series(convert_file(src), tmp_path / "dicom")
     files = [read_dicom_file(p) for p in sorted(folder.iterdir())]
     received: list[str] = []
 
@@ -509,12 +509,12 @@ def test_big_endian_and_deflated_files_reach_a_peer_without_their_syntax(tmp_pat
 def test_verify_never_sends_an_empty_series_key(pacs, tmp_path):
     """An unknown series UID must not become a universal-match C-FIND (which would count
     some other series): it is reported as unknown."""
-    from node.network import series_instance_counts
+    from node.net.scu import series_instance_counts
 
     src = _nifti(tmp_path, "sub-net14_T1w", seed=30)
     cfg = pacs.config_toml(tmp_path / "node.toml")
     assert run_node("push", src, "--config", cfg).returncode == 0  # the PACS is not empty
-    series = convert_file(src, config_from_dict({}))
+    series = convert_file(src)
     counts = series_instance_counts(_dest(pacs.port), NODE_AET,
                                     [(series.uids.study, ""), (series.uids.study,
                                                                series.uids.series)])
@@ -526,7 +526,7 @@ def test_verify_reports_a_failed_query_with_its_status():
     error that says so, not a quiet "incomplete"."""
     from pydicom.dataset import Dataset
 
-    from node.network import series_instance_counts
+    from node.net.scu import series_instance_counts
 
     def on_find(event):
         status = Dataset()
@@ -544,7 +544,7 @@ def test_unanswering_peer_costs_one_timeout_not_one_per_association(tmp_path):
     stands for all (not three timeouts in a row), and every file is reported failed."""
     src = write_nifti(tmp_path / "sub-net15_T1w.nii.gz", ramp_data((4, 4, 150), "int16", seed=17),
                       affine_from(np.eye(3)))
-    folder = write_series(convert_file(src, config_from_dict({})), tmp_path / "dicom")
+    folder = write_series(convert_file(src), tmp_path / "dicom")
     files = [read_dicom_file(p) for p in sorted(folder.iterdir())]
     peer = SilentPeer()
     try:

@@ -14,8 +14,8 @@ from conftest import NODE_AET, orthanc_script, start_pacs
 from niftigen import affine_from, ramp_data, write_nifti
 from pki import make_pki
 
-from node.config import build_destination
-from node.network import FailureKind, NetworkFailure, echo
+from node.net.scu import FailureKind, NetworkFailure, echo
+from node.service.settings import build_destination
 
 
 def test_orthanc_killed_mid_push_reports_what_was_delivered(tmp_path):

@@ -211,12 +211,11 @@ def test_preexisting_files_and_duplicates(pacs, node_factory, tmp_path):
 def test_dicom_files_are_sent_as_they_are(pacs, node_factory, tmp_path):
     """DICOM dropped into a watched folder: each file one job, its bytes stored unchanged; a
     .dcm that is not DICOM goes to quarantine with the reason."""
-    from node.config import config_from_dict
-    from node.convert import convert_file, write_series
+    from node.convert.series import convert_file, write_series
 
     src = write_nifti(tmp_path / "src" / "sub-dcm_T1w.nii.gz",
                       ramp_data((8, 8, 3), "int16", seed=15), affine_from(np.eye(3)))
-    series = convert_file(src, config_from_dict({}))
+    series = convert_file(src)
     folder = write_series(series, tmp_path / "dicom")
     node = node_factory(pacs.port).start()
     for f in sorted(folder.iterdir()):

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from node.pixels import PixelError, encode_pixels
+from node.convert.pixels import PixelError, encode_pixels
 
 
 def decode(stored: np.ndarray, enc) -> np.ndarray:

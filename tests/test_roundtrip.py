@@ -20,7 +20,7 @@ from niftigen import (
     write_nifti,
 )
 
-from node.convert import convert_file, write_series
+from node.convert.series import convert_file, write_series
 
 
 @dataclass
@@ -70,7 +70,7 @@ def test_roundtrip_through_judges(case: Case, tmp_path: Path, config) -> None:
     affine = affine_from(case.axes, case.zooms)
     path = write_nifti(tmp_path / f"sub-01_{case.name.replace('-', '')}.nii.gz", data, affine,
                        **case.kw)
-    series = convert_file(path, config, modality=case.modality)
+    series = convert_file(path, config.profile(), modality=case.modality)
     folder = write_series(series, tmp_path / "dicom")
     assert len(list(folder.glob("*.dcm"))) == int(np.prod(case.shape[2:]))
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from conftest import ROOT, run_node
 
-from node.config import apply_env_overrides, config_from_dict, load_config
 from node.errors import ConfigError
+from node.service.settings import apply_env_overrides, config_from_dict, load_config
 
 
 def _cfg(tmp_path: Path, text: str) -> Path:

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from niftigen import AXIAL_RAS, affine_from, ramp_data, write_nifti
 
-from node.convert import convert_file
+from node.convert.series import convert_file
 
 
 @pytest.mark.parametrize("modality", ["MR", "CT", "OT"])
@@ -17,7 +17,7 @@ from node.convert import convert_file
 def test_encoded_bytes_equal_dcmwrite(tmp_path, config, modality, shape):
     path = write_nifti(tmp_path / "sub-01_bold.nii.gz", ramp_data(shape, "float32"),
                        affine_from(AXIAL_RAS), sidecar={"PatientName": "Müller^Jörg"})
-    series = convert_file(path, config, modality=modality)
+    series = convert_file(path, config.profile(), modality=modality)
     encoded = list(series.encoded())
     datasets = list(series.datasets())
     assert len(encoded) == len(datasets) == int(np.prod(shape[2:]))

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 
 from pydicom.uid import UID, generate_uid
 
-from node import __version__
-
 UUID_ROOT = "2.25"
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:dicom-node:uid")
 
@@ -30,10 +28,6 @@ def make_uid(root: str, *parts: str) -> UID:
     return generate_uid(root.rstrip(".") + ".", entropy_srcs=[root, *parts])
 
 
-#: Identifies this implementation in every file meta header (PS3.7 D.3.3.2).
-IMPLEMENTATION_CLASS_UID = make_uid(UUID_ROOT, "dicom-node implementation class")
-#: Sent with it in file meta headers and association requests (at most 16 characters).
-IMPLEMENTATION_VERSION_NAME = f"DICOMNODE_{__version__}"[:16]
 
 
 @dataclass(frozen=True)

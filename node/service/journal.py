@@ -263,3 +263,33 @@ class Journal:
     def echoes(self) -> list[tuple[str, float, bool, str]]:
         rows = self.db.execute("SELECT name, checked, ok, message FROM destinations ORDER BY name")
         return [(n, c, bool(o), m) for n, c, o, m in rows.fetchall()]
+
+
+@dataclass(frozen=True)
+class StateDirs:
+    root: Path
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "journal.sqlite"
+
+    @property
+    def spool(self) -> Path:
+        return self.root / "spool"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def done(self) -> Path:
+        return self.root / "done"
+
+    def create(self) -> None:
+        for folder in (self.root, self.spool, self.quarantine, self.done):
+            folder.mkdir(parents=True, exist_ok=True)
+
+
+def open_journal(state_dir: Path) -> Journal:
+    """The journal of the node whose state folder is ``state_dir``."""
+    return Journal(StateDirs(state_dir).journal)

@@ -1,10 +1,11 @@
 """DICOM services as an SCU: C-ECHO, C-STORE and C-FIND (PS3.4, PS3.7) over
-:class:`node.association.Association`.
+:class:`node.net.upper.Association`.
 
-This module sends any DICOM and knows nothing of NIfTI. Every wait is bounded by a named timeout
-of the :class:`~node.config.Destination`; every failure is a :class:`NetworkFailure` that says
-what happened in words an operator can act on (connection refused, DNS, timeout, rejection with
-its decoded reason, abort, TLS) and whether trying again later can help.
+This module sends any DICOM and knows nothing of NIfTI. Every wait is bounded by a named
+timeout of the :class:`~node.net.destination.Destination`; every failure is a
+:class:`NetworkFailure` that says what happened in words an operator can act on (connection
+refused, DNS, timeout, rejection with its decoded reason, abort, TLS) and whether trying again
+later can help.
 
 Performance: already encoded files are streamed from disk as they are, never decoded and
 re-encoded, unless the peer only accepts another uncompressed transfer syntax. While the peer
@@ -26,7 +27,9 @@ from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from node.association import (
+from node.errors import InputError
+from node.net.destination import Destination
+from node.net.upper import (
     AFFECTED_SOP_CLASS,
     AFFECTED_SOP_INSTANCE,
     COMMAND_FIELD,
@@ -43,8 +46,6 @@ from node.association import (
     NetworkFailure,
     command_set,
 )
-from node.config import Destination
-from node.errors import InputError
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset

@@ -21,11 +21,11 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
-from node import CONVERTER_NAME, __version__
-from node.geometry import VolumeGeometry
-from node.mapping import Attributes
-from node.pixels import PixelEncoding
-from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, SeriesUids
+from node import CONVERTER_NAME, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, __version__
+from node.convert.geometry import VolumeGeometry
+from node.convert.mapping import Attributes
+from node.convert.pixels import PixelEncoding
+from node.convert.uids import SeriesUids
 
 SOP_CLASSES: dict[str, UID] = {
     "MR": MRImageStorage,

@@ -23,10 +23,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from node import CONVERTER_NAME, __version__
-from node.config import Config, Profile
-from node.errors import InputError
-from node.geometry import VolumeGeometry, choose_affine, volume_geometry
-from node.iod import (
+from node.convert.geometry import VolumeGeometry, choose_affine, volume_geometry
+from node.convert.iods.image import (
     SOP_CLASS_NAMES,
     SOP_CLASSES,
     InstanceSlice,
@@ -36,11 +34,13 @@ from node.iod import (
     instance_slices,
     series_template,
 )
-from node.mapping import Attributes, resolve_attributes, value_of
-from node.nifti import NiftiSource, load_source, read_failure
-from node.pixels import PixelEncoding, PixelError, encode_pixels
-from node.uids import SeriesUids, series_uids
-from node.writer import SeriesEncoder
+from node.convert.mapping import Attributes, resolve_attributes, value_of
+from node.convert.part10 import SeriesEncoder
+from node.convert.pixels import PixelEncoding, PixelError, encode_pixels
+from node.convert.profile import Profile, builtin_profile
+from node.convert.source import NiftiSource, load_source, read_failure
+from node.convert.uids import SeriesUids, series_uids
+from node.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +96,19 @@ def _mapping_digest(attrs: Attributes, modality: str, profile: Profile) -> str:
 
 def convert_file(
     path: str | Path,
-    config: Config,
     profile: Profile | None = None,
+    *,
+    uid_root: str = "2.25",
     sidecar: str | Path | None = None,
     overrides: dict[str, str] | None = None,
     modality: str | None = None,
 ) -> ConvertedSeries:
-    """Read, validate and encode ``path``; raise InputError/MappingError for bad input."""
-    profile = profile or config.profile()
+    """Read, validate and encode ``path``; raise InputError/MappingError for bad input.
+
+    ``profile`` defaults to the built-in default profile; ``uid_root`` is the organisation's
+    UID root (PS3.5 9), under which every generated UID is made.
+    """
+    profile = profile or builtin_profile()
     source = load_source(path, sidecar)
     modality = (modality or profile.modality).upper()
     if modality not in SOP_CLASSES:
@@ -130,7 +135,7 @@ def convert_file(
         )
 
     uids = series_uids(
-        config.node.uid_root,
+        uid_root,
         str(value_of(attrs, "PatientID")),
         str(value_of(attrs, "StudyID")),
         source.sha256,
@@ -208,15 +213,17 @@ class SeriesSummary:
 def convert_to_folder(
     path: str | Path,
     out_dir: str | Path,
-    config: Config,
     profile: Profile | None = None,
+    *,
+    uid_root: str = "2.25",
     name: str | None = None,
     sidecar: str | Path | None = None,
     overrides: dict[str, str] | None = None,
     modality: str | None = None,
 ) -> SeriesSummary:
     """Convert one file and write its series atomically; a picklable result for worker pools."""
-    series = convert_file(path, config, profile, sidecar, overrides, modality)
+    series = convert_file(path, profile, uid_root=uid_root, sidecar=sidecar,
+                          overrides=overrides, modality=modality)
     folder = write_series(series, out_dir, name)
     return SeriesSummary(
         source=Path(path),

@@ -11,7 +11,6 @@ resumed from the journal at the next start.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import random
@@ -19,139 +18,20 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as futures_wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node.config import Config, WatchSettings
-from node.delivery import DeliveryResult, Verdict, deliver
-from node.journal import Job, Journal
-from node.nifti import content_digest, default_sidecar_path, sidecar_of
+from node.convert.source import content_digest, default_sidecar_path, sidecar_of
+from node.service.delivery import DeliveryResult, Verdict, deliver
+from node.service.journal import Job, Journal, StateDirs
+from node.service.observability import Metrics, log_transition, setup_service_logging
+from node.service.settings import Config, WatchSettings
 
 log = logging.getLogger("node.service")
-
-
-# --- state folders ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class StateDirs:
-    root: Path
-
-    @property
-    def journal(self) -> Path:
-        return self.root / "journal.sqlite"
-
-    @property
-    def spool(self) -> Path:
-        return self.root / "spool"
-
-    @property
-    def quarantine(self) -> Path:
-        return self.root / "quarantine"
-
-    @property
-    def done(self) -> Path:
-        return self.root / "done"
-
-    def create(self) -> None:
-        for folder in (self.root, self.spool, self.quarantine, self.done):
-            folder.mkdir(parents=True, exist_ok=True)
-
-
-def open_journal(config: Config) -> Journal:
-    return Journal(StateDirs(config.node.state_dir).journal)
-
-
-# --- logging ----------------------------------------------------------------------------------
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; job fields travel in ``extra={"job": {...}}``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
-               "level": record.levelname.lower(), "logger": record.name,
-               "message": record.getMessage()}
-        out.update(getattr(record, "fields", {}))
-        return json.dumps(out)
-
-
-def setup_service_logging(fmt: str, verbose: int = 0) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger("node")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
-
-
-def log_transition(job: Job, old: str, new: str, detail: str = "") -> None:
-    """One line per job transition. Paths and UIDs only: no patient attributes."""
-    fields = {"job": job.id, "from": old, "to": new, "source": job.source,
-              "destination": job.destination, "attempt": job.attempts}
-    if detail:
-        fields["detail"] = detail
-    log.info("job %d %s: %s -> %s%s", job.id, Path(job.source).name, old, new,
-             f" ({detail})" if detail else "", extra={"fields": fields})
-
-
-# --- metrics and health -----------------------------------------------------------------------
-
-class Metrics:
-    """Prometheus metrics (prometheus-client) and the /healthz + /metrics HTTP endpoint."""
-
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.registry = CollectorRegistry()
-        self.jobs = Gauge("dicom_node_jobs", "Jobs by state", ["state"], registry=self.registry)
-        self.instances = Counter("dicom_node_instances_sent", "Instances delivered",
-                                 registry=self.registry)
-        self.failures = Counter("dicom_node_failures", "Delivery failures by class", ["cls"],
-                                registry=self.registry)
-        self.convert_seconds = Histogram("dicom_node_conversion_seconds",
-                                         "Conversion latency per job", registry=self.registry)
-        self.delivery_seconds = Histogram("dicom_node_delivery_seconds",
-                                          "Send latency per job", registry=self.registry)
-        self.heartbeat = time.monotonic()
-        self._server = None
-
-    def serve(self, port: int) -> int:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        metrics = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                if self.path == "/metrics":
-                    body, ctype, code = generate_latest(metrics.registry), CONTENT_TYPE_LATEST, 200
-                elif self.path == "/healthz":
-                    age = time.monotonic() - metrics.heartbeat
-                    ok = age < 30
-                    body = json.dumps({"ok": ok, "loop_age_seconds": round(age, 1)}).encode()
-                    ctype, code = "application/json", 200 if ok else 503
-                else:
-                    body, ctype, code = b"not found\n", "text/plain", 404
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self._server.server_address[1]
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
 
 
 # --- the worker side --------------------------------------------------------------------------
@@ -161,8 +41,8 @@ _worker_logging = False
 
 def warm_up() -> int:
     """Run once per worker at node start: import what a delivery needs before work arrives."""
-    import node.convert  # noqa: F401
-    import node.network  # noqa: F401 - with it, pynetdicom's PDU codecs
+    import node.convert.series  # noqa: F401
+    import node.net.scu  # noqa: F401 - with it, pynetdicom's PDU codecs
 
     return os.getpid()
 
@@ -228,7 +108,7 @@ class Node:
         self._pool: ProcessPoolExecutor | None = None
         self._inflight: dict[int, _InFlight] = {}
         self._echo_due = 0.0
-        from node.watcher import FolderWatcher, Stabilizer
+        from node.service.watcher import FolderWatcher, Stabilizer
 
         self.stabilizer = Stabilizer()
         self.watcher = FolderWatcher(config.watches, self.stabilizer) if watch else None
@@ -385,7 +265,7 @@ class Node:
                 shutil.move(str(f), dest)
 
     def _echo_destinations(self) -> None:
-        from node.network import NetworkFailure, echo
+        from node.net.scu import NetworkFailure, echo
 
         def run() -> None:
             journal = Journal(self.dirs.journal)
@@ -448,8 +328,9 @@ class Node:
             self._echo_due = now + self.config.node.echo_interval_seconds
             self._echo_destinations()
 
-    def run(self, until_idle: bool = False, tick: float = 0.2) -> int:
-        """Loop until SIGTERM/SIGINT (or, with ``until_idle``, until nothing is left to do)."""
+    def run(self, until: Callable[[], bool] | None = None, tick: float = 0.2) -> int:
+        """Loop until SIGTERM/SIGINT, or until ``until()`` says the work asked for is done
+        (``ingest``: its jobs are finished)."""
         self.start()
         next_scan = time.monotonic() + self.config.node.rescan_seconds
         next_gauges = 0.0
@@ -463,7 +344,7 @@ class Node:
                 if now >= next_gauges:
                     self._update_gauges()
                     next_gauges = now + 2.0
-                if until_idle and not self._inflight and not self._due_soon():
+                if until is not None and until():
                     break
                 self.idle(tick)
         finally:
@@ -477,11 +358,6 @@ class Node:
                          return_when=FIRST_COMPLETED)
         else:
             self.stopping.wait(tick)
-
-    def _due_soon(self) -> bool:
-        counts = self.journal.counts()
-        return counts["queued"] + counts["retry-wait"] + counts["converting"] + \
-            counts["sending"] > 0
 
     def shutdown(self) -> None:
         if self.watcher is not None:

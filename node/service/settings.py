@@ -1,7 +1,7 @@
 """Node configuration (TOML) and metadata mapping profiles.
 
 Lookup order: ``--config`` > ``$DICOM_NODE_CONFIG`` > ``./config/node.toml`` > built-in
-defaults. The built-in profiles (``node/profiles.toml``) are always there; a config file's
+defaults. The built-in profiles (``node/convert/profiles.toml``) are always there; a config file's
 ``[profiles.NAME]`` tables are merged over them key by key, and a profile may ``extends`` another.
 Every problem is a :class:`ConfigError` naming the file and the key.
 """
@@ -12,23 +12,24 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from node.convert.profile import (
+    DEFAULT_PROFILE,
+    Profile,
+    builtin_profiles_raw,
+    check_table,
+    merge_tables,
+    profiles_from_raw,
+)
 from node.errors import ConfigError
+from node.net.destination import Destination, TlsSettings, check_ae_title
 
 ENV_CONFIG = "DICOM_NODE_CONFIG"
 DEFAULT_CONFIG_PATH = Path("config/node.toml")
-MODALITIES = ("MR", "CT", "OT")
 _UID_ROOT = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*))*$")
-_AE_TITLE = re.compile(r"^[ -~]{1,16}$")
 
-_PROFILE_KEYS = {
-    "description", "extends", "modality", "derived", "nonfinite", "deidentify",
-    "pseudonym_prefix", "pseudonym_secret", "pseudonym_secret_env", "date_shift_days",
-    "static", "sidecar", "filename", "fallback", "pseudonyms",
-}
 _NODE_KEYS = {"ae_title", "uid_root", "default_profile", "default_destination", "state_dir",
               "retry_base_seconds", "retry_max_seconds", "max_attempts", "workers",
               "log_format", "metrics_port", "echo_interval_seconds", "rescan_seconds",
@@ -44,45 +45,10 @@ _TLS_KEYS = {"ca", "cert", "key", "verify_hostname", "verify"}
 
 
 @dataclass(frozen=True)
-class SidecarRule:
-    """Where an attribute comes from in the sidecar: the first present key, times ``scale``."""
-
-    keys: tuple[str, ...]
-    scale: float | None = None
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A metadata mapping profile (see ``node/profiles.toml`` for the format)."""
-
-    name: str
-    description: str = ""
-    modality: str = "MR"
-    derived: bool = True
-    nonfinite: str = "background"
-    deidentify: bool = False
-    pseudonym_prefix: str = "SUBJ"
-    pseudonym_secret: str | None = field(default=None, repr=False)
-    pseudonym_secret_env: str | None = None
-    date_shift_days: int | None = None
-    static: dict[str, Any] = field(default_factory=dict)
-    sidecar: dict[str, SidecarRule] = field(default_factory=dict)
-    filename: dict[str, str] = field(default_factory=dict)
-    fallback: dict[str, str] = field(default_factory=dict)
-    pseudonyms: dict[str, str] = field(default_factory=dict)
-
-    def secret(self) -> str | None:
-        """The pseudonym key: from the environment variable if set, else from the config."""
-        if self.pseudonym_secret_env and os.environ.get(self.pseudonym_secret_env):
-            return os.environ[self.pseudonym_secret_env]
-        return self.pseudonym_secret or None
-
-
-@dataclass(frozen=True)
 class NodeSettings:
     ae_title: str = "DICOM_NODE"
     uid_root: str = "2.25"
-    default_profile: str = "bids-mr"
+    default_profile: str = DEFAULT_PROFILE
     default_destination: str | None = None
     state_dir: Path = Path("var")  # journal, spool, quarantine, done
     retry_base_seconds: float = 5.0  # first retry delay; doubles per attempt, with jitter
@@ -114,45 +80,10 @@ class WatchSettings:
 
 
 @dataclass(frozen=True)
-class TlsSettings:
-    """TLS for an association (PS3.15 B.1): verify the peer by default, optional client cert."""
-
-    ca: Path | None = None  # CA bundle to verify the peer; None = the system's
-    cert: Path | None = None  # our client certificate (PEM), when the peer requires one
-    key: Path | None = field(default=None, repr=False)
-    verify_hostname: bool = True
-    verify: bool = True
-
-
-@dataclass(frozen=True)
-class Destination:
-    """A peer that accepts C-ECHO/C-STORE/C-FIND from us. Timeouts in seconds."""
-
-    name: str
-    host: str
-    port: int
-    ae_title: str
-    calling_ae_title: str | None = None  # default: [node].ae_title
-    max_pdu: int = 0  # largest PDU we accept; 0 = no limit
-    connect_timeout: float = 10.0
-    acse_timeout: float = 30.0
-    dimse_timeout: float = 60.0
-    network_timeout: float = 60.0
-    max_associations: int = 2
-    transfer_syntaxes: tuple[str, ...] = ()  # extra ones to propose; uncompressed always
-    tls: TlsSettings | None = None
-
-    @property
-    def address(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
 class Config:
     node: NodeSettings
     profiles: dict[str, Profile]
     path: Path | None = None
-    raw: dict[str, Any] = field(default_factory=dict)
     destinations: dict[str, Destination] = field(default_factory=dict)
     watches: tuple[WatchSettings, ...] = ()
 
@@ -181,113 +112,6 @@ class Config:
         except KeyError:
             known = ", ".join(sorted(self.profiles))
             raise ConfigError(self.path, f"no profile {key!r} (known: {known})") from None
-
-
-def _builtin_raw() -> dict[str, Any]:
-    text = resources.files("node").joinpath("profiles.toml").read_text(encoding="utf-8")
-    return tomllib.loads(text)
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _sidecar_rule(where: str, keyword: str, spec: Any) -> SidecarRule:
-    if isinstance(spec, str):
-        return SidecarRule((spec,))
-    if isinstance(spec, list) and spec and all(isinstance(s, str) for s in spec):
-        return SidecarRule(tuple(spec))
-    if isinstance(spec, dict) and set(spec) <= {"key", "scale"} and "key" in spec:
-        keys = spec["key"]
-        rule = _sidecar_rule(where, keyword, keys)
-        scale = spec.get("scale")
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int | float)):
-            raise ValueError(f"{where}.{keyword}: scale must be a number")
-        return SidecarRule(rule.keys, float(scale) if scale is not None else None)
-    raise ValueError(
-        f'{where}.{keyword}: write "Key", ["Key1", "Key2"] or {{ key = "Key", scale = 1000.0 }}'
-    )
-
-
-def _build_profile(name: str, raw: dict[str, Any]) -> Profile:
-    """Validate one profile whose ``extends`` chain is already merged in."""
-    from node.vr import coerce, keyword_vr
-
-    where = f"[profiles.{name}]"
-    _check_table(where, raw, _PROFILE_KEYS)
-    modality = str(raw.get("modality", "MR")).upper()
-    if modality not in MODALITIES:
-        raise ValueError(f"{where}.modality: {modality!r} is not one of {', '.join(MODALITIES)}")
-    nonfinite = raw.get("nonfinite", "background")
-    if nonfinite not in ("background", "error"):
-        raise ValueError(f'{where}.nonfinite: write "background" or "error", not {nonfinite!r}')
-    for flag in ("derived", "deidentify"):
-        if flag in raw and not isinstance(raw[flag], bool):
-            raise ValueError(f"{where}.{flag}: write true or false")
-    shift = raw.get("date_shift_days")
-    if shift is not None and (isinstance(shift, bool) or not isinstance(shift, int)):
-        raise ValueError(f"{where}.date_shift_days: write a whole number of days")
-    tables: dict[str, dict[str, Any]] = {}
-    for table in ("static", "sidecar", "filename", "fallback", "pseudonyms"):
-        value = raw.get(table, {})
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}.{table} must be a table")
-        tables[table] = value
-    for table in ("static", "sidecar", "filename", "fallback"):
-        for keyword in tables[table]:
-            try:
-                keyword_vr(keyword)
-            except ValueError as exc:
-                raise ValueError(f"[profiles.{name}.{table}] {exc}") from None
-    for keyword, value in tables["static"].items():
-        try:
-            coerce(keyword, value)
-        except ValueError as exc:
-            raise ValueError(f"[profiles.{name}.static] {keyword}: {exc}") from None
-    for table in ("filename", "fallback"):
-        for keyword, template in tables[table].items():
-            if not isinstance(template, str):
-                raise ValueError(f"[profiles.{name}.{table}] {keyword}: write a template string")
-    return Profile(
-        name=name,
-        description=str(raw.get("description", "")),
-        modality=modality,
-        derived=raw.get("derived", True),
-        nonfinite=nonfinite,
-        deidentify=raw.get("deidentify", False),
-        pseudonym_prefix=str(raw.get("pseudonym_prefix", "SUBJ")),
-        pseudonym_secret=raw.get("pseudonym_secret"),
-        pseudonym_secret_env=raw.get("pseudonym_secret_env"),
-        date_shift_days=shift,
-        static=dict(tables["static"]),
-        sidecar={
-            k: _sidecar_rule(f"[profiles.{name}.sidecar]", k, v)
-            for k, v in tables["sidecar"].items()
-        },
-        filename=dict(tables["filename"]),
-        fallback=dict(tables["fallback"]),
-        pseudonyms={str(k): str(v) for k, v in tables["pseudonyms"].items()},
-    )
-
-
-def _resolved_raw(name: str, all_raw: dict[str, Any], seen: tuple = ()) -> dict[str, Any]:
-    """The profile's table merged over its ``extends`` chain (the child's keys win)."""
-    raw = all_raw[name]
-    parent = raw.get("extends")
-    if parent is None:
-        return raw
-    if parent in seen or parent == name or parent not in all_raw:
-        raise ValueError(f"[profiles.{name}]: extends {parent!r} is unknown or makes a cycle")
-    base = _resolved_raw(parent, all_raw, (*seen, name))
-    merged = _merge({k: v for k, v in base.items() if k != "description"}, raw)
-    merged.pop("extends", None)
-    return merged
 
 
 def find_config_path(explicit: str | Path | None = None) -> Path | None:
@@ -349,9 +173,13 @@ def apply_env_overrides(user: dict[str, Any], env: dict[str, str] | None = None)
     return out
 
 
-def load_config(explicit: str | Path | None = None) -> Config:
+def load_config(explicit: str | Path | None = None, *, profiles: bool = True) -> Config:
     """Load and validate the configuration found by :func:`find_config_path`, with the
-    environment's ``DICOM_NODE_*`` overrides applied."""
+    environment's ``DICOM_NODE_*`` overrides applied.
+
+    ``profiles=False`` leaves the mapping profiles unread: the read-only console commands need
+    only the node's settings, and validating profiles loads pydicom's data dictionary.
+    """
     path = find_config_path(explicit)
     user: dict[str, Any] = {}
     if path is not None:
@@ -363,12 +191,14 @@ def load_config(explicit: str | Path | None = None) -> Config:
             raise ConfigError(path, f"cannot read config ({exc.strerror})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(path, f"invalid TOML: {exc}") from None
-    return config_from_dict(apply_env_overrides(user), path)
+    return config_from_dict(apply_env_overrides(user), path, profiles=profiles)
 
 
-def config_from_dict(user: dict[str, Any], path: Path | None = None) -> Config:
+def config_from_dict(
+    user: dict[str, Any], path: Path | None = None, *, profiles: bool = True
+) -> Config:
     """Validate a parsed config (merged over the built-in profiles)."""
-    raw = _merge(_builtin_raw(), user)
+    raw = merge_tables(builtin_profiles_raw(), user)
     node_raw = raw.get("node", {})
     if not isinstance(node_raw, dict):
         raise ConfigError(path, "[node] must be a table")
@@ -391,16 +221,11 @@ def config_from_dict(user: dict[str, Any], path: Path | None = None) -> Config:
             f"[node].uid_root {node.uid_root!r}: digits and dots, no leading zeros, at most "
             '40 characters (leave room for the generated part); "2.25" needs no registration',
         )
-    profiles_raw = raw.get("profiles", {})
-    profiles: dict[str, Profile] = {}
-    for name, praw in profiles_raw.items():
-        if not isinstance(praw, dict):
-            raise ConfigError(path, f"[profiles.{name}] must be a table")
-        try:
-            profiles[name] = _build_profile(name, _resolved_raw(name, profiles_raw))
-        except ValueError as exc:
-            raise ConfigError(path, str(exc)) from None
-    if node.default_profile not in profiles:
+    try:
+        built = profiles_from_raw(raw.get("profiles", {})) if profiles else None
+    except ValueError as exc:
+        raise ConfigError(path, str(exc)) from None
+    if built is not None and node.default_profile not in built:
         raise ConfigError(path, f"[node].default_profile {node.default_profile!r} is not a profile")
     destinations_raw = raw.get("destinations", {})
     if not isinstance(destinations_raw, dict):
@@ -421,10 +246,10 @@ def config_from_dict(user: dict[str, Any], path: Path | None = None) -> Config:
     watches = []
     for i, wraw in enumerate(watches_raw):
         try:
-            watches.append(_watch_settings(i, wraw, base, node, profiles, destinations))
+            watches.append(_watch_settings(i, wraw, base, node, built, destinations))
         except ValueError as exc:
             raise ConfigError(path, str(exc)) from None
-    return Config(node=node, profiles=profiles, path=path, raw=user, destinations=destinations,
+    return Config(node=node, profiles=built or {}, path=path, destinations=destinations,
                   watches=tuple(watches))
 
 
@@ -460,10 +285,11 @@ def _node_settings(raw: dict[str, Any], base: Path) -> NodeSettings:
 
 
 def _watch_settings(
-    i: int, raw: Any, base: Path, node: NodeSettings, profiles: dict, destinations: dict
+    i: int, raw: Any, base: Path, node: NodeSettings, profiles: dict | None,
+    destinations: dict,
 ) -> WatchSettings:
     where = f"[[watch]] #{i + 1}"
-    _check_table(where, raw, _WATCH_KEYS)
+    check_table(where, raw, _WATCH_KEYS)
     if not isinstance(raw.get("path"), str) or not raw["path"]:
         raise ValueError(f"{where}: path is required (the folder to watch)")
     folder = Path(raw["path"])
@@ -480,7 +306,7 @@ def _watch_settings(
         raise ValueError(f"{where}: destination {destination!r} is not a [destinations.NAME] "
                          f"(known: {known})")
     profile = raw.get("profile", node.default_profile)
-    if profile not in profiles:
+    if profiles is not None and profile not in profiles:
         raise ValueError(f"{where}: profile {profile!r} is not a profile")
     after = raw.get("after", "move")
     if after not in ("move", "delete", "keep"):
@@ -505,15 +331,6 @@ def _watch_settings(
     )
 
 
-def check_ae_title(where: str, value: Any) -> str:
-    """AE titles: 1-16 characters of the default repertoire, no backslash (PS3.5 6.2 AE)."""
-    if not isinstance(value, str) or not _AE_TITLE.match(value) or not value.strip() or (
-        "\\" in value
-    ):
-        raise ValueError(f"{where}: AE title {value!r} must be 1-16 printable characters")
-    return value.strip()
-
-
 def _number(where: str, value: Any, *, integer: bool = False, minimum: float = 0) -> Any:
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
@@ -521,19 +338,10 @@ def _number(where: str, value: Any, *, integer: bool = False, minimum: float = 0
     return value
 
 
-def _check_table(where: str, raw: Any, allowed: set[str]) -> None:
-    """A table with only known keys, or a ValueError naming the table and the strangers."""
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where} must be a table")
-    unknown = set(raw) - allowed
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-
-
 def build_destination(name: str, raw: Any, base: Path | None = None) -> Destination:
     """Validate ``[destinations.NAME]``; relative TLS file paths are relative to the config."""
     where = f"[destinations.{name}]"
-    _check_table(where, raw, _DEST_KEYS)
+    check_table(where, raw, _DEST_KEYS)
     for key in ("host", "port", "ae_title"):
         if key not in raw:
             raise ValueError(f"{where}: missing {key} (host, port and ae_title are required)")

@@ -3,7 +3,7 @@
 Sources, later ones winning (issue "Converter core"): built-in defaults, the profile's static
 values, the BIDS sidecar, BIDS entities of the file name, ``--set`` overrides; then the profile's
 fallback templates fill what is still empty. Each value is coerced and validated for its VR
-(:mod:`node.vr`) and remembers where it came from, so an error names the file and the key.
+(:mod:`node.convert.vr`) and remembers where it came from, so an error names the file and the key.
 
 De-identification (``deidentify = true``) is applied here, where the sources are known: nothing
 identifying from the sidecar or the file name can reach the output (PS3.15 Annex E's Basic
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from node import CONVERTER_NAME
-from node.config import Profile
+from node.convert.profile import Profile
+from node.convert.source import NiftiSource
+from node.convert.vr import DicomValue, coerce, keyword_vr
 from node.errors import ConfigError, MappingError
-from node.nifti import NiftiSource
-from node.vr import DicomValue, coerce, keyword_vr
 
 #: Attributes that identify a person, institution or visit. Under ``deidentify`` they are never
 #: taken from the sidecar or the file name; PatientName/PatientID become the pseudonym.

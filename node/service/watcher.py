@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.config import WatchSettings
-from node.nifti import is_nifti, sidecar_of
+from node.convert.source import is_nifti, sidecar_of
+from node.service.settings import WatchSettings
 
 log = logging.getLogger("node.watch")
 

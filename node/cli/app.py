@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
-from functools import partial
 from pathlib import Path
 
 from node import __version__
@@ -56,9 +53,9 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from node.config import load_config
     from node.errors import DicomNodeError
-    from node.nifti import nifti_stem
+    from node.service.operations import convert_batch
+    from node.service.settings import load_config
 
     try:
         config = load_config(args.config)
@@ -73,31 +70,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.sidecar and len(args.inputs) > 1:
         _error("--sidecar names the sidecar of one input; give one INPUT with it")
         return EXIT_USAGE
-
-    used: set[str] = set()
-    names = [_unique_name(nifti_stem(path), used) for path in args.inputs]
-    jobs = max(1, min(args.jobs or os.cpu_count() or 1, len(args.inputs)))
-    convert = partial(
-        _convert_one, out_dir=args.output, config=config, profile=profile, sidecar=args.sidecar,
-        overrides=overrides, modality=args.modality,
-    )
-    if jobs == 1:
-        results = map(convert, args.inputs, names)
-        return _report(results)
-    # conversion is CPU-bound: one process per core for a batch
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return _report(pool.map(convert, args.inputs, names))
-
-
-def _convert_one(path: Path, name: str, **kwargs):
-    """Worker: a SeriesSummary, or the DicomNodeError to report (never raises for bad input)."""
-    from node.convert import convert_to_folder
-    from node.errors import DicomNodeError
-
-    try:
-        return convert_to_folder(path, name=name, **kwargs)
-    except DicomNodeError as exc:
-        return exc
+    return _report(convert_batch(
+        args.inputs, args.output, profile, config.node.uid_root, sidecar=args.sidecar,
+        overrides=overrides, modality=args.modality, jobs=args.jobs or None))
 
 
 def _report(results) -> int:
@@ -121,7 +96,7 @@ def _report(results) -> int:
 
 def _destination(args: argparse.Namespace, config):
     """The peer: --host/--port/--aet if given (all three), else a configured destination."""
-    from node.config import build_destination
+    from node.service.settings import build_destination
 
     given = [args.host, args.port, args.aet]
     if any(v is not None for v in given):
@@ -134,9 +109,9 @@ def _destination(args: argparse.Namespace, config):
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    from node.config import load_config
     from node.errors import DicomNodeError
-    from node.network import NetworkFailure, echo
+    from node.net.scu import NetworkFailure, echo
+    from node.service.settings import load_config
 
     try:
         config = load_config(args.config)
@@ -182,12 +157,10 @@ class _Progress:
 
 def cmd_push(args: argparse.Namespace) -> int:
     import json
-    import tempfile
 
-    from node.config import load_config
     from node.errors import DicomNodeError
-    from node.network import NetworkFailure, series_instance_counts, store
-    from node.push import gather, summarise
+    from node.service.operations import push
+    from node.service.settings import load_config
 
     try:
         config = load_config(args.config)
@@ -197,29 +170,18 @@ def cmd_push(args: argparse.Namespace) -> int:
         _error(getattr(exc, "message", str(exc)))
         return EXIT_USAGE
 
-    with tempfile.TemporaryDirectory(prefix="dicom-node-push-") as spool:
-        gathered = gather(args.paths, Path(spool), config, profile, args.jobs or None)
-        for warning in gathered.warnings:
+    def gathered(g) -> _Progress:
+        for warning in g.warnings:
             log.warning("%s", warning)
-        for problem in gathered.problems:
+        for problem in g.problems:
             _error(f"{problem.message} (skipped)")
-        progress = _Progress(len(gathered.files), sys.stderr.isatty() and not args.json)
-        report = store(dest, config.node.ae_title, gathered.files, progress)
-    summaries = summarise(report)
+        return _Progress(len(g.files), sys.stderr.isatty() and not args.json)
 
-    verify_ok = True
-    if args.verify and summaries:
-        try:
-            counts = series_instance_counts(
-                dest, config.node.ae_title, [(s.study_uid, s.series_uid) for s in summaries]
-            )
-        except NetworkFailure as exc:
-            _error(f"verify: {exc.message}")
-            counts, verify_ok = {}, False
-        for s in summaries:
-            s.verified_count = counts.get(s.series_uid)
-            verify_ok &= s.verified_count is not None and s.verified_count >= s.instances
-
+    result = push(args.paths, dest, config.node.ae_title, profile, config.node.uid_root,
+                  jobs=args.jobs or None, verify=args.verify, on_gathered=gathered)
+    report, summaries = result.report, result.series
+    if result.verify_error:
+        _error(f"verify: {result.verify_error}")
     if args.json:
         print(json.dumps({
             "destination": report.destination,
@@ -227,9 +189,9 @@ def cmd_push(args: argparse.Namespace) -> int:
             "failed": report.failed,
             "seconds": round(report.seconds, 3),
             "series": [s.as_json() for s in summaries],
-            "skipped": [{"path": p.path, "reason": p.reason} for p in gathered.problems],
+            "skipped": [{"path": p.path, "reason": p.reason} for p in result.problems],
             "association_failures": sorted({f.message for f in report.failures}),
-            **({"verified": verify_ok} if args.verify else {}),
+            **({"verified": bool(result.verified)} if args.verify else {}),
         }, indent=2))
     else:
         for s in summaries:
@@ -245,9 +207,9 @@ def cmd_push(args: argparse.Namespace) -> int:
         rate = report.delivered / report.seconds if report.seconds else 0.0
         print(f"{report.delivered} of {len(report.results)} instances delivered to "
               f"{report.destination} in {report.seconds:.1f} s ({rate:.0f} inst/s)"
-              + (f"; {len(gathered.problems)} inputs skipped" if gathered.problems else ""))
+              + (f"; {len(result.problems)} inputs skipped" if result.problems else ""))
         if args.verify:
-            print("verify: every series is complete in the PACS" if verify_ok
+            print("verify: every series is complete in the PACS" if result.verified
                   else "verify: INCOMPLETE: the PACS is missing instances")
     for failure in sorted({f.message for f in report.failures}):
         if report.ok:  # another association sent what this one could not
@@ -255,31 +217,35 @@ def cmd_push(args: argparse.Namespace) -> int:
                   "everything)", file=sys.stderr)
         else:
             _error(failure)
-    if not report.ok or not verify_ok:
+    if not result.exit_ok:
         return EXIT_FAILURE
-    return EXIT_USAGE if gathered.problems else EXIT_OK
+    return EXIT_USAGE if result.problems else EXIT_OK
 
 
-def _load(args: argparse.Namespace):
-    from node.config import load_config
+def _load_or_report(args: argparse.Namespace, profiles: bool = True):
+    """The config, or None after printing the one-line error (the caller exits 2).
 
-    return load_config(args.config)
-
-
-def _load_or_report(args: argparse.Namespace):
-    """The config, or None after printing the one-line error (the caller exits 2)."""
+    Read-only commands pass ``profiles=False``: they need no mapping profile, and reading
+    profiles loads pydicom."""
     from node.errors import DicomNodeError
+    from node.service.settings import load_config
 
     try:
-        return _load(args)
+        return load_config(args.config, profiles=profiles)
     except DicomNodeError as exc:
         _error(exc.message)
         return None
 
 
+def _journal(config):
+    from node.service.journal import open_journal
+
+    return open_journal(config.node.state_dir)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from node.config import check_environment, describe
-    from node.network import NetworkFailure, echo
+    from node.net.scu import NetworkFailure, echo
+    from node.service.settings import check_environment, describe
 
     config = _load_or_report(args)
     if config is None:
@@ -305,12 +271,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from node.config import check_environment
     from node.errors import DicomNodeError
-    from node.service import Node, setup_service_logging
+    from node.service.node import Node
+    from node.service.observability import setup_service_logging
+    from node.service.settings import check_environment, load_config
 
     try:
-        config = _load(args)
+        config = load_config(args.config)
         if not config.watches:
             raise ValueError(f"{config.path or 'built-in defaults'}: no [[watch]] folders: "
                              "add one (see config/node.toml)")
@@ -341,12 +308,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from node.service import open_journal
-
-    config = _load_or_report(args)
+    config = _load_or_report(args, profiles=False)
     if config is None:
         return EXIT_USAGE
-    with closing(open_journal(config)) as journal:
+    with closing(_journal(config)) as journal:
         counts = journal.counts()
         oldest = journal.oldest_waiting()
         errors = journal.last_errors()
@@ -383,16 +348,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     import json
 
-    from node.journal import STATES
-    from node.service import open_journal
-
-    if args.state and args.state not in STATES:
-        _error(f"--state {args.state!r}: one of {', '.join(STATES)}")
-        return EXIT_USAGE
-    config = _load_or_report(args)
+    config = _load_or_report(args, profiles=False)
     if config is None:
         return EXIT_USAGE
-    with closing(open_journal(config)) as journal:
+    with closing(_journal(config)) as journal:
         jobs = journal.jobs(args.state)
     if args.json:
         print(json.dumps([j.as_json() for j in jobs], indent=2))
@@ -406,77 +365,56 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from node.service import open_journal
+    from node.service.operations import retry
 
     if not args.jobs and not args.failed:
         _error("name JOB ids or give --failed")
         return EXIT_USAGE
-    config = _load_or_report(args)
+    config = _load_or_report(args, profiles=False)
     if config is None:
         return EXIT_USAGE
-    with closing(open_journal(config)) as journal:
-        ids = journal.requeue(None if args.failed else args.jobs,
-                              states=("failed", "retry-wait"))
-    missing = set(args.jobs or []) - set(ids)
-    for job_id in sorted(missing):
+    with closing(_journal(config)) as journal:
+        ids, refused = retry(journal, None if args.failed else args.jobs)
+    for job_id in refused:
         _error(f"job {job_id}: not failed or waiting (see dicom-node jobs)")
     print(f"requeued {len(ids)} job(s)" + (f": {', '.join(map(str, ids))}" if ids else ""))
-    return EXIT_USAGE if missing else EXIT_OK
+    return EXIT_USAGE if refused else EXIT_OK
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    import shutil
-
-    from node.nifti import content_digest
-    from node.service import open_journal
-
-    config = _load_or_report(args)
+    config = _load_or_report(args, profiles=False)
     if config is None:
         return EXIT_USAGE
-    journal = open_journal(config)
-    try:
-        if args.action == "list":
+    if args.action == "list":
+        with closing(_journal(config)) as journal:
             for j in journal.jobs("quarantined"):
                 print(f"{j.id:>6}  {j.quarantine_path}\n        {j.last_error}")
-            return EXIT_OK
-        if args.item is None:
-            _error("quarantine release ITEM: name the job id (see dicom-node quarantine list)")
-            return EXIT_USAGE
-        job = journal.get(args.item)
-        if job is None or job.state != "quarantined" or not job.quarantine_path:
-            _error(f"job {args.item}: not in quarantine")
-            return EXIT_USAGE
-        folder = Path(job.quarantine_path)
-        for original in (Path(job.source), Path(job.sidecar) if job.sidecar else None):
-            if original is not None and (folder / original.name).exists():
-                original.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(folder / original.name), original)
-        shutil.rmtree(folder, ignore_errors=True)
-        source = Path(job.source)
-        if not source.exists():
-            _error(f"job {job.id}: {source} is missing from quarantine and its original place")
-            return EXIT_USAGE
-        # the operator vouches for the file as it is now (fixed or not): queue that content
-        sidecar = Path(job.sidecar) if job.sidecar and Path(job.sidecar).exists() else None
-        journal.transition(job.id, "queued", sha256=content_digest(source, sidecar),
-                           size=source.stat().st_size, attempts=0, next_attempt=0,
-                           quarantine_path=None)
-        print(f"released job {job.id}: {job.source} is queued again")
         return EXIT_OK
-    finally:
-        journal.close()
+    if args.item is None:
+        _error("quarantine release ITEM: name the job id (see dicom-node quarantine list)")
+        return EXIT_USAGE
+    from node.service.operations import OperationError, release
+
+    with closing(_journal(config)) as journal:
+        try:
+            job = release(journal, args.item)
+        except OperationError as exc:
+            _error(exc.message)
+            return EXIT_USAGE
+    print(f"released job {job.id}: {job.source} is queued again")
+    return EXIT_OK
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     import time
 
-    from node.config import WatchSettings
     from node.errors import DicomNodeError
-    from node.service import Node, setup_service_logging
-    from node.watcher import scan
+    from node.service.observability import setup_service_logging
+    from node.service.operations import ingest
+    from node.service.settings import load_config
 
     try:
-        config = _load(args)
+        config = load_config(args.config)
         dest_name = args.destination or config.node.default_destination
         config.destination(dest_name)
         profile = config.profile(args.profile).name
@@ -489,54 +427,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         dest_name = next(iter(config.destinations))
     setup_service_logging(config.node.log_format, args.verbose)
     logging.getLogger("node").setLevel(logging.INFO if args.verbose else logging.WARNING)
-    tree = WatchSettings(path=args.directory.resolve(), destination=dest_name, profile=profile,
-                         after="keep")  # an archive is read, never moved or deleted
-    node = Node(config, watch=False)
-    node.install_signals()
-    files = list(scan(tree))
     tty = sys.stderr.isatty()
     t0 = time.monotonic()
-    job_ids = []
-    for i, path in enumerate(files, 1):
-        if node.stopping.is_set():
-            break
-        job = node.enqueue_file(path, tree)
-        if job is not None:
-            job_ids.append(job.id)
-        if tty:
-            _bar("enqueue", i, len(files), t0)
-    print(f"ingest: {len(job_ids)} files of {args.directory} in the journal", flush=True)
-    if args.enqueue_only or node.stopping.is_set():
-        node.shutdown()
+    result = ingest(
+        config, args.directory, dest_name, profile, enqueue_only=args.enqueue_only,
+        on_enqueue=(lambda i, n: _bar("enqueue", i, n, t0)) if tty else None,
+        on_enqueued=lambda n: print(f"ingest: {n} files of {args.directory} in the journal",
+                                    flush=True),
+        on_deliver=(lambda i, n: _bar("deliver", i, n, t0)) if tty else None,
+    )
+    if not result.states:  # enqueue only, or interrupted before delivery
         return EXIT_OK
-
-    def finished() -> int:
-        states = [node.journal.get(i).state for i in job_ids]
-        return sum(s in ("done", "failed", "quarantined") for s in states)
-
-    node.start()
-    t1 = time.monotonic()
-    try:
-        while not node.stopping.is_set():
-            node.step()
-            done = finished()
-            if tty:
-                _bar("deliver", done, len(job_ids), t1)
-            if done == len(job_ids):
-                break
-            node.idle(0.2)
-    finally:
-        node.shutdown()
-    from node.journal import Journal
-
-    journal = Journal(node.dirs.journal)
-    try:
-        states = [journal.get(i).state for i in job_ids]
-    finally:
-        journal.close()
-    summary = {s: states.count(s) for s in sorted(set(states))}
-    print("ingest: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
-    if any(s != "done" for s in states):
+    print("ingest: " + ", ".join(f"{k} {v}" for k, v in result.states.items()))
+    if not result.ok:
         print("ingest: see dicom-node jobs --state failed / dicom-node quarantine list")
         return EXIT_FAILURE
     return EXIT_OK
@@ -556,38 +459,43 @@ def _bar(label: str, done: int, total: int, t0: float, extra: str = "") -> None:
     sys.stderr.flush()
 
 
-def _unique_name(stem: str, used: set[str]) -> str:
-    name, n = stem, 1
-    while name in used:
-        n += 1
-        name = f"{stem}_{n}"
-    used.add(name)
-    return name
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from node.service.journal import STATES  # sqlite3 only: the console starts fast
+
     parser = argparse.ArgumentParser(
         prog="dicom-node",
         description="Move NIfTI data into PACS as correct DICOM.",
     )
     parser.add_argument("--version", action="version", version=f"dicom-node {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv: debug)")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="node config (TOML); default $DICOM_NODE_CONFIG, then "
+                        "./config/node.toml")
+    # the same two options after the subcommand; SUPPRESS keeps a value given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="more log output (-vv: debug)")
+    common.add_argument("--config", type=Path, metavar="FILE", default=argparse.SUPPRESS,
+                        help="node config (TOML)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     convert = sub.add_parser(
-        "convert",
+        "convert", parents=[common],
         help="convert NIfTI files to DICOM series on disk",
         description="Convert NIfTI (.nii/.nii.gz, 3D or 4D) to one DICOM series per file.",
     )
-    convert.add_argument("inputs", nargs="+", metavar="INPUT", type=Path)
-    convert.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR")
-    convert.add_argument("--config", type=Path, help="node config (TOML)")
+    convert.add_argument("inputs", nargs="+", metavar="INPUT", type=Path,
+                         help="NIfTI files (.nii, .nii.gz)")
+    convert.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR",
+                         help="folder that receives one series folder per input")
     convert.add_argument("--profile", help="mapping profile (default: [node].default_profile)")
     convert.add_argument("--sidecar", type=Path, help="BIDS JSON sidecar (default: next to INPUT)")
     convert.add_argument(
         "--set", action="append", metavar="KEYWORD=VALUE", help="override an attribute (repeatable)"
     )
-    convert.add_argument("--modality", choices=["MR", "CT", "OT"], type=str.upper)
+    convert.add_argument("--modality", choices=["MR", "CT", "OT"], type=str.upper,
+                         help="override the profile's modality (and so the SOP class)")
     convert.add_argument(
         "-j", "--jobs", type=int, default=0, metavar="N",
         help="conversion processes for a batch (default: one per core)",
@@ -595,13 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(func=cmd_convert)
 
     def peer_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", type=Path, help="node config (TOML)")
         p.add_argument("--host", help="peer host (with --port and --aet: an unconfigured peer)")
         p.add_argument("--port", type=int, help="peer port")
         p.add_argument("--aet", help="peer (called) AE title")
 
     echo_p = sub.add_parser(
-        "echo", help="C-ECHO a destination",
+        "echo", parents=[common], help="C-ECHO a destination",
         description="Check that a destination answers DICOM (C-ECHO).",
     )
     echo_p.add_argument("destination", nargs="?", metavar="DEST",
@@ -610,12 +517,13 @@ def build_parser() -> argparse.ArgumentParser:
     echo_p.set_defaults(func=cmd_echo)
 
     push = sub.add_parser(
-        "push", help="send NIfTI or DICOM files to a destination",
+        "push", parents=[common], help="send NIfTI or DICOM files to a destination",
         description="Send files or folders (recursively) of NIfTI or DICOM with C-STORE. "
         "NIfTI is converted with the profile first. Exit 0 only when every instance was "
         "delivered.",
     )
-    push.add_argument("paths", nargs="+", metavar="PATH", type=Path)
+    push.add_argument("paths", nargs="+", metavar="PATH", type=Path,
+                      help="NIfTI or DICOM files, or folders of them")
     push.add_argument("--to", dest="destination", metavar="DEST",
                       help="configured destination (default: [node].default_destination)")
     peer_options(push)
@@ -628,48 +536,47 @@ def build_parser() -> argparse.ArgumentParser:
     push.set_defaults(func=cmd_push)
 
     check = sub.add_parser(
-        "check-config", help="validate the config, show it (secrets masked), echo destinations")
-    check.add_argument("--config", type=Path)
+        "check-config", parents=[common],
+        help="validate the config, show it (secrets masked), echo destinations")
     check.add_argument("--no-echo", action="store_true", help="skip the C-ECHO of destinations")
     check.set_defaults(func=cmd_check_config)
 
-    watch = sub.add_parser("watch", help="run the node: watched folders -> PACS",
+    watch = sub.add_parser("watch", parents=[common],
+                           help="run the node: watched folders -> PACS",
                            description="Watch the [[watch]] folders and deliver what arrives.")
-    watch.add_argument("--config", type=Path, help="node config (TOML)")
     watch.set_defaults(func=cmd_watch)
 
-    status = sub.add_parser("status", help="queue counts, alerts, last errors, echoes")
-    status.add_argument("--config", type=Path)
-    status.add_argument("--json", action="store_true")
+    status = sub.add_parser("status", parents=[common],
+                            help="queue counts, alerts, last errors, echoes")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(func=cmd_status)
 
-    jobs = sub.add_parser("jobs", help="list jobs from the journal")
-    jobs.add_argument("--state", help="only jobs in this state")
-    jobs.add_argument("--config", type=Path)
-    jobs.add_argument("--json", action="store_true")
+    jobs = sub.add_parser("jobs", parents=[common], help="list jobs from the journal")
+    jobs.add_argument("--state", choices=STATES, help="only jobs in this state")
+    jobs.add_argument("--json", action="store_true", help="print the jobs as JSON")
     jobs.set_defaults(func=cmd_jobs)
 
-    retry = sub.add_parser("retry", help="queue failed (or waiting) jobs again")
-    retry.add_argument("jobs", nargs="*", type=int, metavar="JOB")
+    retry = sub.add_parser("retry", parents=[common], help="queue failed (or waiting) jobs again")
+    retry.add_argument("jobs", nargs="*", type=int, metavar="JOB", help="job ids")
     retry.add_argument("--failed", action="store_true", help="every failed job")
-    retry.add_argument("--config", type=Path)
     retry.set_defaults(func=cmd_retry)
 
-    quarantine = sub.add_parser("quarantine", help="list or release quarantined inputs")
-    quarantine.add_argument("action", choices=["list", "release"])
+    quarantine = sub.add_parser("quarantine", parents=[common],
+                                help="list or release quarantined inputs")
+    quarantine.add_argument("action", choices=["list", "release"],
+                            help="list the quarantined inputs, or release one (ITEM)")
     quarantine.add_argument("item", nargs="?", type=int, metavar="ITEM", help="job id")
-    quarantine.add_argument("--config", type=Path)
     quarantine.set_defaults(func=cmd_quarantine)
 
     ingest = sub.add_parser(
-        "ingest", help="archive mode: deliver a whole tree (resumable)",
+        "ingest", parents=[common], help="archive mode: deliver a whole tree (resumable)",
         description="Enqueue every NIfTI under DIR (files are kept where they are) and deliver "
         "them; run it again after an interruption to resume.",
     )
-    ingest.add_argument("directory", type=Path, metavar="DIR")
-    ingest.add_argument("--to", dest="destination", metavar="DEST")
-    ingest.add_argument("--profile")
-    ingest.add_argument("--config", type=Path)
+    ingest.add_argument("directory", type=Path, metavar="DIR", help="the tree to deliver")
+    ingest.add_argument("--to", dest="destination", metavar="DEST",
+                        help="configured destination (default: [node].default_destination)")
+    ingest.add_argument("--profile", help="mapping profile (default: [node].default_profile)")
     ingest.add_argument("--enqueue-only", action="store_true",
                         help="only fill the journal; a running node delivers")
     ingest.set_defaults(func=cmd_ingest)

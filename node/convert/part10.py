@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 
-from node.iod import InstanceSlice
+from node.convert.iods.image import InstanceSlice
 
 PREAMBLE = b"\x00" * 128 + b"DICM"  # PS3.10 7.1
 _LONG_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "SQ", "UC", "UN", "UR", "UT"}  # PS3.5 7.1.2

@@ -36,8 +36,8 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import build_context
 
-from node.config import Destination
-from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from node.net.destination import Destination
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,204 @@
+"""The ONE delivery step: prepare (convert into the spool), send, classify the outcome.
+
+This is where conversion (pure) and sending (knows no NIfTI) meet. The node (one job at a
+time, in a worker process) and ``push``/``ingest`` (many inputs over shared associations) use
+the same three functions: :func:`prepare` turns an input into a :class:`Batch` of files,
+:func:`send` stores batches and classifies each one into a :class:`DeliveryResult`, and
+:func:`deliver` is both for one journal job. Nothing here writes the journal except through the
+``on_stage`` callback, which marks the start of sending.
+
+Outcome classes (issue "The node"):
+* ``delivered``: every instance was stored (success, warning or duplicate);
+* ``retry``: transient trouble (connection refused, timeout, abort, empty status, a transient
+  rejection, 0xA7xx out of resources). A permanent association rejection or a TLS trust
+  problem is retried too, but flagged as an *alert*: an operator must fix the destination;
+* ``failed``: resending cannot fix it (0xA9xx, 0xCxxx, no accepted presentation context,
+  a configuration problem); data kept for an operator's ``retry``;
+* ``quarantine``: the input itself is bad (bad NIfTI, bad mapping).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from node.convert.profile import Profile
+from node.convert.source import content_digest, is_nifti
+from node.errors import ConfigError, InputError
+from node.net.destination import Destination
+from node.net.scu import (
+    DicomFile,
+    FailureKind,
+    InstanceResult,
+    NetworkFailure,
+    Outcome,
+    StoreReport,
+    describe,
+    read_dicom_file,
+    store,
+)
+from node.service.journal import Job
+from node.service.settings import Config
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+class Verdict(StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    FAILED = "failed"
+    QUARANTINE = "quarantine"
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    verdict: Verdict
+    message: str = ""
+    error_class: str | None = None
+    alert: bool = False
+    series_uid: str | None = None
+    study_uid: str | None = None
+    instances: int | None = None
+    delivered: int = 0
+    instance_rows: list[tuple[str, int | None, str]] = field(default_factory=list)
+    convert_seconds: float = 0.0
+    send_seconds: float = 0.0
+    warnings: tuple[str, ...] = ()
+
+
+#: Association failures that need an operator (shown as alerts) but may heal by themselves.
+_ALERT_KINDS = (FailureKind.REJECTED, FailureKind.TLS)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one input sends: the instances of one series (all of it, or one DICOM file)."""
+
+    source: Path
+    files: list[DicomFile]
+    series_uid: str
+    study_uid: str
+    warnings: tuple[str, ...] = ()
+
+
+def prepare(
+    source: Path, profile: Profile, uid_root: str, spool: Path,
+    sidecar: Path | None = None, name: str = "series",
+) -> Batch:
+    """Turn one input into files to send: a NIfTI is converted into ``spool/name`` (written
+    atomically), a DICOM file is described as it is. Raises InputError for bad input,
+    ConfigError for a bad profile."""
+    from node.convert.series import convert_file, instance_filename, write_series
+
+    if not is_nifti(source):
+        f = describe(read_dicom_file(source))
+        return Batch(source, [f], f.series_uid, f.study_uid)
+    series = convert_file(source, profile, uid_root=uid_root, sidecar=sidecar)
+    folder = write_series(series, spool, name)
+    files = [
+        DicomFile(folder / instance_filename(n), series.sop_class_uid, series.uids.instance(n),
+                  EXPLICIT_LE, series.uids.study, series.uids.series)
+        for n in range(1, series.n_instances + 1)
+    ]
+    return Batch(source, files, series.uids.series, series.uids.study, tuple(series.warnings))
+
+
+def send(
+    batches: Sequence[Batch], dest: Destination, calling_ae: str,
+    already: set[str] | frozenset[str] = frozenset(),
+    progress: Callable[[InstanceResult], None] | None = None,
+) -> tuple[StoreReport, list[DeliveryResult]]:
+    """C-STORE every batch's instances (those in ``already`` were delivered before and are
+    not resent) over the destination's associations; one classified result per batch."""
+    files = [f for b in batches for f in b.files if f.sop_instance_uid not in already]
+    report = store(dest, calling_ae, files, progress)
+    by_uid: dict[str, list[InstanceResult]] = {}
+    for r in report.results:
+        by_uid.setdefault(r.file.sop_instance_uid, []).append(r)
+    results = []
+    for b in batches:
+        mine = [r for f in b.files for r in by_uid.get(f.sop_instance_uid, ())]
+        results.append(classify(b, mine, report.failures, already, report.seconds))
+    return report, results
+
+
+def classify(
+    batch: Batch, results: Sequence[InstanceResult], failures: Sequence[NetworkFailure],
+    already: set[str] | frozenset[str] = frozenset(), seconds: float = 0.0,
+) -> DeliveryResult:
+    """The verdict for one batch from its instances' outcomes and the association failures."""
+    rows = [(r.file.sop_instance_uid, r.status, r.outcome.value) for r in results]
+    sent = sum(r.outcome.delivered for r in results)
+    delivered = len(already & {f.sop_instance_uid for f in batch.files}) + sent
+    common = dict(series_uid=batch.series_uid, study_uid=batch.study_uid,
+                  instances=len(batch.files), delivered=delivered, instance_rows=rows,
+                  send_seconds=seconds, warnings=batch.warnings)
+    if all(r.outcome.delivered for r in results):
+        return DeliveryResult(Verdict.DELIVERED, **common)
+    permanent = [r for r in results if r.outcome == Outcome.PERMANENT]
+    no_context = [f for f in failures if f.kind == FailureKind.NO_CONTEXT]
+    if permanent or no_context:
+        message = no_context[0].message if no_context else permanent[0].message
+        return DeliveryResult(Verdict.FAILED, message, "permanent", **common)
+    failure: NetworkFailure | None = failures[0] if failures else None
+    if failure is not None:
+        alert = failure.kind in _ALERT_KINDS and not failure.transient
+        return DeliveryResult(Verdict.RETRY, failure.message, f"network:{failure.kind.value}",
+                              alert=alert, **common)
+    first = next(r for r in results if not r.outcome.delivered)
+    return DeliveryResult(Verdict.RETRY, first.message, "transient", **common)
+
+
+def deliver(
+    job: Job,
+    config: Config,
+    spool_root: Path,
+    already: set[str] | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> DeliveryResult:
+    """One journal job: check the source is as queued, :func:`prepare`, :func:`send`.
+
+    Instances in ``already`` (delivered by an earlier attempt) are not resent. The node's
+    parallelism is its workers, so a job uses one association.
+    """
+    source = Path(job.source)
+    if not source.is_file():
+        return DeliveryResult(Verdict.FAILED, f"{source}: the source file is gone", "input")
+    sidecar = Path(job.sidecar) if job.sidecar else None
+    if sidecar is not None and not sidecar.is_file():
+        return DeliveryResult(Verdict.FAILED, f"{sidecar}: the sidecar file is gone", "input")
+    if content_digest(source, sidecar) != job.sha256:
+        return DeliveryResult(
+            Verdict.FAILED,
+            f"{source}: the file changed after it was queued; its new content is a job of its own",
+            "input",
+        )
+    try:
+        profile = config.profile(job.profile)
+        dest = config.destination(job.destination)
+    except ConfigError as exc:
+        return DeliveryResult(Verdict.FAILED, exc.message, "config")
+
+    t0 = time.monotonic()
+    spool = spool_root / f"job-{job.id}"
+    try:
+        try:
+            batch = prepare(source, profile, config.node.uid_root, spool, sidecar)
+        except ConfigError as exc:
+            return DeliveryResult(Verdict.FAILED, exc.message, "config")
+        except InputError as exc:
+            return DeliveryResult(Verdict.QUARANTINE, exc.message, "input")
+        t1 = time.monotonic()
+        if on_stage is not None:
+            on_stage("sending")
+        one = dataclasses.replace(dest, max_associations=1)
+        _, (result,) = send([batch], one, config.node.ae_title, already or set())
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    return dataclasses.replace(result, convert_seconds=t1 - t0,
+                               send_seconds=time.monotonic() - t1)

@@ -1,0 +1,349 @@
+"""What an operator can ask for, as library functions the console (and the node) call.
+
+``dicom-node`` only parses arguments, calls one function here and renders what it returns:
+push, convert a batch, release from quarantine, requeue, ingest a tree. Bad input is returned
+or raised as a :class:`~node.errors.DicomNodeError` (one line naming the file and the reason),
+never printed here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node.convert.profile import Profile
+from node.convert.source import NIFTI_SUFFIXES, content_digest, is_nifti, nifti_stem
+from node.errors import DicomNodeError, InputError
+from node.service.journal import Job, Journal
+
+_SKIP_NAMES = (".DS_Store", "DICOMDIR")
+
+
+class OperationError(DicomNodeError):
+    """An operator's request that cannot be done as asked (unknown job, wrong state)."""
+
+
+# --- running work in processes ------------------------------------------------------------
+
+def in_processes(fn: Callable[..., Any], calls: Sequence[tuple], jobs: int | None) -> list:
+    """``[fn(*args) for args in calls]``, in ``jobs`` processes (default: one per core).
+
+    Conversion is CPU-bound, so a batch uses every core; a single call runs in this process.
+    Results come back in the order of ``calls``.
+    """
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(calls)))
+    if jobs == 1:
+        return [fn(*args) for args in calls]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(fn, *args) for args in calls]
+        return [future.result() for future in futures]
+
+
+# --- convert ------------------------------------------------------------------------------
+
+def _convert_one(path: Path, out_dir: Path, profile: Profile, uid_root: str, name: str,
+                 sidecar: Path | None, overrides: dict[str, str] | None, modality: str | None):
+    """Worker: a SeriesSummary, or the DicomNodeError to report (never raises for bad input)."""
+    from node.convert.series import convert_to_folder
+
+    try:
+        return convert_to_folder(path, out_dir, profile, uid_root=uid_root, name=name,
+                                 sidecar=sidecar, overrides=overrides, modality=modality)
+    except DicomNodeError as exc:
+        return exc
+
+
+def unique_names(paths: Iterable[Path]) -> list[str]:
+    """One output folder name per input: its NIfTI stem, made unique with ``_2``, ``_3``..."""
+    used: set[str] = set()
+    names = []
+    for path in paths:
+        stem = name = nifti_stem(path)
+        n = 1
+        while name in used:
+            n += 1
+            name = f"{stem}_{n}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def convert_batch(
+    inputs: Sequence[Path], out_dir: Path, profile: Profile, uid_root: str, *,
+    sidecar: Path | None = None, overrides: dict[str, str] | None = None,
+    modality: str | None = None, jobs: int | None = None,
+) -> list:
+    """Convert each input into ``out_dir/<name>``: a SeriesSummary or a DicomNodeError each."""
+    calls = [(path, out_dir, profile, uid_root, name, sidecar, overrides, modality)
+             for path, name in zip(inputs, unique_names(inputs), strict=True)]
+    return in_processes(_convert_one, calls, jobs)
+
+
+# --- push ---------------------------------------------------------------------------------
+
+def walk(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files under ``paths`` (folders recursively, sorted; hidden files and sidecars skipped)."""
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                rel = child.relative_to(path)
+                if child.is_file() and not any(p.startswith(".") for p in rel.parts):
+                    if child.suffix.lower() == ".json" and _has_nifti_twin(child):
+                        continue  # a BIDS sidecar travels with its NIfTI
+                    if child.name not in _SKIP_NAMES:
+                        yield child
+        else:
+            yield path
+
+
+def _has_nifti_twin(sidecar: Path) -> bool:
+    stem = sidecar.name[: -len(".json")]
+    return any(sidecar.with_name(stem + ext).exists() for ext in NIFTI_SUFFIXES)
+
+
+def _prepare_or_error(path: Path, profile: Profile, uid_root: str, spool: Path, name: str):
+    """Worker: a delivery Batch, or the DicomNodeError to report."""
+    from node.service.delivery import prepare
+
+    try:
+        return prepare(path, profile, uid_root, spool, name=name)
+    except DicomNodeError as exc:
+        return exc
+
+
+@dataclass
+class Gathered:
+    batches: list = field(default_factory=list)  # delivery.Batch, in input order
+    problems: list[DicomNodeError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def files(self) -> list:
+        return [f for b in self.batches for f in b.files]
+
+
+def gather(paths: Iterable[Path], spool: Path, profile: Profile, uid_root: str,
+           jobs: int | None = None) -> Gathered:
+    """Every input prepared for sending (NIfTI converted into ``spool`` in ``jobs`` processes,
+    DICOM described as it is). Bad inputs are collected as problems, never raised."""
+    out = Gathered()
+    nifti: list[tuple] = []
+    for n, path in enumerate(walk(paths)):
+        if not path.exists():
+            out.problems.append(InputError(path, "no such file or folder"))
+        elif is_nifti(path):
+            nifti.append((path, profile, uid_root, spool, f"{n:05d}-{nifti_stem(path)}"))
+        else:
+            result = _prepare_or_error(path, profile, uid_root, spool, "series")
+            (out.problems if isinstance(result, DicomNodeError) else out.batches).append(result)
+    for call, result in zip(nifti, in_processes(_prepare_or_error, nifti, jobs), strict=True):
+        if isinstance(result, DicomNodeError):
+            out.problems.append(result)
+            continue
+        out.warnings += [f"{call[0]}: {w}" for w in result.warnings]
+        out.batches.append(result)
+    return out
+
+
+@dataclass
+class SeriesReport:
+    series_uid: str
+    study_uid: str
+    instances: int = 0
+    sent: int = 0
+    warnings: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    messages: list[str] = field(default_factory=list)
+    verified_count: int | None = None
+
+    def as_json(self) -> dict:
+        out = {
+            "series_uid": self.series_uid, "study_uid": self.study_uid,
+            "instances": self.instances, "sent": self.sent, "warnings": self.warnings,
+            "failed": self.failed, "seconds": round(self.seconds, 3),
+        }
+        if self.messages:
+            out["messages"] = self.messages
+        if self.verified_count is not None:
+            out["pacs_instances"] = self.verified_count
+        return out
+
+
+def summarise(report) -> list[SeriesReport]:
+    """Per-series counts in first-seen order; distinct failure messages kept (at most 5)."""
+    series: dict[str, SeriesReport] = {}
+    for result in report.results:
+        f = result.file
+        s = series.setdefault(f.series_uid, SeriesReport(f.series_uid, f.study_uid))
+        s.instances += 1
+        s.seconds = max(s.seconds, result.seconds)
+        if result.outcome.delivered:
+            s.sent += 1
+            if result.outcome.value == "warning":
+                s.warnings += 1
+                _note(s, result.message)
+        else:
+            s.failed += 1
+            _note(s, result.message)
+    return list(series.values())
+
+
+def _note(summary: SeriesReport, message: str) -> None:
+    if message not in summary.messages and len(summary.messages) < 5:
+        summary.messages.append(message)
+
+
+@dataclass
+class PushResult:
+    report: Any  # node.net.scu.StoreReport
+    series: list[SeriesReport]
+    problems: list[DicomNodeError]
+    verified: bool | None = None  # None: not asked
+    verify_error: str | None = None
+
+    @property
+    def exit_ok(self) -> bool:
+        return self.report.ok and self.verified is not False
+
+
+def push(
+    paths: Sequence[Path], dest, calling_ae: str, profile: Profile, uid_root: str, *,
+    jobs: int | None = None, verify: bool = False,
+    on_gathered: Callable[[Gathered], Callable | None] | None = None,
+) -> PushResult:
+    """Prepare every input, send them all over the destination's associations (the same
+    :func:`~node.service.delivery.send` as the node), then optionally verify by C-FIND.
+
+    ``on_gathered`` sees what was prepared before sending (warnings, problems, the count) and
+    may return a per-instance progress callback.
+    """
+    from node.service.delivery import send
+
+    with tempfile.TemporaryDirectory(prefix="dicom-node-push-") as spool:
+        gathered = gather(paths, Path(spool), profile, uid_root, jobs)
+        progress = on_gathered(gathered) if on_gathered else None
+        report, _ = send(gathered.batches, dest, calling_ae, progress=progress)
+    result = PushResult(report, summarise(report), gathered.problems)
+    if verify and result.series:
+        verify_series(result, dest, calling_ae)
+    elif verify:
+        result.verified = True  # nothing was sent, nothing is missing
+    return result
+
+
+def verify_series(result: PushResult, dest, calling_ae: str) -> None:
+    """Ask the PACS (C-FIND) how many instances each pushed series has; complete or not."""
+    from node.net.scu import NetworkFailure, series_instance_counts
+
+    ok = True
+    try:
+        counts = series_instance_counts(
+            dest, calling_ae, [(s.study_uid, s.series_uid) for s in result.series])
+    except NetworkFailure as exc:
+        result.verify_error = exc.message
+        counts, ok = {}, False
+    for s in result.series:
+        s.verified_count = counts.get(s.series_uid)
+        ok &= s.verified_count is not None and s.verified_count >= s.instances
+    result.verified = ok
+
+
+# --- the journal: operator actions --------------------------------------------------------
+
+def release(journal: Journal, job_id: int) -> Job:
+    """Put a quarantined input back where it came from and queue its content as it is now
+    (the operator vouches for the file, fixed or not)."""
+    import shutil
+
+    job = journal.get(job_id)
+    if job is None or job.state != "quarantined" or not job.quarantine_path:
+        raise OperationError(None, f"job {job_id}: not in quarantine")
+    folder = Path(job.quarantine_path)
+    for original in (Path(job.source), Path(job.sidecar) if job.sidecar else None):
+        if original is not None and (folder / original.name).exists():
+            original.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(folder / original.name), original)
+    shutil.rmtree(folder, ignore_errors=True)
+    source = Path(job.source)
+    if not source.exists():
+        raise OperationError(None, f"job {job.id}: {source} is missing from quarantine and its "
+                             "original place")
+    sidecar = Path(job.sidecar) if job.sidecar and Path(job.sidecar).exists() else None
+    return journal.transition(job.id, "queued", sha256=content_digest(source, sidecar),
+                              size=source.stat().st_size, attempts=0, next_attempt=0,
+                              quarantine_path=None)
+
+
+def retry(journal: Journal, job_ids: Sequence[int] | None) -> tuple[list[int], list[int]]:
+    """Queue failed or waiting jobs again (every failed one when ``job_ids`` is empty).
+
+    Returns (requeued, refused): refused ids are unknown or in another state."""
+    ids = journal.requeue(job_ids or None, states=("failed", "retry-wait"))
+    return ids, sorted(set(job_ids or []) - set(ids))
+
+
+@dataclass
+class IngestResult:
+    job_ids: list[int]
+    states: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return set(self.states) <= {"done"}
+
+
+def ingest(
+    config, directory: Path, destination: str, profile: str, *, enqueue_only: bool = False,
+    on_enqueue: Callable[[int, int], None] | None = None,
+    on_enqueued: Callable[[int], None] | None = None,
+    on_deliver: Callable[[int, int], None] | None = None,
+) -> IngestResult:
+    """Archive mode: enqueue every wanted file under ``directory`` (kept where it is), then
+    run the node without watchers until those jobs are finished. Resumable: content already in
+    the journal is not enqueued twice, and a second run picks up what is left."""
+    from node.service.node import Node
+    from node.service.settings import WatchSettings
+    from node.service.watcher import scan
+
+    tree = WatchSettings(path=directory.resolve(), destination=destination, profile=profile,
+                         after="keep")  # an archive is read, never moved or deleted
+    node = Node(config, watch=False)
+    node.install_signals()
+    files = list(scan(tree))
+    job_ids: list[int] = []
+    for i, path in enumerate(files, 1):
+        if node.stopping.is_set():
+            break
+        job = node.enqueue_file(path, tree)
+        if job is not None:
+            job_ids.append(job.id)
+        if on_enqueue:
+            on_enqueue(i, len(files))
+    if on_enqueued:
+        on_enqueued(len(job_ids))
+    result = IngestResult(job_ids)
+    if enqueue_only or node.stopping.is_set():
+        node.shutdown()
+        return result
+
+    def finished() -> bool:
+        done = sum(node.journal.get(i).state in ("done", "failed", "quarantined")
+                   for i in job_ids)
+        if on_deliver:
+            on_deliver(done, len(job_ids))
+        return done == len(job_ids)
+
+    node.run(until=finished)
+    journal = Journal(node.dirs.journal)
+    try:
+        states = [journal.get(i).state for i in job_ids]
+    finally:
+        journal.close()
+    result.states = {s: states.count(s) for s in sorted(set(states))}
+    return result

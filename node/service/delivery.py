@@ -7,14 +7,18 @@ the same three functions: :func:`prepare` turns an input into a :class:`Batch` o
 :func:`deliver` is both for one journal job. Nothing here writes the journal except through the
 ``on_stage`` callback, which marks the start of sending.
 
-Outcome classes (issue "The node"):
-* ``delivered``: every instance was stored (success, warning or duplicate);
-* ``retry``: transient trouble (connection refused, timeout, abort, empty status, a transient
-  rejection, 0xA7xx out of resources). A permanent association rejection or a TLS trust
-  problem is retried too, but flagged as an *alert*: an operator must fix the destination;
+One vocabulary runs from the wire to the journal: each instance's C-STORE status has a class
+(:class:`node.net.scu.Outcome`, PS3.7 C), and a delivery's verdict is the
+:class:`~node.service.journal.JobState` it moves the job to:
+
+* ``done``: every instance was stored (success, warning or duplicate);
+* ``retry-wait``: transient trouble (connection refused, timeout, abort, empty status, a
+  transient rejection, 0xA7xx out of resources). A permanent association rejection or a TLS
+  trust problem is retried too, but flagged as an *alert*: an operator must fix the
+  destination. After ``max_attempts`` the node makes it ``failed``;
 * ``failed``: resending cannot fix it (0xA9xx, 0xCxxx, no accepted presentation context,
   a configuration problem); data kept for an operator's ``retry``;
-* ``quarantine``: the input itself is bad (bad NIfTI, bad mapping).
+* ``quarantined``: the input itself is bad (bad NIfTI, bad mapping).
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 from node.convert.profile import Profile
@@ -42,22 +45,15 @@ from node.net.scu import (
     read_dicom_file,
     store,
 )
-from node.service.journal import Job
+from node.service.journal import Job, JobState
 from node.service.settings import Config
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
-class Verdict(StrEnum):
-    DELIVERED = "delivered"
-    RETRY = "retry"
-    FAILED = "failed"
-    QUARANTINE = "quarantine"
-
-
 @dataclass(frozen=True)
 class DeliveryResult:
-    verdict: Verdict
+    verdict: JobState  # the state this outcome moves the job to
     message: str = ""
     error_class: str | None = None
     alert: bool = False
@@ -139,19 +135,19 @@ def classify(
                   instances=len(batch.files), delivered=delivered, instance_rows=rows,
                   send_seconds=seconds, warnings=batch.warnings)
     if all(r.outcome.delivered for r in results):
-        return DeliveryResult(Verdict.DELIVERED, **common)
+        return DeliveryResult(JobState.DONE, **common)
     permanent = [r for r in results if r.outcome == Outcome.PERMANENT]
     no_context = [f for f in failures if f.kind == FailureKind.NO_CONTEXT]
     if permanent or no_context:
         message = no_context[0].message if no_context else permanent[0].message
-        return DeliveryResult(Verdict.FAILED, message, "permanent", **common)
+        return DeliveryResult(JobState.FAILED, message, "permanent", **common)
     failure: NetworkFailure | None = failures[0] if failures else None
     if failure is not None:
         alert = failure.kind in _ALERT_KINDS and not failure.transient
-        return DeliveryResult(Verdict.RETRY, failure.message, f"network:{failure.kind.value}",
+        return DeliveryResult(JobState.RETRY_WAIT, failure.message, f"network:{failure.kind.value}",
                               alert=alert, **common)
     first = next(r for r in results if not r.outcome.delivered)
-    return DeliveryResult(Verdict.RETRY, first.message, "transient", **common)
+    return DeliveryResult(JobState.RETRY_WAIT, first.message, "transient", **common)
 
 
 def deliver(
@@ -168,13 +164,13 @@ def deliver(
     """
     source = Path(job.source)
     if not source.is_file():
-        return DeliveryResult(Verdict.FAILED, f"{source}: the source file is gone", "input")
+        return DeliveryResult(JobState.FAILED, f"{source}: the source file is gone", "input")
     sidecar = Path(job.sidecar) if job.sidecar else None
     if sidecar is not None and not sidecar.is_file():
-        return DeliveryResult(Verdict.FAILED, f"{sidecar}: the sidecar file is gone", "input")
+        return DeliveryResult(JobState.FAILED, f"{sidecar}: the sidecar file is gone", "input")
     if content_digest(source, sidecar) != job.sha256:
         return DeliveryResult(
-            Verdict.FAILED,
+            JobState.FAILED,
             f"{source}: the file changed after it was queued; its new content is a job of its own",
             "input",
         )
@@ -182,7 +178,7 @@ def deliver(
         profile = config.profile(job.profile)
         dest = config.destination(job.destination)
     except ConfigError as exc:
-        return DeliveryResult(Verdict.FAILED, exc.message, "config")
+        return DeliveryResult(JobState.FAILED, exc.message, "config")
 
     t0 = time.monotonic()
     spool = spool_root / f"job-{job.id}"
@@ -190,9 +186,9 @@ def deliver(
         try:
             batch = prepare(source, profile, config.node.uid_root, spool, sidecar)
         except ConfigError as exc:
-            return DeliveryResult(Verdict.FAILED, exc.message, "config")
+            return DeliveryResult(JobState.FAILED, exc.message, "config")
         except InputError as exc:
-            return DeliveryResult(Verdict.QUARANTINE, exc.message, "input")
+            return DeliveryResult(JobState.QUARANTINED, exc.message, "input")
         t1 = time.monotonic()
         if on_stage is not None:
             on_stage("sending")

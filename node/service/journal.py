@@ -5,12 +5,14 @@ starts, so a node killed at any instant (SIGKILL included) resumes every job fro
 committed state: jobs found in ``converting`` or ``sending`` at start-up go back to ``queued``
 (deterministic UIDs make the resend idempotent in the PACS).
 
-States::
+States (:class:`JobState`; :data:`ALLOWED` is the whole table, and :meth:`Journal.transition`
+refuses any other move)::
 
     queued -> converting -> sending -> done
-                 |             |-> retry-wait -> (due) converting ...
-                 |             '-> failed            (permanent, or attempts exhausted)
-                 '-> quarantined (bad input)   failed/quarantined -> queued (by an operator)
+      |          |             |-> retry-wait -> (due) converting ...
+      |          |             '-> failed            (permanent, or attempts exhausted)
+      '----------'-> quarantined (bad input)   failed/quarantined/retry-wait -> queued (operator)
+    converting/sending -> queued: recovery after an interruption
 """
 
 from __future__ import annotations
@@ -20,11 +22,38 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from pathlib import Path
 
-STATES = ("queued", "converting", "sending", "done", "retry-wait", "failed", "quarantined")
-ACTIVE = ("converting", "sending")
-WAITING = ("queued", "retry-wait")
+
+class JobState(StrEnum):
+    """Where a job is. A delivery's verdict is the state it moves the job to."""
+
+    QUEUED = "queued"
+    CONVERTING = "converting"
+    SENDING = "sending"
+    DONE = "done"
+    RETRY_WAIT = "retry-wait"
+    FAILED = "failed"
+    QUARANTINED = "quarantined"
+
+
+STATES = tuple(s.value for s in JobState)
+_S = JobState
+#: Every move a job may make; anything else is a bug and is refused.
+ALLOWED: dict[JobState, frozenset[JobState]] = {
+    _S.QUEUED: frozenset({_S.CONVERTING, _S.QUARANTINED}),
+    _S.CONVERTING: frozenset({_S.SENDING, _S.RETRY_WAIT, _S.FAILED, _S.QUARANTINED, _S.QUEUED}),
+    _S.SENDING: frozenset({_S.DONE, _S.RETRY_WAIT, _S.FAILED, _S.QUEUED}),
+    _S.RETRY_WAIT: frozenset({_S.CONVERTING, _S.QUEUED, _S.FAILED}),
+    _S.FAILED: frozenset({_S.QUEUED}),
+    _S.QUARANTINED: frozenset({_S.QUEUED}),
+    _S.DONE: frozenset(),
+}
+
+
+class InvalidTransition(ValueError):
+    """A move the state table does not allow (or a job that does not exist)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -114,6 +143,12 @@ class Journal:
     def close(self) -> None:
         self.db.close()
 
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         self.db.execute("BEGIN IMMEDIATE")
@@ -195,12 +230,23 @@ class Journal:
     # --- transitions ------------------------------------------------------------------------
 
     def transition(self, job_id: int, state: str, **values) -> Job:
-        """Move a job to ``state`` and set other columns, in one committed write."""
-        if state not in STATES:
-            raise ValueError(f"unknown state {state!r}")
-        values = {"state": state, "updated": time.time(), **values}
+        """Move a job to ``state`` and set other columns, in one committed write.
+
+        Raises InvalidTransition when :data:`ALLOWED` has no such move from the job's state.
+        """
+        try:
+            target = JobState(state)
+        except ValueError:
+            raise ValueError(f"unknown state {state!r}") from None
+        values = {"state": target.value, "updated": time.time(), **values}
         assignments = ", ".join(f"{k} = ?" for k in values)
         with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise InvalidTransition(f"job {job_id}: no such job")
+            if target not in ALLOWED[JobState(row[0])]:
+                raise InvalidTransition(f"job {job_id}: {row[0]} -> {target.value} is not "
+                                        "an allowed move")
             db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
         return self.get(job_id)  # type: ignore[return-value]
 
@@ -221,6 +267,8 @@ class Journal:
 
     def requeue(self, job_ids: Iterable[int] | None = None, states=("failed",)) -> list[int]:
         """Operator retry: the given jobs (or all in ``states``) go back to queued."""
+        if not all(JobState.QUEUED in ALLOWED[JobState(s)] for s in states):
+            raise InvalidTransition(f"jobs in {states} cannot be queued again")
         jobs = self._jobs(
             f"WHERE state IN ({','.join('?' * len(states))})", states
         ) if job_ids is None else [j for j in (self.get(i) for i in job_ids) if j]

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node.convert.source import content_digest, default_sidecar_path, sidecar_of
-from node.service.delivery import DeliveryResult, Verdict, deliver
-from node.service.journal import Job, Journal, StateDirs
+from node.service.delivery import DeliveryResult, deliver
+from node.service.journal import Job, JobState, Journal, StateDirs
 from node.service.observability import Metrics, log_transition, setup_service_logging
 from node.service.settings import Config, WatchSettings
 
@@ -175,10 +175,11 @@ class Node:
                         result = flight.future.result()
                     except BrokenProcessPool:
                         self._pool = None
-                        result = DeliveryResult(Verdict.RETRY, "worker process died", "crash")
+                        result = DeliveryResult(JobState.RETRY_WAIT, "worker process died", "crash")
                     except Exception as exc:  # a bug in a worker must not stop the node
                         log.exception("job %d: worker error", job_id)
-                        result = DeliveryResult(Verdict.RETRY, f"internal error: {exc}", "crash")
+                        result = DeliveryResult(JobState.RETRY_WAIT, f"internal error: {exc}",
+                                                "crash")
                     self._record(self.journal.get(job_id) or flight.job, result)
             if not self._inflight or time.monotonic() >= deadline:
                 return
@@ -199,7 +200,7 @@ class Node:
         sent_now = sum(1 for _, _, o in result.instance_rows
                        if o in ("success", "warning", "duplicate"))
         self.metrics.instances.inc(sent_now)
-        if result.verdict == Verdict.DELIVERED:
+        if result.verdict == JobState.DONE:
             done = self.journal.transition(job.id, "done", delivered=result.delivered,
                                            last_error=None, error_class=None, alert=0, **ident)
             log_transition(done, job.state, "done", f"{result.delivered} instances")
@@ -207,10 +208,10 @@ class Node:
                                Path(done.sidecar) if done.sidecar else None, done.after)
             return
         self.metrics.failures.labels(result.error_class or "unknown").inc()
-        if result.verdict == Verdict.QUARANTINE:
+        if result.verdict == JobState.QUARANTINED:
             self._quarantine(job, result.message)
             return
-        if result.verdict == Verdict.RETRY and job.attempts < n.max_attempts:
+        if result.verdict == JobState.RETRY_WAIT and job.attempts < n.max_attempts:
             delay = backoff_seconds(job.attempts, n.retry_base_seconds, n.retry_max_seconds)
             waiting = self.journal.transition(
                 job.id, "retry-wait", next_attempt=time.time() + delay,
@@ -223,7 +224,7 @@ class Node:
                           "with backoff", job.id, result.message,
                           extra={"fields": {"job": job.id, "alert": True}})
             return
-        message = result.message if result.verdict == Verdict.FAILED else (
+        message = result.message if result.verdict == JobState.FAILED else (
             f"gave up after {job.attempts} attempts: {result.message}")
         failed = self.journal.transition(job.id, "failed", last_error=message,
                                          error_class=result.error_class,

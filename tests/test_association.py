@@ -23,23 +23,11 @@ from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.pdu import P_DATA_TF
 
-from node.net.scu import (
-    STUDY_ROOT_FIND,
-    VERIFICATION,
-    DicomFile,
-    _file_meta,
-    _read_header,
-    _store_rq,
-    read_dicom_file,
-)
-from node.net.upper import (
-    ERROR_COMMENT,
-    MESSAGE_ID_RESPONDED_TO,
-    Association,
-    FailureKind,
-    NetworkFailure,
-    parse_command_set,
-)
+from node.net.dimse import ERROR_COMMENT, MESSAGE_ID_RESPONDED_TO, parse_command_set
+from node.net.files import DicomFile, _file_meta, _read_header, read_dicom_file
+from node.net.scu import STUDY_ROOT_FIND, VERIFICATION, _store_rq
+from node.net.status import FailureKind, NetworkFailure
+from node.net.upper import Association
 from node.service.settings import build_destination
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -98,7 +86,7 @@ def test_c_store_request_is_byte_identical_to_pynetdicom(size, max_pdu):
 
 
 def test_echo_and_find_command_sets_equal_pynetdicom():
-    from node.net.upper import (
+    from node.net.dimse import (
         AFFECTED_SOP_CLASS,
         COMMAND_FIELD,
         DATA_SET_PRESENT,

@@ -54,6 +54,7 @@ def _convert(tmp_path: Path, config, name="sub-07_ses-2_acq-mprage_run-1_T1w", s
     return series, [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))], folder
 
 
+@pytest.mark.peers  # dciodvfy
 def test_sidecar_keys_map_with_units(tmp_path, config):
     series, datasets, folder = _convert(tmp_path, config)
     ds = datasets[0]

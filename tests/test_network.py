@@ -19,20 +19,13 @@ from conftest import NODE_AET, free_port, run_node
 from niftigen import affine_from, ramp_data, rotation, write_nifti
 
 from node.convert.series import convert_file, write_series
-from node.net.scu import (
-    MAX_CONTEXTS,
-    STUDY_ROOT_FIND,
-    DicomFile,
-    FailureKind,
-    NetworkFailure,
-    Outcome,
-    classify_status,
-    echo,
-    plan_contexts,
-    read_dicom_file,
-    store,
-)
+from node.net.files import DicomFile, read_dicom_file
+from node.net.scu import MAX_CONTEXTS, STUDY_ROOT_FIND, echo, plan_contexts, store
+from node.net.status import FailureKind, NetworkFailure, Outcome, classify_status
 from node.service.settings import build_destination
+
+pytestmark = pytest.mark.peers  # Orthanc, DCMTK, dciodvfy, dcm2niix
+
 
 SIDECAR = {"SeriesDescription": "net test T1", "RepetitionTime": 2.0, "EchoTime": 0.003}
 

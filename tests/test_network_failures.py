@@ -14,8 +14,11 @@ from conftest import NODE_AET, orthanc_script, start_pacs
 from niftigen import affine_from, ramp_data, write_nifti
 from pki import make_pki
 
-from node.net.scu import FailureKind, NetworkFailure, echo
+from node.net.scu import echo
+from node.net.status import FailureKind, NetworkFailure
 from node.service.settings import build_destination
+
+pytestmark = pytest.mark.peers  # Orthanc, DCMTK, dciodvfy, dcm2niix
 
 
 def test_orthanc_killed_mid_push_reports_what_was_delivered(tmp_path):

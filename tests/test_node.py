@@ -20,6 +20,9 @@ import pytest
 from conftest import NODE_AET, free_port, orthanc_script, run_node, start_pacs
 from niftigen import affine_from, ramp_data, write_nifti
 
+pytestmark = pytest.mark.peers  # Orthanc, DCMTK, dciodvfy, dcm2niix
+
+
 SETTLE = 1.0
 
 

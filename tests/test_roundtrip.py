@@ -22,6 +22,8 @@ from niftigen import (
 
 from node.convert.series import convert_file, write_series
 
+pytestmark = pytest.mark.peers  # Orthanc, DCMTK, dciodvfy, dcm2niix
+
 
 @dataclass
 class Case:

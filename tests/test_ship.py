@@ -15,6 +15,8 @@ from conftest import ROOT, run_node
 from node.errors import ConfigError
 from node.service.settings import apply_env_overrides, config_from_dict, load_config
 
+pytestmark = pytest.mark.peers  # Orthanc, DCMTK, dciodvfy, dcm2niix
+
 
 def _cfg(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "node.toml"

@@ -110,7 +110,8 @@ def _destination(args: argparse.Namespace, config):
 
 def cmd_echo(args: argparse.Namespace) -> int:
     from node.errors import DicomNodeError
-    from node.net.scu import NetworkFailure, echo
+    from node.net.scu import echo
+    from node.net.status import NetworkFailure
     from node.service.settings import load_config
 
     try:
@@ -244,7 +245,8 @@ def _journal(config):
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from node.net.scu import NetworkFailure, echo
+    from node.net.scu import echo
+    from node.net.status import NetworkFailure
     from node.service.settings import check_environment, describe
 
     config = _load_or_report(args)

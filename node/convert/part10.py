@@ -18,9 +18,9 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 
 from node.convert.iods.image import InstanceSlice
+from node.part5 import LONG_LENGTH_VRS
 
 PREAMBLE = b"\x00" * 128 + b"DICM"  # PS3.10 7.1
-_LONG_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "SQ", "UC", "UN", "UR", "UT"}  # PS3.5 7.1.2
 
 
 def encode_element(tag: int, vr: str, value: str | bytes) -> bytes:
@@ -32,7 +32,7 @@ def encode_element(tag: int, vr: str, value: str | bytes) -> bytes:
     if len(data) % 2:
         data += b"\x00" if vr in ("UI", "OB") else b" "
     group, element = tag >> 16, tag & 0xFFFF
-    if vr in _LONG_VRS:
+    if vr in LONG_LENGTH_VRS:
         return struct.pack("<HH2s2xI", group, element, vr.encode(), len(data)) + data
     return struct.pack("<HH2sH", group, element, vr.encode(), len(data)) + data
 

@@ -21,6 +21,7 @@ class TlsSettings:
     ca: Path | None = None  # CA bundle to verify the peer; None = the system's
     cert: Path | None = None  # our client certificate (PEM), when the peer requires one
     key: Path | None = field(default=None, repr=False)
+    key_password_env: str | None = None  # environment variable holding the key's passphrase
     verify_hostname: bool = True
     verify: bool = True
 
@@ -34,7 +35,7 @@ class Destination:
     port: int
     ae_title: str
     calling_ae_title: str | None = None  # default: [node].ae_title
-    max_pdu: int = 0  # largest PDU we accept; 0 = no limit
+    max_pdu: int = 1024**2  # largest PDU we accept and announce; 0 = "no limit" (1 MiB read)
     connect_timeout: float = 10.0
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0

@@ -8,40 +8,48 @@ An SCU that sends one message and waits for its answer needs none of that machin
 module does what storescu does: one blocking socket, one request at a time (no asynchronous
 operations window is proposed, PS3.7 D.3.3.3), every wait bounded by a named timeout.
 
-What comes from pynetdicom: the association PDUs (A-ASSOCIATE-RQ/AC/RJ, A-ABORT) are encoded
-and decoded by ``pynetdicom.pdu``, and their reasons named by it. What is here: TCP/TLS set-up,
-P-DATA-TF framing (PS3.8 9.3.5 and annex E) and DIMSE command sets, which are group 0000 in
-Implicit VR Little Endian (PS3.7 6.3.1).
+What is here: TCP/TLS set-up, the association's life (``node.net.pdu`` encodes and decodes
+its control PDUs) and P-DATA-TF framing (PS3.8 9.3.5 and annex E); ``node.net.dimse`` holds the
+command sets. The peer is untrusted: every PDU is capped by type (a P-DATA-TF at what we
+announced, an A-ASSOCIATE-AC at 1 MB), a message's command set at 64 KB and its data set at
+16 MB, and every wait by its timeout. Past a cap the association is aborted with a clear
+failure; nothing the peer sends makes us allocate more.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import ssl
 import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import BinaryIO, NoReturn
-
-from pynetdicom import pdu as pdu_codecs
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
-)
-from pynetdicom.presentation import build_context
 
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from node.net.destination import Destination
+from node.net.dimse import (
+    DATA_SET_TYPE,
+    MAX_COMMAND_BYTES,
+    MAX_RESPONSE_DATASET_BYTES,
+    NO_DATA_SET,
+    Message,
+    parse_command_set,
+)
+from node.net.pdu import (
+    MAX_ASSOCIATE_AC,
+    PduError,
+    abort_reason,
+    associate_rq,
+    parse_associate_ac,
+    parse_associate_rj,
+)
+from node.net.status import FailureKind, NetworkFailure, peer_text
 
 log = logging.getLogger(__name__)
-
-APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"  # DICOM Application Context Name, PS3.7 A.2.1
 
 # PDU types, PS3.8 9.3.1
 A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ = 0x01, 0x02, 0x03
@@ -49,102 +57,12 @@ P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x04, 0x05, 0x06, 0x07
 _RELEASE_RQ_PDU = b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00"
 _RELEASE_RP_PDU = b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"
 _ABORT_PDU = b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00"  # source: service user, no reason
-_LARGEST_INCOMING_PDU = 64 * 1024**2  # when we announce "no limit": refuse garbage lengths
-_UNLIMITED_FRAGMENT = 1024**2  # fragment size when the peer announces "no limit"
+#: The largest PDU we read when we announce "no limit" (max_pdu = 0): a response is small.
+DEFAULT_LARGEST_PDU = 1024**2
+#: The largest fragment we send, whatever the peer announces (a 4 GB "maximum" is not a
+#: reason to read 4 GB of a file into memory).
+LARGEST_FRAGMENT = 1024**2
 _FLUSH_BYTES = 1024**2  # PDUs of one message are written in batches of about this size
-
-# Command set elements, PS3.7 E.1
-GROUP_LENGTH = 0x00000000
-AFFECTED_SOP_CLASS = 0x00000002
-COMMAND_FIELD = 0x00000100
-MESSAGE_ID = 0x00000110
-MESSAGE_ID_RESPONDED_TO = 0x00000120
-PRIORITY = 0x00000700
-DATA_SET_TYPE = 0x00000800
-STATUS = 0x00000900
-ERROR_COMMENT = 0x00000902
-AFFECTED_SOP_INSTANCE = 0x00001000
-NO_DATA_SET = 0x0101  # CommandDataSetType: any other value means a data set follows
-DATA_SET_PRESENT = 0x0001
-
-
-class FailureKind(StrEnum):
-    DNS = "dns"
-    REFUSED = "connection refused"
-    TIMEOUT = "timeout"
-    REJECTED = "association rejected"
-    ABORTED = "aborted"
-    TLS = "tls"
-    NETWORK = "network"
-    NO_CONTEXT = "no accepted presentation context"
-
-
-class NetworkFailure(Exception):
-    """An association could not be used. ``transient``: trying again later may succeed."""
-
-    def __init__(self, kind: FailureKind, message: str, transient: bool = True) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.transient = transient
-
-    def __reduce__(self):
-        return (self.__class__, (self.kind, self.message, self.transient))
-
-
-# --- DIMSE command sets -----------------------------------------------------------------------
-
-def _element(tag: int, value: int | str | bytes) -> bytes:
-    if isinstance(value, str):  # UI: padded with NUL to an even length (PS3.5 6.2)
-        raw = value.encode("ascii")
-        raw += b"\0" * (len(raw) % 2)
-    elif isinstance(value, int):  # US
-        raw = struct.pack("<H", value)
-    else:
-        raw = value
-    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(raw)) + raw
-
-
-def command_set(fields: Sequence[tuple[int, int | str]]) -> bytes:
-    """Encode a command set: ``fields`` in ascending tag order, preceded by its group length."""
-    body = b"".join(_element(tag, value) for tag, value in fields)
-    return _element(GROUP_LENGTH, struct.pack("<I", len(body))) + body
-
-
-def parse_command_set(data: bytes) -> dict[int, bytes]:
-    """The raw values of a command set by tag; ValueError if it is not one."""
-    out: dict[int, bytes] = {}
-    pos = 0
-    while pos < len(data):
-        if pos + 8 > len(data):
-            raise ValueError("truncated command element")
-        group, elem, length = struct.unpack_from("<HHI", data, pos)
-        if group != 0 or pos + 8 + length > len(data):
-            raise ValueError(f"element ({group:04X},{elem:04X}) is not a valid command element")
-        out[elem] = data[pos + 8: pos + 8 + length]
-        pos += 8 + length
-    return out
-
-
-@dataclass(frozen=True)
-class Message:
-    """A DIMSE message received from the peer: its command set and data set, still encoded."""
-
-    context_id: int
-    command: dict[int, bytes]
-    dataset: bytes | None
-
-    def us(self, tag: int) -> int | None:
-        raw = self.command.get(tag & 0xFFFF)
-        return struct.unpack("<H", raw[:2])[0] if raw and len(raw) >= 2 else None
-
-    def text(self, tag: int) -> str:
-        return self.command.get(tag & 0xFFFF, b"").rstrip(b"\0 ").decode("ascii", "replace")
-
-    @property
-    def status(self) -> int | None:
-        return self.us(STATUS)
-
 
 # --- the association --------------------------------------------------------------------------
 
@@ -165,7 +83,19 @@ def _tls_context(dest: Destination) -> ssl.SSLContext:
     else:
         ctx.check_hostname = tls.verify_hostname
     if tls.cert:
-        ctx.load_cert_chain(tls.cert, tls.key)
+        # never let OpenSSL prompt for a passphrase on the terminal (or hang without one):
+        # the password comes from the environment variable the config names, or is empty
+        def password() -> str:
+            return os.environ.get(tls.key_password_env or "", "") if tls.key_password_env else ""
+
+        try:
+            ctx.load_cert_chain(tls.cert, tls.key, password=password)
+        except (ssl.SSLError, OSError) as exc:
+            hint = (f" (is ${tls.key_password_env} the key's passphrase?)"
+                    if tls.key_password_env else
+                    " (an encrypted key needs tls.key_password_env)")
+            raise NetworkFailure(FailureKind.TLS, f"cannot load the client certificate and key "
+                                 f"for {dest.address}: {exc}{hint}", transient=False) from None
     return ctx
 
 
@@ -176,6 +106,7 @@ def _connect(dest: Destination) -> socket.socket:
     40-90 ms per instance.
     """
     where = dest.address
+    tls = _tls_context(dest) if dest.tls is not None else None  # before any connection
     try:
         infos = socket.getaddrinfo(dest.host, dest.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -198,10 +129,10 @@ def _connect(dest: Destination) -> socket.socket:
             FailureKind.NETWORK, f"cannot connect to {where} ({exc.strerror or exc})"
         ) from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if dest.tls is None:
+    if tls is None:
         return sock
     try:
-        return _tls_context(dest).wrap_socket(sock, server_hostname=dest.host)
+        return tls.wrap_socket(sock, server_hostname=dest.host)
     except TimeoutError:
         sock.close()
         raise NetworkFailure(
@@ -220,42 +151,6 @@ def _connect(dest: Destination) -> socket.socket:
         raise NetworkFailure(
             FailureKind.TLS, f"TLS handshake with {where} failed ({exc})", transient=False
         ) from None
-
-
-def _associate_rq(
-    calling_ae: str, called_ae: str, proposed: Sequence[tuple[int, str, Sequence[str]]],
-    max_pdu: int,
-) -> bytes:
-    """The A-ASSOCIATE-RQ PDU (PS3.8 9.3.2), encoded by pynetdicom."""
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = APPLICATION_CONTEXT
-    primitive.calling_ae_title = calling_ae
-    primitive.called_ae_title = called_ae
-    contexts = []
-    for context_id, abstract, syntaxes in proposed:
-        context = build_context(abstract, list(syntaxes))
-        context.context_id = context_id
-        contexts.append(context)
-    primitive.presentation_context_definition_list = contexts
-    length = MaximumLengthNotification()
-    length.maximum_length_received = max_pdu
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    primitive.user_information = [length, implementation, version]
-    request = pdu_codecs.A_ASSOCIATE_RQ()
-    request.from_primitive(primitive)
-    return request.encode()
-
-
-def _abort_reason(pdu: bytes) -> str:
-    abort = pdu_codecs.A_ABORT_RQ()
-    try:
-        abort.decode(pdu)
-        return f"{abort.source_str.lower()}: {abort.reason_str.lower()}"
-    except Exception:  # a malformed A-ABORT still means the association is gone
-        return "reason not given"
 
 
 class Association:
@@ -292,8 +187,9 @@ class Association:
         sock = _connect(dest)
         assoc = cls(sock, dest, [], 0)
         try:
-            assoc._write(_associate_rq(dest.calling_ae_title or calling_ae, dest.ae_title,
-                                       numbered, dest.max_pdu))
+            assoc._write(associate_rq(dest.calling_ae_title or calling_ae, dest.ae_title,
+                                      numbered, dest.max_pdu, IMPLEMENTATION_CLASS_UID,
+                                      IMPLEMENTATION_VERSION_NAME))
             pdu_type, pdu = assoc._read_pdu(
                 time.monotonic() + dest.acse_timeout,
                 f"{dest.address} accepted the connection but did not answer the association "
@@ -309,7 +205,7 @@ class Association:
             assoc.close()
             raise NetworkFailure(
                 FailureKind.ABORTED,
-                f"{dest.address} aborted the association ({_abort_reason(pdu)})",
+                f"{dest.address} aborted the association ({abort_reason(pdu)})",
             )
         if pdu_type != A_ASSOCIATE_AC:
             assoc.abort()
@@ -335,32 +231,28 @@ class Association:
         """Take the accepted contexts from an A-ASSOCIATE-AC (PS3.8 9.3.3): only those we
         proposed, each with one of the transfer syntaxes we offered for it."""
         try:
-            accept = pdu_codecs.A_ASSOCIATE_AC()
-            accept.decode(pdu)
-            primitive = accept.to_primitive()
-        except Exception as exc:
+            accept = parse_associate_ac(pdu)
+        except PduError as exc:
             self._protocol_error(f"sent an A-ASSOCIATE-AC that cannot be read ({exc})")
-        for result in primitive.presentation_context_definition_results_list:
+        for result in accept.contexts:
             abstract, offered = proposed.get(result.context_id, ("", ()))
-            syntax = str(result.transfer_syntax[0]) if result.transfer_syntax else ""
-            if result.result == 0 and syntax in offered:
-                self.contexts.append(AcceptedContext(result.context_id, abstract, syntax))
-        for item in primitive.user_information or []:
-            if isinstance(item, MaximumLengthNotification):
-                self.peer_max_pdu = int(item.maximum_length_received or 0)
-            elif isinstance(item, ImplementationVersionNameNotification):
-                self.peer_implementation = str(item.implementation_version_name or "")
-            elif isinstance(item, ImplementationClassUIDNotification) and not (
-                self.peer_implementation
+            if result.result == 0 and result.transfer_syntax in offered and all(
+                c.id != result.context_id for c in self.contexts
             ):
-                self.peer_implementation = str(item.implementation_class_uid or "")
+                self.contexts.append(
+                    AcceptedContext(result.context_id, abstract, result.transfer_syntax))
+        self.peer_max_pdu = accept.max_pdu
+        self.peer_implementation = peer_text(
+            accept.implementation_version or accept.implementation_uid, 64)
 
     # -- data transfer
 
     def send(self, context_id: int, command: bytes, dataset: BinaryIO | None = None) -> None:
         """Send one DIMSE message: the command, then the data set read from ``dataset`` to its
         end, fragmented to the peer's maximum PDU length (PS3.8 9.3.5, E.2)."""
-        limit = self.peer_max_pdu - 6 if self.peer_max_pdu > 6 else _UNLIMITED_FRAGMENT
+        # the peer's maximum is honoured up to what we would send anyway (PS3.8 D.1)
+        limit = min(self.peer_max_pdu - 6, LARGEST_FRAGMENT) if self.peer_max_pdu > 6 else (
+            LARGEST_FRAGMENT)
         pending: list[bytes] = [_pdv(context_id, 0x03, command)]  # a command set, whole
         size = len(pending[0])
         if dataset is not None:
@@ -400,6 +292,7 @@ class Association:
         command_done = data_done = False
         context_id = 0
         expects_data = False
+        message: Message | None = None
         late = f"no {waiting_for} from {self.dest.address} within {timeout:g} s"
         while True:
             pdu_type, pdu = self._read_pdu(deadline, late)
@@ -407,7 +300,7 @@ class Association:
                 self.close()
                 raise NetworkFailure(
                     FailureKind.ABORTED,
-                    f"{self.dest.address} aborted the association ({_abort_reason(pdu)})",
+                    f"{self.dest.address} aborted the association ({abort_reason(pdu)})",
                 )
             if pdu_type == A_RELEASE_RQ:
                 self._write_quietly(_RELEASE_RP_PDU)
@@ -422,26 +315,40 @@ class Association:
                 length = int.from_bytes(pdu[pos: pos + 4], "big") if pos + 6 <= len(pdu) else 0
                 if length < 2 or pos + 4 + length > len(pdu):
                     self._protocol_error("sent a malformed P-DATA-TF PDU")
-                context_id, header = pdu[pos + 4], pdu[pos + 5]
+                pdv_context, header = pdu[pos + 4], pdu[pos + 5]
                 fragment = pdu[pos + 6: pos + 4 + length]
                 pos += 4 + length
+                if command or data:
+                    if pdv_context != context_id:
+                        self._protocol_error("changed presentation context within a message")
+                else:
+                    context_id = pdv_context
                 if header & 0x01:
+                    if command_done:
+                        self._protocol_error("sent a command fragment after the last one")
                     command += fragment
                     command_done = bool(header & 0x02)
+                    if len(command) > MAX_COMMAND_BYTES:
+                        self._protocol_error(f"sent a command set over {MAX_COMMAND_BYTES} bytes")
                 else:
+                    if not command_done or not expects_data or data_done:
+                        self._protocol_error("sent a data set fragment that was not announced")
                     data += fragment
                     data_done = bool(header & 0x02)
-            if command_done and not expects_data:
-                try:
-                    fields = parse_command_set(bytes(command))
-                except ValueError as exc:
-                    self._protocol_error(f"sent an invalid command set ({exc})")
-                message = Message(context_id, fields, None)
-                expects_data = message.us(DATA_SET_TYPE) not in (None, NO_DATA_SET)
-                if not expects_data:
-                    return message
-            if expects_data and data_done:
-                return Message(context_id, fields, bytes(data))
+                    if len(data) > MAX_RESPONSE_DATASET_BYTES:
+                        self._protocol_error(
+                            f"sent a response data set over {MAX_RESPONSE_DATASET_BYTES} bytes")
+                if command_done and not expects_data and message is None:
+                    try:
+                        fields = parse_command_set(bytes(command))
+                    except ValueError as exc:
+                        self._protocol_error(f"sent an invalid command set ({exc})")
+                    message = Message(context_id, fields, None)
+                    expects_data = message.us(DATA_SET_TYPE) not in (None, NO_DATA_SET)
+            if message is not None and not expects_data:
+                return message
+            if message is not None and data_done:
+                return Message(context_id, message.command, bytes(data))
 
     # -- ending
 
@@ -544,11 +451,16 @@ class Association:
         header = self._read_exact(6, deadline, late)
         pdu_type = header[0]
         (length,) = struct.unpack_from(">I", header, 2)
-        largest = _LARGEST_INCOMING_PDU
-        if pdu_type == P_DATA_TF and self.dest.max_pdu:  # what we announced (PS3.8 D.1)
-            largest = self.dest.max_pdu + 6  # lenient: some peers count the PDV header too
+        if pdu_type == P_DATA_TF:  # what we announced (PS3.8 D.1)
+            # lenient by the 6 bytes of the PDV header that some peers count too
+            largest = self.dest.max_pdu + 6 if self.dest.max_pdu else DEFAULT_LARGEST_PDU
+        elif pdu_type == A_ASSOCIATE_AC:
+            largest = MAX_ASSOCIATE_AC
+        else:  # reject, release and abort PDUs have 4 bytes
+            largest = 1024
         if not A_ASSOCIATE_RQ <= pdu_type <= A_ABORT or length > largest:
-            self._protocol_error(f"sent an invalid PDU (type 0x{pdu_type:02X}, {length} bytes)")
+            self._protocol_error(f"sent an invalid PDU (type 0x{pdu_type:02X}, {length} bytes, "
+                                 f"at most {largest} accepted)")
         return pdu_type, header + self._read_exact(length, deadline, late)
 
     def _protocol_error(self, what: str) -> NoReturn:
@@ -567,13 +479,11 @@ def _pdv(context_id: int, header: int, fragment: bytes) -> bytes:
 
 
 def _rejection(dest: Destination, pdu: bytes) -> NetworkFailure:
-    """The A-ASSOCIATE-RJ's result, source and reason in words (PS3.8 9.3.4)."""
-    reject = pdu_codecs.A_ASSOCIATE_RJ()
+    """The A-ASSOCIATE-RJ's result, source and reason in words (PS3.8 9.3.4); codes that
+    PS3.8 does not define are still a rejection, said in numbers."""
     try:
-        reject.decode(pdu)
-        why = (f"{reject.reason_str.lower()} ({reject.result_str.lower()}, "
-               f"source: {reject.source_str.lower()})")
-    except Exception:  # unknown codes: still a rejection, said in numbers
-        why = f"result {pdu[7]}, source {pdu[8]}, reason {pdu[9]}" if len(pdu) >= 10 else "?"
+        reject = parse_associate_rj(pdu)
+    except PduError:
+        return NetworkFailure(FailureKind.REJECTED, f"{dest.address} rejected the association")
     return NetworkFailure(FailureKind.REJECTED, f"{dest.address} rejected the association: "
-                          f"{why}", transient=reject.result == 2)
+                          f"{reject.words}", transient=reject.transient)

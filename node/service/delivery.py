@@ -34,17 +34,9 @@ from node.convert.profile import Profile
 from node.convert.source import content_digest, is_nifti
 from node.errors import ConfigError, InputError
 from node.net.destination import Destination
-from node.net.scu import (
-    DicomFile,
-    FailureKind,
-    InstanceResult,
-    NetworkFailure,
-    Outcome,
-    StoreReport,
-    describe,
-    read_dicom_file,
-    store,
-)
+from node.net.files import DicomFile, read_dicom_file
+from node.net.scu import InstanceResult, StoreReport, store
+from node.net.status import FailureKind, NetworkFailure, Outcome
 from node.service.journal import Job, JobState
 from node.service.settings import Config
 
@@ -84,15 +76,20 @@ class Batch:
 
 def prepare(
     source: Path, profile: Profile, uid_root: str, spool: Path,
-    sidecar: Path | None = None, name: str = "series",
+    sidecar: Path | None = None, name: str = "series", check: bool = True,
 ) -> Batch:
     """Turn one input into files to send: a NIfTI is converted into ``spool/name`` (written
     atomically), a DICOM file is described as it is. Raises InputError for bad input,
-    ConfigError for a bad profile."""
+    ConfigError for a bad profile.
+
+    ``check``: walk a DICOM file's whole structure now (the node: a malformed file is
+    quarantined). ``push`` passes False: each file is checked as it is opened to be sent,
+    while the peer stores the previous one, and a malformed one fails alone with its reason.
+    """
     from node.convert.series import convert_file, instance_filename, write_series
 
     if not is_nifti(source):
-        f = describe(read_dicom_file(source))
+        f = read_dicom_file(source, check=check)
         return Batch(source, [f], f.series_uid, f.study_uid)
     series = convert_file(source, profile, uid_root=uid_root, sidecar=sidecar)
     folder = write_series(series, spool, name)

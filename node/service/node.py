@@ -266,7 +266,8 @@ class Node:
                 shutil.move(str(f), dest)
 
     def _echo_destinations(self) -> None:
-        from node.net.scu import NetworkFailure, echo
+        from node.net.scu import echo
+        from node.net.status import NetworkFailure
 
         def run() -> None:
             journal = Journal(self.dirs.journal)

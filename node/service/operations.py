@@ -111,7 +111,7 @@ def _prepare_or_error(path: Path, profile: Profile, uid_root: str, spool: Path, 
     from node.service.delivery import prepare
 
     try:
-        return prepare(path, profile, uid_root, spool, name=name)
+        return prepare(path, profile, uid_root, spool, name=name, check=False)
     except DicomNodeError as exc:
         return exc
 
@@ -239,7 +239,8 @@ def push(
 
 def verify_series(result: PushResult, dest, calling_ae: str) -> None:
     """Ask the PACS (C-FIND) how many instances each pushed series has; complete or not."""
-    from node.net.scu import NetworkFailure, series_instance_counts
+    from node.net.scu import series_instance_counts
+    from node.net.status import NetworkFailure
 
     ok = True
     try:

@@ -41,7 +41,7 @@ _DEST_KEYS = {
     "acse_timeout", "dimse_timeout", "network_timeout", "max_associations",
     "transfer_syntaxes", "tls",
 }
-_TLS_KEYS = {"ca", "cert", "key", "verify_hostname", "verify"}
+_TLS_KEYS = {"ca", "cert", "key", "key_password_env", "verify_hostname", "verify"}
 
 
 @dataclass(frozen=True)
@@ -338,6 +338,14 @@ def _number(where: str, value: Any, *, integer: bool = False, minimum: float = 0
     return value
 
 
+def _max_pdu(where: str, value: Any) -> int:
+    """0 ("no limit", PS3.8 D.1) or 4 KB to 16 MB: the buffer a peer may fill per PDU."""
+    value = _number(f"{where}.max_pdu", value, integer=True)
+    if value and not 4096 <= value <= 16 * 1024**2:
+        raise ValueError(f"{where}.max_pdu: {value} is outside 4096..16777216 (or 0)")
+    return value
+
+
 def build_destination(name: str, raw: Any, base: Path | None = None) -> Destination:
     """Validate ``[destinations.NAME]``; relative TLS file paths are relative to the config."""
     where = f"[destinations.{name}]"
@@ -364,8 +372,11 @@ def build_destination(name: str, raw: Any, base: Path | None = None) -> Destinat
 
         if bool(traw.get("cert")) != bool(traw.get("key")):
             raise ValueError(f"{where}.tls: give both cert and key for a client certificate")
+        password_env = traw.get("key_password_env")
+        if password_env is not None and (not isinstance(password_env, str) or not password_env):
+            raise ValueError(f"{where}.tls.key_password_env: the name of an environment variable")
         tls = TlsSettings(
-            ca=file("ca"), cert=file("cert"), key=file("key"),
+            ca=file("ca"), cert=file("cert"), key=file("key"), key_password_env=password_env,
             verify_hostname=bool(traw.get("verify_hostname", True)),
             verify=bool(traw.get("verify", True)),
         )
@@ -383,7 +394,7 @@ def build_destination(name: str, raw: Any, base: Path | None = None) -> Destinat
             check_ae_title(f"{where}.calling_ae_title", raw["calling_ae_title"])
             if "calling_ae_title" in raw else None
         ),
-        max_pdu=_number(f"{where}.max_pdu", raw.get("max_pdu", 0), integer=True),
+        max_pdu=_max_pdu(where, raw.get("max_pdu", Destination.max_pdu)),
         connect_timeout=_number(f"{where}.connect_timeout", raw.get("connect_timeout", 10.0)),
         acse_timeout=_number(f"{where}.acse_timeout", raw.get("acse_timeout", 30.0)),
         dimse_timeout=_number(f"{where}.dimse_timeout", raw.get("dimse_timeout", 60.0)),
@@ -426,7 +437,31 @@ def check_environment(config: Config) -> list[str]:
                 if f is not None and not f.is_file():
                     problems.append(f"{where}: [destinations.{name}].tls.{label} {f}: "
                                     "no such file")
+            problems += _key_password_problems(where, name, dest.tls)
     return problems
+
+
+def _key_password_problems(where: str, name: str, tls) -> list[str]:
+    """An encrypted client key needs its passphrase from the environment: OpenSSL would
+    otherwise prompt on a terminal, or hang without one."""
+    key = tls.key
+    if key is None or not key.is_file():
+        return []
+    try:
+        head = key.read_bytes()[:4096]
+    except OSError as exc:
+        return [f"{where}: [destinations.{name}].tls.key {key}: cannot read ({exc.strerror})"]
+    if b"ENCRYPTED" not in head:
+        return []
+    env = tls.key_password_env
+    if env is None:
+        return [f"{where}: [destinations.{name}].tls.key {key} is encrypted: set "
+                "tls.key_password_env = \"NAME\" and put the passphrase in that environment "
+                "variable"]
+    if not os.environ.get(env):
+        return [f"{where}: [destinations.{name}].tls.key_password_env: the environment "
+                f"variable {env} is not set"]
+    return []
 
 
 def describe(config: Config) -> str:

@@ -299,3 +299,22 @@ def test_echo_counts_only_a_c_echo_response(tmp_path, answer):
     assert "success" not in proc.stdout
     assert "Traceback" not in proc.stderr
     assert took < MARGIN
+
+
+def test_a_push_of_dicom_files_loads_no_dicom_library(tmp_path, dicom_files):
+    """Start-up is the user's wait: streaming ordinary files needs neither pydicom, pynetdicom
+    nor numpy (a file that must be re-encoded, or a failure, may load them)."""
+    probe = ("import sys, json, contextlib, io\nfrom node.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n    rc = main(sys.argv[1:])\n"
+             "print(json.dumps({'rc': rc, 'heavy': sorted({m.split('.')[0] for m in sys.modules}"
+             " & {'pydicom', 'pynetdicom', 'nibabel', 'numpy'})}))\n")
+    peer = HostilePeer(well_behaved)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", probe, "push", *map(str, dicom_files), "--config",
+             str(_config(tmp_path, peer.port))],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    finally:
+        peer.close()
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"rc": 0, "heavy": []}, (
+        proc.stderr)

@@ -164,12 +164,14 @@ def cmd_push(args: argparse.Namespace) -> int:
     from node.service.settings import load_config
 
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, profiles=False)  # profiles only for NIfTI inputs
         dest = _destination(args, config)
-        profile = config.profile(args.profile)
     except (DicomNodeError, ValueError) as exc:
         _error(getattr(exc, "message", str(exc)))
         return EXIT_USAGE
+
+    def profile():
+        return load_config(args.config).profile(args.profile)
 
     def gathered(g) -> _Progress:
         for warning in g.warnings:
@@ -178,8 +180,12 @@ def cmd_push(args: argparse.Namespace) -> int:
             _error(f"{problem.message} (skipped)")
         return _Progress(len(g.files), sys.stderr.isatty() and not args.json)
 
-    result = push(args.paths, dest, config.node.ae_title, profile, config.node.uid_root,
-                  jobs=args.jobs or None, verify=args.verify, on_gathered=gathered)
+    try:
+        result = push(args.paths, dest, config.node.ae_title, profile, config.node.uid_root,
+                      jobs=args.jobs or None, verify=args.verify, on_gathered=gathered)
+    except DicomNodeError as exc:  # the profile, read for the first NIfTI input
+        _error(exc.message)
+        return EXIT_USAGE
     report, summaries = result.report, result.series
     if result.verify_error:
         _error(f"verify: {result.verify_error}")

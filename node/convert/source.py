@@ -16,11 +16,12 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from node.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Largest uncompressed voxel payload we accept (bytes). Above this a header is taken as corrupt
 #: or hostile: 24 GiB machines convert 8 GiB volumes comfortably, nothing real is larger.
@@ -202,6 +203,8 @@ def _check_dtype(path: Path, dtype: np.dtype) -> None:
 
 def _check_size(path: Path, img: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
     """Refuse a header whose data the file cannot hold, before anything is allocated."""
+    import numpy as np  # here: the file-name helpers above serve the console without numpy
+
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes > MAX_DATA_BYTES:
         raise InputError(

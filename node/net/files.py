@@ -325,10 +325,11 @@ def describe(f: DicomFile) -> DicomFile:
     if f.series_uid and f.study_uid:
         return f
     try:
-        header = _read_header(f.path)
+        fp, described = open_checked(f)
     except InputError:
         return f
-    return replace(f, study_uid=header.study_uid, series_uid=header.series_uid)
+    fp.close()
+    return described
 
 
 class _Unsendable(Exception):

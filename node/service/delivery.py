@@ -75,7 +75,7 @@ class Batch:
 
 
 def prepare(
-    source: Path, profile: Profile, uid_root: str, spool: Path,
+    source: Path, profile: Profile | None, uid_root: str, spool: Path,
     sidecar: Path | None = None, name: str = "series", check: bool = True,
 ) -> Batch:
     """Turn one input into files to send: a NIfTI is converted into ``spool/name`` (written
@@ -86,11 +86,11 @@ def prepare(
     quarantined). ``push`` passes False: each file is checked as it is opened to be sent,
     while the peer stores the previous one, and a malformed one fails alone with its reason.
     """
-    from node.convert.series import convert_file, instance_filename, write_series
-
     if not is_nifti(source):
         f = read_dicom_file(source, check=check)
         return Batch(source, [f], f.series_uid, f.study_uid)
+    from node.convert.series import convert_file, instance_filename, write_series
+
     series = convert_file(source, profile, uid_root=uid_root, sidecar=sidecar)
     folder = write_series(series, spool, name)
     files = [

@@ -106,7 +106,8 @@ def _has_nifti_twin(sidecar: Path) -> bool:
     return any(sidecar.with_name(stem + ext).exists() for ext in NIFTI_SUFFIXES)
 
 
-def _prepare_or_error(path: Path, profile: Profile, uid_root: str, spool: Path, name: str):
+def _prepare_or_error(path: Path, profile: Profile | None, uid_root: str, spool: Path,
+                      name: str):
     """Worker: a delivery Batch, or the DicomNodeError to report."""
     from node.service.delivery import prepare
 
@@ -127,20 +128,27 @@ class Gathered:
         return [f for b in self.batches for f in b.files]
 
 
-def gather(paths: Iterable[Path], spool: Path, profile: Profile, uid_root: str,
-           jobs: int | None = None) -> Gathered:
+def gather(paths: Iterable[Path], spool: Path, profile: Profile | Callable[[], Profile],
+           uid_root: str, jobs: int | None = None) -> Gathered:
     """Every input prepared for sending (NIfTI converted into ``spool`` in ``jobs`` processes,
-    DICOM described as it is). Bad inputs are collected as problems, never raised."""
+    DICOM described as it is). Bad inputs are collected as problems, never raised.
+
+    ``profile`` may be a function that returns it: it is then called only when there is a
+    NIfTI input (reading profiles loads pydicom, which a push of DICOM files never needs).
+    """
     out = Gathered()
     nifti: list[tuple] = []
     for n, path in enumerate(walk(paths)):
         if not path.exists():
             out.problems.append(InputError(path, "no such file or folder"))
         elif is_nifti(path):
-            nifti.append((path, profile, uid_root, spool, f"{n:05d}-{nifti_stem(path)}"))
+            nifti.append((path, uid_root, spool, f"{n:05d}-{nifti_stem(path)}"))
         else:
-            result = _prepare_or_error(path, profile, uid_root, spool, "series")
+            result = _prepare_or_error(path, None, uid_root, spool, "series")
             (out.problems if isinstance(result, DicomNodeError) else out.batches).append(result)
+    if nifti and callable(profile):
+        profile = profile()
+    nifti = [(path, profile, *rest) for path, *rest in nifti]
     for call, result in zip(nifti, in_processes(_prepare_or_error, nifti, jobs), strict=True):
         if isinstance(result, DicomNodeError):
             out.problems.append(result)
@@ -213,7 +221,8 @@ class PushResult:
 
 
 def push(
-    paths: Sequence[Path], dest, calling_ae: str, profile: Profile, uid_root: str, *,
+    paths: Sequence[Path], dest, calling_ae: str, profile: Profile | Callable[[], Profile],
+    uid_root: str, *,
     jobs: int | None = None, verify: bool = False,
     on_gathered: Callable[[Gathered], Callable | None] | None = None,
 ) -> PushResult:

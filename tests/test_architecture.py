@@ -93,9 +93,11 @@ def test_the_contract_check_catches_a_forbidden_import(tmp_path):
 @pytest.mark.parametrize("argv", [["status"], ["jobs"], ["quarantine", "list"],
                                   ["status", "--json"]])
 def test_read_only_commands_load_no_dicom_or_nifti_library(tmp_path, argv):
+    from node.service.journal import Journal
+
     config = tmp_path / "node.toml"
     config.write_text(f'[node]\nstate_dir = "{tmp_path / "var"}"\n')
-    (tmp_path / "var").mkdir()
+    Journal(tmp_path / "var" / "journal.sqlite").close()
     probe = (
         "import sys, json, contextlib, io\n"
         "from node.cli import main\n"
@@ -110,3 +112,18 @@ def test_read_only_commands_load_no_dicom_or_nifti_library(tmp_path, argv):
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result == {"rc": 0, "heavy": []}
+
+
+def test_every_setting_is_in_the_readme_reference():
+    """Settings are written once, in node/service/settings.py; the README's reference tables
+    must name each of them (this fails when a key is added without its documentation)."""
+    from dataclasses import fields
+
+    from node.service.settings import NodeSettings, WatchSettings
+
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    missing = [f.name for cls in (NodeSettings, WatchSettings) for f in fields(cls)
+               if f"`{f.name}`" not in readme]
+    assert missing == []
+    assert all(f.metadata.get("help") for cls in (NodeSettings, WatchSettings)
+               for f in fields(cls))

@@ -4,11 +4,14 @@ after a crash, operator requeue and duplicate content."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from node.service.journal import ALLOWED, InvalidTransition, JobState, Journal
+from node.service.journal import ALLOWED, InvalidTransition, JobState, Journal, owner_id
 
 
 @pytest.fixture
@@ -84,15 +87,46 @@ def test_claim_takes_due_jobs_oldest_first_and_skips_waiting_ones(journal):
 
 def test_recover_puts_interrupted_jobs_back_and_undoes_their_attempt(journal):
     a, b, c = (_job(journal, n) for n in range(3))
-    journal.claim()
-    journal.claim()
+    journal.claim(lease_seconds=60)
+    journal.claim(lease_seconds=60)
     journal.transition(b.id, JobState.SENDING)
-    recovered = journal.recover()
+    assert journal.recover() == []  # this process holds them, their leases run: untouched
+    recovered = journal.recover(now=time.time() + 61)  # the leases expired
     assert sorted(j.id for j in recovered) == [a.id, b.id]
     for job_id in (a.id, b.id):
         job = journal.get(job_id)
-        assert (job.state, job.attempts) == ("queued", 0)
+        assert (job.state, job.attempts, job.owner) == ("queued", 0, None)
     assert journal.get(c.id).state == "queued"
+
+
+def test_a_dead_owners_jobs_are_resumed_at_once_a_live_ones_never(journal):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    a, b = _job(journal, 1), _job(journal, 2)
+    journal.claim(owner=owner_id(dead.pid), lease_seconds=3600)
+    journal.claim(owner=owner_id(), lease_seconds=3600)
+    assert [j.id for j in journal.recover()] == [a.id]
+    assert journal.get(b.id).state == "converting"
+
+
+def test_a_process_that_lost_its_lease_records_nothing(journal):
+    job = _job(journal)
+    journal.claim(owner="host-a:1", lease_seconds=60)
+    with pytest.raises(InvalidTransition, match="lease was lost"):
+        journal.transition(job.id, JobState.SENDING, owner="host-b:2")
+    assert journal.get(job.id).state == "converting"
+    journal.transition(job.id, JobState.SENDING, owner="host-a:1")
+    assert [h[2] for h in journal.history(job.id)] == ["queued", "converting", "sending"]
+
+
+def test_renew_extends_only_the_owners_leases(journal):
+    a, b = _job(journal, 1), _job(journal, 2)
+    journal.claim(owner="x:1", lease_seconds=10)
+    journal.claim(owner="y:2", lease_seconds=10)
+    before = journal.get(b.id).lease_until
+    assert journal.renew("x:1", lease_seconds=100) == 1
+    assert journal.get(a.id).lease_until > before + 50
+    assert journal.get(b.id).lease_until == before
 
 
 def test_requeue_takes_only_failed_and_waiting_jobs(journal):

@@ -50,11 +50,23 @@ def test_echo_succeeds_and_agrees_with_echoscu(pacs, tmp_path):
 
 
 def test_echo_with_unconfigured_peer_on_command_line(pacs, tmp_path):
+    proc = run_node("echo", "--host", "127.0.0.1", "--port", pacs.port, "--called-aet",
+                    pacs.aet, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    # as echoscu: HOST PORT positionally, -aec the called and -aet the calling AE title
+    proc = run_node("echo", "127.0.0.1", pacs.port, "-aec", pacs.aet, "-aet", NODE_AET,
+                    "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["ok"] is True
+    # the called AE title defaults to ANY-SCP, as in echoscu: Orthanc knows no such AE
+    proc = run_node("echo", "127.0.0.1", pacs.port, cwd=tmp_path)
+    assert proc.returncode == 1 and "called ae title not recognised" in proc.stderr
+    proc = run_node("echo", "--host", "127.0.0.1", cwd=tmp_path)
+    assert proc.returncode == 2 and "go together" in proc.stderr
+    # --aet (the called AE title, named against DCMTK's habit) still works, with a warning
     proc = run_node("echo", "--host", "127.0.0.1", "--port", pacs.port, "--aet", pacs.aet,
                     cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    proc = run_node("echo", "--host", "127.0.0.1", "--port", pacs.port, cwd=tmp_path)
-    assert proc.returncode == 2 and "go together" in proc.stderr
+    assert proc.returncode == 0 and "deprecated" in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -86,7 +98,7 @@ def test_echo_failures_say_which(pacs, case, kind, words):
 
 
 def test_echo_failure_is_one_line_and_nonzero(pacs, tmp_path):
-    proc = run_node("echo", "--host", "127.0.0.1", "--port", pacs.port, "--aet", "NOPE",
+    proc = run_node("echo", "--host", "127.0.0.1", "--port", pacs.port, "-aec", "NOPE",
                     cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "called ae title not recognised" in proc.stderr
@@ -261,8 +273,8 @@ def test_push_to_dcmtk_storescp(tmp_path):
     out = tmp_path / "received"
     with storescp(out, "STORESCP") as port:
         src = _nifti(tmp_path, "sub-net04_T1w", seed=6)
-        proc = run_node("push", src, "--host", "127.0.0.1", "--port", port, "--aet", "STORESCP",
-                        cwd=tmp_path)
+        proc = run_node("push", src, "--host", "127.0.0.1", "--port", port, "--called-aet",
+                        "STORESCP", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
     files = sorted(out.iterdir())
     assert len(files) == 6
@@ -315,7 +327,7 @@ def test_peer_accepting_only_implicit_vr_gets_a_reencoded_file(tmp_path):
     with storescp(out, "IMPLICIT", "+xi") as port:  # accept Implicit VR Little Endian only
         series = convert_file(_nifti(tmp_path, "sub-net06_T1w", seed=7))
         folder = write_series(series, tmp_path / "dicom")
-        proc = run_node("push", folder, "--host", "127.0.0.1", "--port", port, "--aet",
+        proc = run_node("push", folder, "--host", "127.0.0.1", "--port", port, "--called-aet",
                         "IMPLICIT", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
     files = sorted(out.iterdir())

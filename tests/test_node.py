@@ -198,9 +198,12 @@ def test_preexisting_files_and_duplicates(pacs, node_factory, tmp_path):
     drop(node.inbox, "sub-pre_T1w.nii.gz", data)  # there before the node starts
     node.start()
     wait_until(lambda: node.states() == ["done"], 60, "the pre-existing file")
-    (node.inbox / "copy-of-sub-pre_T1w.json").write_text(sidecar)
-    drop(node.inbox, "copy-of-sub-pre_T1w.nii.gz", data)  # the same content again
-    wait_until(lambda: not any(node.inbox.iterdir()), 30, "the duplicate to be moved away")
+    again = node.inbox / "again"  # the same file and sidecar again, under the same name
+    again.mkdir()
+    (again / "sub-pre_T1w.json").write_text(sidecar)
+    drop(again, "sub-pre_T1w.nii.gz", data)
+    wait_until(lambda: not any(p.is_file() for p in node.inbox.rglob("*")), 30,
+               "the duplicate to be moved away")
     assert node.states() == ["done"], "the same content is sent once"
     assert node.stop() == 0
     lines = [json.loads(line) for line in node.logtext().splitlines() if line.startswith("{")]
@@ -230,7 +233,7 @@ def test_dicom_files_are_sent_as_they_are(pacs, node_factory, tmp_path):
     jobs = node.jobs()
     assert all(j["series_uid"] == series.uids.series for j in jobs if j["state"] == "done")
     bad = next(j for j in jobs if j["state"] == "quarantined")
-    assert "neither NIfTI nor a DICOM Part 10 file" in bad["last_error"]
+    assert "not a DICOM Part 10 file" in bad["last_error"]
     oid = pacs.lookup(series.uids.instance(2))
     stored = pydicom.dcmread(io.BytesIO(pacs.get_bytes(f"/instances/{oid}/file")))
     assert stored == pydicom.dcmread(folder / "IM000002.dcm")  # every element, pixels too

@@ -102,8 +102,11 @@ def test_environment_overrides():
     assert config.destinations["backup"].port == 104
     with pytest.raises(ConfigError, match="DICOM_NODE_NODE_WORKRS"):
         apply_env_overrides({}, {"DICOM_NODE_NODE_WORKRS": "1"})
-    with pytest.raises(ConfigError, match="DICOM_NODE_WATCH_PATH"):
-        apply_env_overrides({}, {"DICOM_NODE_WATCH_PATH": "x"})
+    # variables outside the two prefixes are not ours: a Kubernetes Service named dicom-node
+    # makes DICOM_NODE_PORT=tcp://... and DICOM_NODE_SERVICE_HOST; they are ignored
+    k8s = {"DICOM_NODE_PORT": "tcp://127.0.0.1:4242", "DICOM_NODE_SERVICE_HOST": "127.0.0.1",
+           "DICOM_NODE_PORT_4242_TCP_PORT": "4242", "DICOM_NODE_WATCH_PATH": "x"}
+    assert apply_env_overrides({}, k8s) == {}
 
 
 def test_demo_runs_end_to_end():
@@ -181,11 +184,12 @@ def test_scripts_orthanc_command(tmp_path):
     try:
         assert start.returncode == 0, start.stderr
         assert f"DICOM port {dicom}" in start.stdout
-        echo = run_node("echo", "--host", "127.0.0.1", "--port", dicom, "--aet", "ORTHANC")
+        echo = run_node("echo", "--host", "127.0.0.1", "--port", dicom, "--called-aet", "ORTHANC")
         assert echo.returncode == 0, echo.stderr
     finally:
         stop = subprocess.run([str(ROOT / "scripts" / "orthanc"), "stop", "--storage",
                                str(storage)], capture_output=True, text=True, timeout=60)
     assert stop.returncode == 0 and "stopped" in stop.stdout
-    again = run_node("echo", "--host", "127.0.0.1", "--port", dicom, "--aet", "ORTHANC")
+    again = run_node("echo", "--host", "127.0.0.1", "--port", dicom, "--called-aet",
+                     "ORTHANC")
     assert again.returncode == 1 and "connection refused" in again.stderr

@@ -95,27 +95,58 @@ def _report(results) -> int:
 
 
 def _destination(args: argparse.Namespace, config):
-    """The peer: --host/--port/--aet if given (all three), else a configured destination."""
-    from node.service.settings import build_destination
+    """The peer: --host/--port (and --called-aet, default ANY-SCP as in echoscu) if given,
+    else a configured destination; --calling-aet and the timeout options apply to either."""
+    import dataclasses
 
-    given = [args.host, args.port, args.aet]
-    if any(v is not None for v in given):
-        if not all(v is not None for v in given):
-            raise ValueError("--host, --port and --aet go together: give all three")
-        return build_destination(
-            "command line", {"host": args.host, "port": args.port, "ae_title": args.aet}
-        )
-    return config.destination(args.destination)
+    from node.service.settings import build_destination, check_ae_title
+
+    if getattr(args, "aet_deprecated", None) is not None:
+        print("dicom-node: warning: --aet is deprecated (it meant the called AE title); use "
+              "--called-aet or -aec", file=sys.stderr)
+        args.called_aet = args.called_aet or args.aet_deprecated
+    positional = getattr(args, "peer", None) or []
+    if len(positional) == 2:  # echo HOST PORT, as echoscu takes them
+        if args.host is not None or args.port is not None:
+            raise ValueError("give the peer as HOST PORT or with --host/--port, not both")
+        args.host, port = positional
+        try:
+            args.port = int(port)
+        except ValueError:
+            raise ValueError(f"{port!r} is not a port number") from None
+    elif len(positional) == 1:
+        args.destination = positional[0]
+    elif len(positional) > 2:
+        raise ValueError("name one configured destination, or HOST PORT")
+    if args.host is not None or args.port is not None:
+        if args.host is None or args.port is None:
+            raise ValueError("--host and --port go together (the called AE title defaults to "
+                             "ANY-SCP; set it with --called-aet)")
+        dest = build_destination("command line", {
+            "host": args.host, "port": args.port, "ae_title": args.called_aet or "ANY-SCP"})
+    else:
+        dest = config.destination(args.destination)
+        if args.called_aet:
+            dest = dataclasses.replace(dest, ae_title=check_ae_title("--called-aet",
+                                                                     args.called_aet))
+    changes = {k: v for k, v in (("connect_timeout", args.connect_timeout),
+                                 ("acse_timeout", args.acse_timeout),
+                                 ("dimse_timeout", args.dimse_timeout)) if v is not None}
+    if args.calling_aet is not None:
+        changes["calling_ae_title"] = check_ae_title("--calling-aet", args.calling_aet)
+    return dataclasses.replace(dest, **changes) if changes else dest
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
+    import json
+
     from node.errors import DicomNodeError
     from node.net.scu import echo
     from node.net.status import NetworkFailure
     from node.service.settings import load_config
 
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, profiles=False)
         dest = _destination(args, config)
     except (DicomNodeError, ValueError) as exc:
         _error(getattr(exc, "message", str(exc)))
@@ -123,8 +154,17 @@ def cmd_echo(args: argparse.Namespace) -> int:
     try:
         result = echo(dest, config.node.ae_title)
     except NetworkFailure as exc:
+        if args.json:
+            print(json.dumps({"destination": dest.address, "ok": False, "kind": exc.kind.value,
+                              "error": exc.message, "transient": exc.transient}, indent=2))
         _error(f"echo: {exc.message}")
         return EXIT_FAILURE
+    if args.json:
+        print(json.dumps({"destination": result.destination, "ok": True,
+                          "association_ms": round(result.association_ms, 2),
+                          "echo_ms": round(result.echo_ms, 2),
+                          "implementation": result.implementation}, indent=2))
+        return EXIT_OK
     print(
         f"echo {result.destination}: success, C-ECHO round trip {result.echo_ms:.1f} ms "
         f"(association {result.association_ms:.1f} ms)"
@@ -244,10 +284,16 @@ def _load_or_report(args: argparse.Namespace, profiles: bool = True):
         return None
 
 
-def _journal(config):
-    from node.service.journal import open_journal
+def _journal(config, create: bool = False):
+    """The config's journal. Read-only commands never create one: JournalError names the
+    config and the path they looked at."""
+    from node.service.journal import JournalError, open_journal
 
-    return open_journal(config.node.state_dir)
+    try:
+        return open_journal(config.node.state_dir, create=create)
+    except JournalError as exc:
+        where = config.path or "built-in defaults (no config file found)"
+        raise JournalError(f"{exc} [config: {where}]") from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -280,7 +326,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from node.errors import DicomNodeError
-    from node.service.node import Node
+    from node.service.node import Node, NodeStartError
     from node.service.observability import setup_service_logging
     from node.service.settings import check_environment, load_config
 
@@ -299,9 +345,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
         _error("the node does not start on an invalid config (dicom-node check-config)")
         return EXIT_USAGE
     setup_service_logging(config.node.log_format, args.verbose)
-    node = Node(config)
-    node.install_signals()
-    return node.run()
+    log.info("config: %s", config.path or "built-in defaults")
+    try:
+        node = Node(config)
+        node.install_signals()
+        return node.run()
+    except NodeStartError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
 
 
 def _age(seconds: float) -> str:
@@ -316,59 +367,69 @@ def cmd_status(args: argparse.Namespace) -> int:
     import json
     import time
 
+    from node.service.observability import safe
+    from node.service.operations import status_report
+
     config = _load_or_report(args, profiles=False)
     if config is None:
         return EXIT_USAGE
     with closing(_journal(config)) as journal:
-        counts = journal.counts()
-        oldest = journal.oldest_waiting()
-        errors = journal.last_errors()
-        alerts = journal.alerts()
-        echoes = journal.echoes()
-    now = time.time()
+        report = status_report(journal, config)
     if args.json:
-        print(json.dumps({
-            "counts": counts,
-            "oldest_waiting": oldest.as_json() if oldest else None,
-            "alerts": [{"job": j.id, "error": j.last_error} for j in alerts],
-            "last_errors": [{"job": j.id, "state": j.state, "error": j.last_error}
-                            for j in errors],
-            "destinations": [{"name": n, "checked": c, "ok": ok, "message": m}
-                             for n, c, ok, m in echoes],
-        }, indent=2))
+        print(json.dumps(report, indent=2))
         return EXIT_OK
-    print("jobs: " + ", ".join(f"{state} {n}" for state, n in counts.items()))
-    if oldest:
-        print(f"oldest waiting: job {oldest.id} {Path(oldest.source).name} "
-              f"({oldest.state}, {_age(now - oldest.created)})")
-    for job in alerts:
-        print(f"ALERT: job {job.id}: {job.last_error}")
-    if errors:
+    now = time.time()
+    print(f"config: {report['config'] or 'built-in defaults'}; journal: {report['journal']}")
+    for n in report["nodes"]:
+        print(f"node: pid {n['pid']} on {n['host']}, dicom-node {n['version']}, up "
+              f"{_age(now - n['started'])}, heartbeat {_age(n['heartbeat_age'])} ago")
+    if not report["nodes"]:
+        print("node: no node running")
+    print("jobs: " + ", ".join(f"{state} {n}" for state, n in report["counts"].items()))
+    if oldest := report["oldest_waiting"]:
+        print(f"oldest waiting: job {oldest['id']} {safe(Path(oldest['source']).name)} "
+              f"({oldest['state']}, {_age(now - oldest['created'])})")
+    for alert in report["alerts"]:
+        print(f"ALERT: job {alert['job']}: {safe(alert['error'])}")
+    if report["last_errors"]:
         print("last errors:")
-        for job in errors:
-            print(f"  job {job.id} [{job.state}] {job.last_error}")
-    for name, checked, ok, message in echoes:
-        print(f"destination {name}: {'ok' if ok else 'FAILING'} ({message}), "
-              f"checked {_age(now - checked)} ago")
+        for e in report["last_errors"]:
+            print(f"  job {e['job']} [{e['state']}] {safe(e['error'])}")
+    for d in report["destinations"]:
+        health = {True: "ok", False: "FAILING", None: "unknown"}[d["ok"]]
+        parts = []
+        if d["checked"] is not None:
+            parts.append(f"echo {'ok' if d['echo_ok'] else 'failed'} ({safe(d['message'])}), "
+                         f"{_age(now - d['checked'])} ago")
+        if last := d["last_delivery"]:
+            parts.append(f"last delivery {last['state']} {_age(now - last['at'])} ago"
+                         + (f": {safe(last['error'])}" if last["state"] != "done" and
+                            last["error"] else ""))
+        print(f"destination {d['name']}: {health}" + (f"; {'; '.join(parts)}" if parts else ""))
     return EXIT_OK
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     import json
 
+    from node.service.observability import safe
+
     config = _load_or_report(args, profiles=False)
     if config is None:
         return EXIT_USAGE
     with closing(_journal(config)) as journal:
         jobs = journal.jobs(args.state)
+    if args.limit:
+        jobs = jobs[-args.limit:]
     if args.json:
         print(json.dumps([j.as_json() for j in jobs], indent=2))
         return EXIT_OK
+    print(f"{'JOB':>6}  {'STATE':<11} {'TRY':>3}  {'SENT':<11} {'DEST':<10} SOURCE")
     for j in jobs:
         detail = f"{j.delivered}/{j.instances}" if j.instances else ""
         print(f"{j.id:>6}  {j.state:<11} {j.attempts:>3}  {detail:<11} {j.destination:<10} "
-              f"{j.source}" + (f"\n        {j.last_error}" if j.last_error and
-                               j.state != "done" else ""))
+              f"{safe(j.source)}" + (f"\n        {safe(j.last_error)}" if j.last_error and
+                                     j.state != "done" else ""))
     return EXIT_OK
 
 
@@ -390,26 +451,63 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
+    import json
+
+    from node.service.observability import safe
+
     config = _load_or_report(args, profiles=False)
     if config is None:
         return EXIT_USAGE
     if args.action == "list":
         with closing(_journal(config)) as journal:
-            for j in journal.jobs("quarantined"):
-                print(f"{j.id:>6}  {j.quarantine_path}\n        {j.last_error}")
+            items = journal.jobs("quarantined")
+        if args.json:
+            print(json.dumps([{"job": j.id, "source": j.source, "folder": j.quarantine_path,
+                               "reason": j.last_error} for j in items], indent=2))
+            return EXIT_OK
+        for j in items:
+            print(f"{j.id:>6}  {safe(j.quarantine_path)}\n        {safe(j.last_error)}")
         return EXIT_OK
     if args.item is None:
-        _error("quarantine release ITEM: name the job id (see dicom-node quarantine list)")
+        _error(f"quarantine {args.action} ITEM: name the job id (see dicom-node quarantine "
+               "list)")
         return EXIT_USAGE
-    from node.service.operations import OperationError, release
+    from node.service.operations import OperationError, delete_quarantined, release
 
     with closing(_journal(config)) as journal:
         try:
+            if args.action == "delete":
+                job = delete_quarantined(journal, args.item)
+                print(f"deleted job {job.id}: {safe(job.source)} and its reason are gone")
+                return EXIT_OK
             job = release(journal, args.item)
         except OperationError as exc:
             _error(exc.message)
             return EXIT_USAGE
-    print(f"released job {job.id}: {job.source} is queued again")
+    print(f"released job {job.id}: {safe(job.source)} is queued again")
+    return EXIT_OK
+
+
+def cmd_journal(args: argparse.Namespace) -> int:
+    config = _load_or_report(args, profiles=False)
+    if config is None:
+        return EXIT_USAGE
+    with closing(_journal(config)) as journal:
+        if args.action == "check":
+            problems = journal.integrity_check()
+            for problem in problems[:20]:
+                _error(f"{journal.path}: {problem}")
+            if problems:
+                _error(f"{journal.path}: damaged; back it up (dicom-node journal backup FILE) "
+                       "or move it aside, and start the node: it makes a new journal")
+                return EXIT_FAILURE
+            print(f"{journal.path}: ok ({sum(journal.counts().values())} jobs)")
+            return EXIT_OK
+        if args.target is None:
+            _error("journal backup FILE: name the new file")
+            return EXIT_USAGE
+        journal.backup(args.target)
+    print(f"{args.target}: a copy of {config.node.state_dir / 'journal.sqlite'}")
     return EXIT_OK
 
 
@@ -440,8 +538,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     result = ingest(
         config, args.directory, dest_name, profile, enqueue_only=args.enqueue_only,
         on_enqueue=(lambda i, n: _bar("enqueue", i, n, t0)) if tty else None,
-        on_enqueued=lambda n: print(f"ingest: {n} files of {args.directory} in the journal",
-                                    flush=True),
+        on_enqueued=lambda n, pid: print(
+            f"ingest: {n} files of {args.directory} in the journal"
+            + (f"; the running node (pid {pid}) delivers them" if pid else ""), flush=True),
         on_deliver=(lambda i, n: _bar("deliver", i, n, t0)) if tty else None,
     )
     if not result.states:  # enqueue only, or interrupted before delivery
@@ -511,17 +610,32 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(func=cmd_convert)
 
     def peer_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--host", help="peer host (with --port and --aet: an unconfigured peer)")
+        p.add_argument("--host", help="peer host (with --port: a peer not in the config)")
         p.add_argument("--port", type=int, help="peer port")
-        p.add_argument("--aet", help="peer (called) AE title")
+        p.add_argument("--called-aet", "-aec", dest="called_aet", metavar="AE",
+                       help="the peer's (called) AE title; default the destination's, or "
+                       "ANY-SCP with --host")
+        p.add_argument("--calling-aet", "-aet", dest="calling_aet", metavar="AE",
+                       help="our (calling) AE title; default [node].ae_title")
+        p.add_argument("--aet", dest="aet_deprecated", metavar="AE",
+                       help="deprecated: the called AE title (use --called-aet)")
+        p.add_argument("--connect-timeout", type=float, metavar="S",
+                       help="seconds for the TCP connection")
+        p.add_argument("--acse-timeout", type=float, metavar="S",
+                       help="seconds for the association answer")
+        p.add_argument("--dimse-timeout", type=float, metavar="S",
+                       help="seconds for each response")
 
     echo_p = sub.add_parser(
         "echo", parents=[common], help="C-ECHO a destination",
         description="Check that a destination answers DICOM (C-ECHO).",
     )
-    echo_p.add_argument("destination", nargs="?", metavar="DEST",
-                        help="configured destination (default: [node].default_destination)")
+    echo_p.add_argument("peer", nargs="*", metavar="DEST | HOST PORT",
+                        help="a configured destination (default: [node].default_destination),"
+                        " or HOST PORT as in echoscu")
+    echo_p.set_defaults(destination=None)
     peer_options(echo_p)
+    echo_p.add_argument("--json", action="store_true", help="print the result as JSON")
     echo_p.set_defaults(func=cmd_echo)
 
     push = sub.add_parser(
@@ -561,6 +675,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = sub.add_parser("jobs", parents=[common], help="list jobs from the journal")
     jobs.add_argument("--state", choices=STATES, help="only jobs in this state")
+    jobs.add_argument("--limit", type=int, default=0, metavar="N",
+                      help="the N most recent jobs (default: all)")
     jobs.add_argument("--json", action="store_true", help="print the jobs as JSON")
     jobs.set_defaults(func=cmd_jobs)
 
@@ -571,10 +687,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     quarantine = sub.add_parser("quarantine", parents=[common],
                                 help="list or release quarantined inputs")
-    quarantine.add_argument("action", choices=["list", "release"],
-                            help="list the quarantined inputs, or release one (ITEM)")
+    quarantine.add_argument("action", choices=["list", "release", "delete"],
+                            help="list the quarantined inputs, release one after fixing it, "
+                            "or delete one (its files and reason)")
     quarantine.add_argument("item", nargs="?", type=int, metavar="ITEM", help="job id")
+    quarantine.add_argument("--json", action="store_true", help="list as JSON")
     quarantine.set_defaults(func=cmd_quarantine)
+
+    journal = sub.add_parser("journal", parents=[common],
+                             help="check or back up the journal")
+    journal.add_argument("action", choices=["check", "backup"],
+                         help="check: SQLite's integrity check; backup: a consistent copy "
+                         "while nodes run")
+    journal.add_argument("target", nargs="?", type=Path, metavar="FILE",
+                         help="backup: the new file")
+    journal.set_defaults(func=cmd_journal)
 
     ingest = sub.add_parser(
         "ingest", parents=[common], help="archive mode: deliver a whole tree (resumable)",
@@ -598,8 +725,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _setup_logging(args.verbose)
+    from node.errors import DicomNodeError
+
     try:
         return int(args.func(args))
+    except DicomNodeError as exc:  # a user's mistake or a damaged journal: one line, no trace
+        _error(exc.message)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         _error("interrupted")
         return 130

@@ -22,7 +22,7 @@ from typing import Any
 from node import CONVERTER_NAME
 from node.convert.profile import Profile
 from node.convert.source import NiftiSource
-from node.convert.vr import DicomValue, coerce, keyword_vr
+from node.convert.vr import PATIENT_ATTRIBUTES, DicomValue, coerce, keyword_vr
 from node.errors import ConfigError, MappingError
 
 #: Attributes that identify a person, institution or visit. Under ``deidentify`` they are never
@@ -144,7 +144,7 @@ def resolve_attributes(
         if rule.scale is not None:
             try:
                 raw = _scaled(raw, rule.scale)
-            except ValueError as exc:
+            except (ValueError, OverflowError) as exc:
                 raise MappingError(
                     source.sidecar_path, f"key {key!r} -> {keyword}: {exc}"
                 ) from None
@@ -159,7 +159,9 @@ def resolve_attributes(
             r.put(keyword, text, f"file name ({template})", source.path, f"file name {template!r}")
 
     for keyword, value in (overrides or {}).items():
-        r.put(keyword, value, "--set", f"--set {keyword}={value}", "override")
+        shown = f"--set {keyword}" if keyword in PATIENT_ATTRIBUTES else (
+            f"--set {keyword}={value}")
+        r.put(keyword, value, "--set", shown, "override")
 
     for keyword, template in profile.fallback.items():
         if keyword in r.attrs and r.attrs[keyword].value not in ("", []):

@@ -229,19 +229,36 @@ def _check_size(path: Path, img: Any, shape: tuple[int, ...], dtype: np.dtype) -
         )
 
 
+#: The largest sidecar read: real ones are a few KB.
+MAX_SIDECAR_BYTES = 16 * 1024**2
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number (JSON has no NaN or Infinity)")
+
+
 def load_sidecar(path: Path) -> dict[str, Any]:
+    """The sidecar's JSON object. Everything wrong with it is an InputError (quarantine),
+    never an internal error retried for hours: size, encoding, syntax, NaN/Infinity, numbers
+    too long to read, nesting too deep."""
     try:
+        if path.stat().st_size > MAX_SIDECAR_BYTES:
+            raise InputError(path, f"sidecar is larger than {MAX_SIDECAR_BYTES} bytes")
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise InputError(path, f"cannot read sidecar ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise InputError(path, "sidecar is not UTF-8 text") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise InputError(
             path, f"sidecar is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise InputError(path, "sidecar JSON is nested too deeply") from None
+    except ValueError as exc:  # NaN/Infinity, an integer of thousands of digits
+        raise InputError(path, f"sidecar is not usable JSON: {str(exc)[:120]}") from None
     if not isinstance(data, dict):
         raise InputError(path, "sidecar must be a JSON object")
     return data

@@ -43,13 +43,12 @@ def is_multi_valued(keyword: str) -> bool:
 def _number(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a number")
-    if isinstance(value, int | float):
-        number = float(value)
-    else:
-        try:
-            number = float(str(value).strip())
-        except ValueError:
-            raise ValueError(f"{value!r} is not a number") from None
+    try:
+        number = float(value) if isinstance(value, int | float) else float(str(value).strip())
+    except OverflowError:
+        raise ValueError("the number is too large") from None
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
     if not math.isfinite(number):
         raise ValueError(f"{value!r} is not a finite number")
     return number
@@ -112,11 +111,44 @@ def _one(vr: str, value: Any) -> Any:
     raise ValueError(f"attributes of VR {vr} cannot be mapped from text")
 
 
+#: Attributes whose values identify a patient: an error about one names the key and the
+#: rule, never the value (it would reach logs, status and quarantine reasons).
+PATIENT_ATTRIBUTES = frozenset({
+    "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "PatientSex",
+    "OtherPatientIDs", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
+    "PatientAddress", "PatientTelephoneNumbers", "PatientAge", "PatientWeight", "PatientSize",
+    "IssuerOfPatientID", "EthnicGroup", "PatientComments", "AccessionNumber",
+})
+
+
 def coerce(keyword: str, value: Any) -> DicomValue:
     """Return ``value`` as a valid value for ``keyword``; ValueError says why it is not.
 
     Lists (and backslash-separated strings) become multi-valued attributes where the VM allows.
+    For a patient attribute the error never repeats the value.
     """
+    try:
+        return _coerce(keyword, value)
+    except ValueError as exc:
+        if keyword not in PATIENT_ATTRIBUTES:
+            raise
+        raise ValueError(_redacted(str(exc), value)) from None
+
+
+def _redacted(message: str, value: Any) -> str:
+    """``message`` with every rendering of ``value`` (and its items) replaced."""
+    items = value if isinstance(value, list) else [value]
+    if isinstance(value, str):
+        items = [value, *value.split("\\")]
+    for item in sorted({str(v) for v in items if str(v).strip()}, key=len, reverse=True):
+        for shown in {repr(item), repr(item.strip()), f'"{item}"'}:  # values are quoted
+            message = message.replace(shown, "the value")
+        if len(item.strip()) >= 6:  # a long value may also stand unquoted
+            message = message.replace(item.strip(), "the value")
+    return message + " (the value is not shown: it is patient data)"
+
+
+def _coerce(keyword: str, value: Any) -> DicomValue:
     vr = keyword_vr(keyword)
     if vr == "SQ":
         raise ValueError(f"{keyword} is a sequence and cannot be mapped from a single value")

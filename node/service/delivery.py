@@ -56,6 +56,7 @@ class DeliveryResult:
     instance_rows: list[tuple[str, int | None, str]] = field(default_factory=list)
     convert_seconds: float = 0.0
     send_seconds: float = 0.0
+    detail: str = ""  # an internal error's traceback, for the log (never the journal)
     warnings: tuple[str, ...] = ()
 
 
@@ -133,16 +134,24 @@ def classify(
                   send_seconds=seconds, warnings=batch.warnings)
     if all(r.outcome.delivered for r in results):
         return DeliveryResult(JobState.DONE, **common)
-    permanent = [r for r in results if r.outcome == Outcome.PERMANENT]
+    # an association refused for good (wrong AE title, untrusted certificate) needs an
+    # operator, but the files are fine: retried with backoff and shown as an ALERT
+    alert = next((f for f in failures if f.kind in _ALERT_KINDS and not f.transient), None)
+    if alert is not None:
+        return DeliveryResult(JobState.RETRY_WAIT, alert.message, f"network:{alert.kind.value}",
+                              alert=True, **common)
+    # answered by the peer with a failure status, or not sendable at all (malformed, no
+    # context for it): resending cannot help
+    permanent = [r for r in results if r.outcome == Outcome.PERMANENT and (
+        r.status is not None or not any(r.message == f.message for f in failures))]
     no_context = [f for f in failures if f.kind == FailureKind.NO_CONTEXT]
     if permanent or no_context:
         message = no_context[0].message if no_context else permanent[0].message
         return DeliveryResult(JobState.FAILED, message, "permanent", **common)
     failure: NetworkFailure | None = failures[0] if failures else None
     if failure is not None:
-        alert = failure.kind in _ALERT_KINDS and not failure.transient
-        return DeliveryResult(JobState.RETRY_WAIT, failure.message, f"network:{failure.kind.value}",
-                              alert=alert, **common)
+        return DeliveryResult(JobState.RETRY_WAIT, failure.message,
+                              f"network:{failure.kind.value}", **common)
     first = next(r for r in results if not r.outcome.delivered)
     return DeliveryResult(JobState.RETRY_WAIT, first.message, "transient", **common)
 

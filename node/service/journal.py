@@ -13,10 +13,13 @@ refuses any other move)::
       |          |             '-> failed            (permanent, or attempts exhausted)
       '----------'-> quarantined (bad input)   failed/quarantined/retry-wait -> queued (operator)
     converting/sending -> queued: recovery after an interruption
+    queued/retry-wait/failed/quarantined -> cancelled (operator) -> queued (operator)
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -24,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
+
+from node.errors import DicomNodeError
 
 
 class JobState(StrEnum):
@@ -36,18 +41,20 @@ class JobState(StrEnum):
     RETRY_WAIT = "retry-wait"
     FAILED = "failed"
     QUARANTINED = "quarantined"
+    CANCELLED = "cancelled"  # by an operator (a quarantined input deleted, a job cancelled)
 
 
 STATES = tuple(s.value for s in JobState)
 _S = JobState
 #: Every move a job may make; anything else is a bug and is refused.
 ALLOWED: dict[JobState, frozenset[JobState]] = {
-    _S.QUEUED: frozenset({_S.CONVERTING, _S.QUARANTINED}),
+    _S.QUEUED: frozenset({_S.CONVERTING, _S.QUARANTINED, _S.CANCELLED}),
     _S.CONVERTING: frozenset({_S.SENDING, _S.RETRY_WAIT, _S.FAILED, _S.QUARANTINED, _S.QUEUED}),
     _S.SENDING: frozenset({_S.DONE, _S.RETRY_WAIT, _S.FAILED, _S.QUEUED}),
-    _S.RETRY_WAIT: frozenset({_S.CONVERTING, _S.QUEUED, _S.FAILED}),
-    _S.FAILED: frozenset({_S.QUEUED}),
-    _S.QUARANTINED: frozenset({_S.QUEUED}),
+    _S.RETRY_WAIT: frozenset({_S.CONVERTING, _S.QUEUED, _S.FAILED, _S.CANCELLED}),
+    _S.FAILED: frozenset({_S.QUEUED, _S.CANCELLED}),
+    _S.QUARANTINED: frozenset({_S.QUEUED, _S.CANCELLED}),
+    _S.CANCELLED: frozenset({_S.QUEUED}),
     _S.DONE: frozenset(),
 }
 
@@ -88,6 +95,25 @@ CREATE TABLE IF NOT EXISTS instances (
     outcome TEXT NOT NULL,
     PRIMARY KEY (job_id, sop_instance_uid)
 );
+CREATE TABLE IF NOT EXISTS history (
+    job_id INTEGER NOT NULL,
+    at REAL NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    owner TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS history_job ON history(job_id, at);
+CREATE TABLE IF NOT EXISTS nodes (
+    owner TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    version TEXT NOT NULL,
+    started REAL NOT NULL,
+    heartbeat REAL NOT NULL,
+    stopped REAL
+);
 CREATE TABLE IF NOT EXISTS destinations (
     name TEXT PRIMARY KEY,
     checked REAL NOT NULL,
@@ -120,25 +146,88 @@ class Job:
     quarantine_path: str | None
     created: float
     updated: float
+    key: str | None = None  # content + what shapes the output + destination (intake.job_key)
+    owner: str | None = None  # "host:pid" of the process that holds (or last held) the job
+    lease_until: float = 0.0  # the owner's claim is good until then; renewed by heartbeats
 
     def as_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 _COLUMNS = ", ".join(f.name for f in fields(Job))
+#: Columns added after the first release, with their definitions: opened journals get them.
+_ADDED_COLUMNS = {"key": "TEXT", "owner": "TEXT", "lease_until": "REAL NOT NULL DEFAULT 0"}
+ACTIVE = (JobState.CONVERTING.value, JobState.SENDING.value)
+
+
+class JournalError(DicomNodeError):
+    """The journal cannot be used as it is (missing, damaged, not a database); the message
+    says which file and what to do."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(None, reason)
+
+
+def owner_id(pid: int | None = None) -> str:
+    """This process as a lease owner: "host:pid"."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Whether a lease owner can still be working: another host's owner is taken as alive
+    (its lease expires instead); on this host, its process must exist."""
+    if not owner or ":" not in owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Journal:
     """A handle on the journal database; safe to open from several processes at once."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        """Open (and with ``create``, make) the journal at ``path``.
+
+        Raises JournalError, with the file and the way out, when it is missing (and not to be
+        created), is a folder, or is not a journal (truncated, overwritten, damaged).
+        """
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # a committed transition survives power loss
-        self.db.execute("PRAGMA busy_timeout=30000")
-        self.db.executescript(_SCHEMA)
+        if self.path.is_dir():
+            raise JournalError(f"{self.path}: is a folder, not a journal file; move it away "
+                               "or point [node].state_dir elsewhere")
+        if not create and not self.path.is_file():
+            raise JournalError(f"{self.path}: no journal here (has a node run with this "
+                               "state_dir? check --config and [node].state_dir)")
+        try:
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # a committed transition survives power loss
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA busy_timeout=30000")
+            self.db.executescript(_SCHEMA)
+            have = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in have:
+                    self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+            self.db.execute("CREATE INDEX IF NOT EXISTS jobs_key ON jobs(key)")
+        except sqlite3.DatabaseError as exc:
+            if "disk is full" in str(exc) or "disk I/O" in str(exc):
+                raise
+            raise JournalError(
+                f"{self.path}: not a usable journal ({exc}). Keep the damaged file for "
+                f"inspection (mv {self.path} {self.path}.damaged) and start the node again: it "
+                "makes a new journal and re-enqueues what is still in the watched folders; "
+                "quarantine/ and done/ keep their files") from None
 
     def close(self) -> None:
         self.db.close()
@@ -171,20 +260,26 @@ class Journal:
 
     def enqueue(
         self, source: Path, sha256: str, size: int, profile: str, destination: str,
-        after: str = "move", sidecar: Path | None = None,
+        after: str = "move", sidecar: Path | None = None, key: str | None = None,
     ) -> tuple[Job, bool]:
-        """Add a job unless this content already has one for the same destination and profile.
+        """Add a job unless one exists for the same ``key`` (content and everything that shapes
+        the output, see ``intake.job_key``), or without a key for the same content,
+        destination and profile.
 
         Returns (job, created). An existing failed job for the content is re-queued with the
         new path (a fresh drop of the same file is an operator asking again).
         """
         now = time.time()
         with self._tx() as db:
-            row = db.execute(
-                "SELECT id, state FROM jobs WHERE sha256 = ? AND destination = ? AND profile = ? "
-                "ORDER BY id DESC LIMIT 1", (sha256, destination, profile),
-            ).fetchone()
-            if row is not None and row[1] != "failed":
+            if key is not None:
+                row = db.execute("SELECT id, state FROM jobs WHERE key = ? ORDER BY id DESC "
+                                 "LIMIT 1", (key,)).fetchone()
+            else:
+                row = db.execute(
+                    "SELECT id, state FROM jobs WHERE sha256 = ? AND destination = ? AND "
+                    "profile = ? ORDER BY id DESC LIMIT 1", (sha256, destination, profile),
+                ).fetchone()
+            if row is not None and row[1] not in ("failed", "cancelled"):
                 return self.get(row[0]), False  # type: ignore[return-value]
             if row is not None:
                 db.execute(
@@ -192,63 +287,127 @@ class Journal:
                     "next_attempt = 0, alert = 0, updated = ? WHERE id = ?",
                     (str(source), str(sidecar) if sidecar else None, now, row[0]),
                 )
+                self._history(db, row[0], row[1], "queued", 0, None, "enqueued again")
                 return self.get(row[0]), True  # type: ignore[return-value]
             cur = db.execute(
                 "INSERT INTO jobs (source, sidecar, sha256, size, profile, destination, after, "
-                "state, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                "state, created, updated, key) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
                 (str(source), str(sidecar) if sidecar else None, sha256, size, profile,
-                 destination, after, now, now),
+                 destination, after, now, now, key),
             )
+            self._history(db, int(cur.lastrowid), None, "queued", 0, None, None)
             return self.get(int(cur.lastrowid)), True  # type: ignore[arg-type, return-value]
 
-    def claim(self, now: float | None = None) -> Job | None:
-        """Take the oldest due job (queued, or retry-wait whose time has come): -> converting."""
+    @staticmethod
+    def _history(db, job_id: int, old: str | None, new: str, attempt: int, owner: str | None,
+                 detail: str | None) -> None:
+        db.execute("INSERT INTO history (job_id, at, from_state, to_state, attempt, owner, "
+                   "detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (job_id, time.time(), old, new, attempt, owner,
+                    detail[:2000] if detail else None))
+
+    def history(self, job_id: int) -> list[tuple[float, str | None, str, int, str | None,
+                                                  str | None]]:
+        """A job's timeline: (time, from, to, attempt, owner, detail), oldest first."""
+        return self.db.execute(
+            "SELECT at, from_state, to_state, attempt, owner, detail FROM history "
+            "WHERE job_id = ? ORDER BY at, rowid", (job_id,)).fetchall()
+
+    def claim(self, now: float | None = None, owner: str | None = None,
+              lease_seconds: float = 60.0) -> Job | None:
+        """Take the oldest due job (queued, or retry-wait whose time has come): -> converting,
+        held by ``owner`` under a lease of ``lease_seconds`` (renewed by :meth:`renew`)."""
         now = time.time() if now is None else now
+        owner = owner or owner_id()
         with self._tx() as db:
             row = db.execute(
-                "SELECT id FROM jobs WHERE state IN ('queued', 'retry-wait') AND next_attempt <= ?"
-                " ORDER BY next_attempt, id LIMIT 1", (now,),
+                "SELECT id, state, attempts FROM jobs WHERE state IN ('queued', 'retry-wait') "
+                "AND next_attempt <= ? ORDER BY next_attempt, id LIMIT 1", (now,),
             ).fetchone()
             if row is None:
                 return None
             db.execute(
-                "UPDATE jobs SET state = 'converting', attempts = attempts + 1, updated = ? "
-                "WHERE id = ?", (now, row[0]),
+                "UPDATE jobs SET state = 'converting', attempts = attempts + 1, updated = ?, "
+                "owner = ?, lease_until = ? WHERE id = ?",
+                (now, owner, now + lease_seconds, row[0]),
             )
+            self._history(db, row[0], row[1], "converting", row[2] + 1, owner, None)
         return self.get(row[0])
 
-    def recover(self) -> list[Job]:
-        """At start-up: jobs interrupted mid-step go back to queued (their attempt is undone)."""
-        interrupted = self._jobs("WHERE state IN ('converting', 'sending')")
+    def renew(self, owner: str, lease_seconds: float = 60.0) -> int:
+        """Extend the leases of the jobs ``owner`` holds; also its heartbeat. Returns how many."""
+        now = time.time()
         with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), updated = ? "
-                "WHERE state IN ('converting', 'sending')", (time.time(),),
-            )
-        return interrupted
+            n = db.execute(
+                "UPDATE jobs SET lease_until = ? WHERE owner = ? AND state IN "
+                "('converting', 'sending')", (now + lease_seconds, owner)).rowcount
+            db.execute("UPDATE nodes SET heartbeat = ? WHERE owner = ?", (now, owner))
+        return n
+
+    def recover(self, now: float | None = None) -> list[Job]:
+        """Jobs interrupted mid-step whose owner is gone go back to queued (their attempt is
+        undone). Gone: its lease expired, or it was a process of this host that no longer
+        exists (a node restarted after SIGKILL resumes at once). A live owner's jobs are never
+        touched, so a second process beside a running node cannot take its work."""
+        now = time.time() if now is None else now
+        candidates = self._jobs("WHERE state IN ('converting', 'sending')")
+        taken = []
+        with self._tx() as db:
+            for job in candidates:
+                if job.lease_until >= now and owner_alive(job.owner):
+                    continue
+                moved = db.execute(
+                    "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), "
+                    "updated = ?, owner = NULL, lease_until = 0 WHERE id = ? AND state = ? "
+                    "AND COALESCE(owner, '') = ?",
+                    (now, job.id, job.state, job.owner or "")).rowcount
+                if moved:
+                    self._history(db, job.id, job.state, "queued", job.attempts, job.owner,
+                                  "resumed: its owner is gone")
+                    taken.append(job)
+        return taken
 
     # --- transitions ------------------------------------------------------------------------
 
-    def transition(self, job_id: int, state: str, **values) -> Job:
-        """Move a job to ``state`` and set other columns, in one committed write.
+    def transition(self, job_id: int, state: str, *, owner: str | None = None,
+                   detail: str | None = None, **values) -> Job:
+        """Move a job to ``state`` and set other columns, in one committed write, with a line
+        in its history.
 
-        Raises InvalidTransition when :data:`ALLOWED` has no such move from the job's state.
+        Raises InvalidTransition when :data:`ALLOWED` has no such move from the job's state,
+        or when ``owner`` is given and no longer holds the job (its lease was taken over):
+        a process that lost its lease records nothing.
         """
         try:
             target = JobState(state)
         except ValueError:
             raise ValueError(f"unknown state {state!r}") from None
         values = {"state": target.value, "updated": time.time(), **values}
+        if target.value not in ACTIVE:
+            values.setdefault("lease_until", 0.0)
         assignments = ", ".join(f"{k} = ?" for k in values)
         with self._tx() as db:
-            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute("SELECT state, owner, attempts, last_error FROM jobs WHERE id = ?",
+                             (job_id,)).fetchone()
             if row is None:
                 raise InvalidTransition(f"job {job_id}: no such job")
             if target not in ALLOWED[JobState(row[0])]:
                 raise InvalidTransition(f"job {job_id}: {row[0]} -> {target.value} is not "
                                         "an allowed move")
+            if owner is not None and row[0] in ACTIVE and row[1] != owner:
+                raise InvalidTransition(f"job {job_id}: held by {row[1]}, not {owner}: the "
+                                        "lease was lost")
             db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
+            note = detail if detail is not None else values.get("last_error")
+            self._history(db, job_id, row[0], target.value, row[2], owner or row[1], note)
         return self.get(job_id)  # type: ignore[return-value]
+
+    def note(self, job_id: int, text: str) -> None:
+        """A remark on a job that changes no state (e.g. a done job whose file stayed)."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET last_error = ?, updated = ? WHERE id = ?",
+                       (text, time.time(), job_id))
+            self._history(db, job_id, None, self.get(job_id).state, 0, None, text)
 
     def record_instances(self, job_id: int, rows: Iterable[tuple[str, int | None, str]]) -> None:
         """Per-instance results (SOP Instance UID, status, outcome), latest wins."""
@@ -278,6 +437,9 @@ class Journal:
                 "UPDATE jobs SET state = 'queued', attempts = 0, next_attempt = 0, alert = 0, "
                 "updated = ? WHERE id = ?", [(time.time(), i) for i in ids],
             )
+            for j in jobs:
+                if j.id in ids:
+                    self._history(db, j.id, j.state, "queued", 0, None, "requeued by an operator")
         return ids
 
     # --- reading ----------------------------------------------------------------------------
@@ -307,6 +469,53 @@ class Journal:
                 "INSERT OR REPLACE INTO destinations (name, checked, ok, message) "
                 "VALUES (?, ?, ?, ?)", (name, time.time(), int(ok), message),
             )
+
+    # --- nodes -------------------------------------------------------------------------------
+
+    def register_node(self, owner: str, version: str) -> None:
+        now = time.time()
+        host, _, pid = owner.rpartition(":")
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO nodes (owner, pid, host, version, started, "
+                       "heartbeat, stopped) VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                       (owner, int(pid), host, version, now, now))
+
+    def node_stopped(self, owner: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE nodes SET stopped = ? WHERE owner = ?", (time.time(), owner))
+
+    def running_nodes(self) -> list[dict]:
+        """Nodes that have not said they stopped and whose process may still run."""
+        rows = self.db.execute("SELECT owner, pid, host, version, started, heartbeat FROM nodes "
+                               "WHERE stopped IS NULL ORDER BY started").fetchall()
+        keys = ("owner", "pid", "host", "version", "started", "heartbeat")
+        return [dict(zip(keys, row, strict=True)) for row in rows if owner_alive(row[0])]
+
+    def last_outcomes(self) -> dict[str, tuple[float, str, str | None]]:
+        """Per destination, its latest delivery outcome: (time, state, error)."""
+        rows = self.db.execute(
+            "SELECT destination, updated, state, last_error FROM jobs j WHERE updated = "
+            "(SELECT MAX(updated) FROM jobs k WHERE k.destination = j.destination AND "
+            "k.state IN ('done', 'retry-wait', 'failed'))").fetchall()
+        return {d: (u, s, e) for d, u, s, e in rows}
+
+    # --- maintenance ---------------------------------------------------------------------
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's own check (PRAGMA integrity_check): an empty list when all is well."""
+        rows = [r[0] for r in self.db.execute("PRAGMA integrity_check").fetchall()]
+        return [] if rows == ["ok"] else rows
+
+    def backup(self, target: Path) -> None:
+        """A consistent copy while nodes run (SQLite's online backup API)."""
+        target = Path(target)
+        if target.exists():
+            raise JournalError(f"{target}: exists already; name a new file")
+        out = sqlite3.connect(target)
+        try:
+            self.db.backup(out)
+        finally:
+            out.close()
 
     def echoes(self) -> list[tuple[str, float, bool, str]]:
         rows = self.db.execute("SELECT name, checked, ok, message FROM destinations ORDER BY name")
@@ -338,6 +547,41 @@ class StateDirs:
             folder.mkdir(parents=True, exist_ok=True)
 
 
-def open_journal(state_dir: Path) -> Journal:
-    """The journal of the node whose state folder is ``state_dir``."""
-    return Journal(StateDirs(state_dir).journal)
+def open_journal(state_dir: Path, *, create: bool = True) -> Journal:
+    """The journal of the node whose state folder is ``state_dir``; read-only commands pass
+    ``create=False`` and get a JournalError naming the path when there is none."""
+    return Journal(StateDirs(state_dir).journal, create=create)
+
+
+class NodeLock:
+    """One node per state folder: an exclusive ``flock`` on ``node.lock``, released by the
+    kernel when the process ends (even by SIGKILL). The file holds the holder's pid."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = StateDirs(state_dir).root / "node.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> int | None:
+        """Take the lock; None when taken, else the pid of the process that holds it."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = int(os.read(fd, 32).decode().strip() or 0)
+            except ValueError:
+                holder = 0
+            os.close(fd)
+            return holder or -1
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

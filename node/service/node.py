@@ -10,12 +10,16 @@ resumed from the journal at the next start.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
+import hashlib
 import logging
 import os
 import random
 import shutil
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -25,10 +29,20 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node.convert.source import content_digest, default_sidecar_path, sidecar_of
+from node import __version__
+from node.convert.source import default_sidecar_path
 from node.service.delivery import DeliveryResult, deliver
-from node.service.journal import Job, JobState, Journal, StateDirs
-from node.service.observability import Metrics, log_transition, setup_service_logging
+from node.service.intake import Identified, Intake, identify
+from node.service.journal import (
+    InvalidTransition,
+    Job,
+    JobState,
+    Journal,
+    NodeLock,
+    StateDirs,
+    owner_id,
+)
+from node.service.observability import Metrics, log_transition, safe, setup_service_logging
 from node.service.settings import Config, WatchSettings
 
 log = logging.getLogger("node.service")
@@ -60,8 +74,23 @@ def die_with_parent() -> None:
         pass
 
 
-def _deliver_in_worker(job: Job, config: Config, state_root: str, already: set[str]):
-    """Runs in a worker process: marks 'sending' in the journal itself, then delivers."""
+def _worker_init() -> None:
+    """Worker initializer: die with the parent, and leave SIGINT/SIGTERM to it.
+
+    Ctrl-C on a terminal, or systemd signalling the whole process group, would otherwise
+    kill a worker mid-delivery (a traceback each, and the job failing as "worker process
+    died"); the parent drains its workers instead.
+    """
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _deliver_in_worker(job: Job, config: Config, state_root: str, already: set[str],
+                       owner: str):
+    """Runs in a worker process: marks 'sending' in the journal itself (only while ``owner``
+    still holds the job), then delivers. A bug is returned as its traceback, logged once by
+    the node."""
     global _worker_logging
     if not _worker_logging:
         setup_service_logging(config.node.log_format)
@@ -71,12 +100,21 @@ def _deliver_in_worker(job: Job, config: Config, state_root: str, already: set[s
     def on_stage(stage: str) -> None:
         journal = Journal(dirs.journal)
         try:
-            moved = journal.transition(job.id, stage)
+            moved = journal.transition(job.id, stage, owner=owner)
         finally:
             journal.close()
         log_transition(moved, job.state, stage)
 
-    return deliver(job, config, dirs.spool, already, on_stage)
+    try:
+        return deliver(job, config, dirs.spool, already, on_stage)
+    except InvalidTransition as exc:  # the lease was lost: another process has the job
+        return DeliveryResult(JobState.RETRY_WAIT, str(exc), "lease")
+    except Exception as exc:
+        import traceback
+
+        return DeliveryResult(JobState.FAILED, "internal error (a bug in dicom-node; the "
+                              f"traceback is in the log): {type(exc).__name__}: {exc}",
+                              "internal", detail=traceback.format_exc(limit=12))
 
 
 def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random = random) -> float:
@@ -94,20 +132,50 @@ class _InFlight:
     started: float = field(default_factory=time.monotonic)
 
 
-class Node:
-    """The long-running service; also drives ``ingest`` (no watchers, stop when drained)."""
+class NodeStartError(Exception):
+    """The node cannot start as configured; the message says what to change."""
 
-    def __init__(self, config: Config, watch: bool = True) -> None:
+
+class NodeBusy(NodeStartError):
+    """Another live process runs a node on this state folder."""
+
+    def __init__(self, pid: int, state_dir: Path) -> None:
+        who = f"pid {pid}" if pid > 0 else "another process"
+        super().__init__(f"{state_dir}: a node is already running here ({who}); stop it first, "
+                         "or give this one its own [node].state_dir")
+        self.pid = pid
+
+
+class Node:
+    """The long-running service; also drives ``ingest`` (no watchers, stop when drained).
+
+    It holds the state folder's lock while it runs (one node per state folder), and every job
+    it claims under a lease that its heartbeat renews: a second process never takes a job a
+    live node holds, and a node that died loses its jobs to the next one that starts.
+    """
+
+    def __init__(self, config: Config, watch: bool = True, deliver: bool = True) -> None:
+        """``deliver=False``: only enqueue (``ingest`` beside a running node, which delivers);
+        such a Node takes no lock and starts no workers."""
         self.config = config
         self.dirs = StateDirs(config.node.state_dir)
         self.dirs.create()
+        self.lock = NodeLock(config.node.state_dir)
+        if deliver:
+            holder = self.lock.acquire()
+            if holder is not None:
+                raise NodeBusy(holder, config.node.state_dir)
         self.journal = Journal(self.dirs.journal)
+        self.owner = owner_id()
         self.stopping = threading.Event()
         self.metrics = Metrics()
         self.watching = watch
+        self.intake = Intake()
+        self.degraded: str | None = None  # why intake and sending are paused (disk full...)
         self._pool: ProcessPoolExecutor | None = None
         self._inflight: dict[int, _InFlight] = {}
         self._echo_due = 0.0
+        self._renew_due = 0.0
         from node.service.watcher import FolderWatcher, Stabilizer
 
         self.stabilizer = Stabilizer()
@@ -121,33 +189,45 @@ class Node:
 
             self._pool = ProcessPoolExecutor(self.config.node.workers,
                                              mp_context=mp.get_context("spawn"),
-                                             initializer=die_with_parent)
+                                             initializer=_worker_init)
         return self._pool
 
     def enqueue_file(self, path: Path, watch: WatchSettings, sidecar_missing: bool = False):
-        """Hash and enqueue one complete file (or quarantine it when its sidecar never came)."""
-        sidecar = sidecar_of(path)
-        if sidecar is not None and not sidecar.exists():
-            sidecar = None
-        try:
-            size = path.stat().st_size
-            digest = content_digest(path, sidecar)
-        except OSError as exc:
-            log.warning("%s: cannot read (%s); will try again at the next scan", path,
-                        exc.strerror)
-            self.stabilizer.forget(path)
-            return None
+        """Identify, hash and enqueue one complete file now (``ingest``; the node's loop does
+        the same through its intake thread)."""
+        profile = self.config.profile(watch.profile)
+        return self._enqueue(identify(path, watch, profile, sidecar_missing))
+
+    def _enqueue(self, found: Identified):
+        """A job for an identified file (or quarantine, or a warning when it is refused)."""
+        path, watch = found.path, found.watch
+        if found.refused is not None:
+            reason = found.refused.reason
+            if not found.refused.quarantine:
+                log.warning("%s: %s; left where it is", safe(path), reason)
+                self.stabilizer.forget(path) if found.refused.reason.startswith("cannot read") \
+                    else None
+                return None
+            ident = hashlib.sha256(os.fsencode(path) + str(found.size).encode()).hexdigest()
+            job, created = self.journal.enqueue(
+                path, f"refused:{ident}", found.size, watch.profile,
+                watch.destination, watch.after, None)
+            if created:
+                log_transition(job, "new", "queued")
+                self._quarantine(job, f"{path}: {reason}")
+            return job
         job, created = self.journal.enqueue(
-            path, digest, size, watch.profile, watch.destination, watch.after, sidecar
-        )
+            path, found.digest, found.size, watch.profile, watch.destination, watch.after,
+            found.sidecar, key=found.key)
         if not created:
-            log.info("%s: same content as job %d (%s), not sent again", path.name, job.id,
-                     job.state, extra={"fields": {"job": job.id, "source": str(path)}})
+            log.info("%s: same content, profile and destination as job %d (%s), not sent "
+                     "again", safe(path.name), job.id, job.state,
+                     extra={"fields": {"job": job.id, "source": safe(path)}})
             if job.state == "done":
-                self._after_action(job, path, sidecar, watch.after)
+                self._after_action(job, path, found.sidecar, watch.after)
             return job
         log_transition(job, "new", "queued")
-        if sidecar_missing:
+        if found.sidecar_missing:
             expected = default_sidecar_path(path).name
             self._quarantine(job, f"no BIDS sidecar {expected} arrived within "
                              f"{watch.sidecar_grace_seconds:g} s and this watch requires one; "
@@ -156,13 +236,14 @@ class Node:
 
     def _claim_and_submit(self) -> None:
         while len(self._inflight) < self.config.node.workers and not self.stopping.is_set():
-            job = self.journal.claim()
+            job = self.journal.claim(owner=self.owner,
+                                     lease_seconds=self.config.node.lease_seconds)
             if job is None:
                 return
             log_transition(job, "queued" if job.attempts <= 1 else "retry-wait", "converting")
             already = self.journal.delivered_instances(job.id)
             future = self._executor().submit(_deliver_in_worker, job, self.config,
-                                             str(self.dirs.root), already)
+                                             str(self.dirs.root), already, self.owner)
             self._inflight[job.id] = _InFlight(job, future)
 
     def _collect(self, wait: float = 0.0) -> None:
@@ -178,16 +259,26 @@ class Node:
                         result = DeliveryResult(JobState.RETRY_WAIT, "worker process died", "crash")
                     except Exception as exc:  # a bug in a worker must not stop the node
                         log.exception("job %d: worker error", job_id)
-                        result = DeliveryResult(JobState.RETRY_WAIT, f"internal error: {exc}",
-                                                "crash")
+                        result = DeliveryResult(JobState.FAILED, f"internal error: {exc}",
+                                                "internal")
                     self._record(self.journal.get(job_id) or flight.job, result)
             if not self._inflight or time.monotonic() >= deadline:
                 return
             time.sleep(0.05)
 
     def _record(self, job: Job, result: DeliveryResult) -> None:
-        """Commit the outcome first, then act on it (move, quarantine, schedule)."""
+        """Commit the outcome first, then act on it (move, quarantine, schedule); nothing when
+        this node lost the job's lease to another process."""
+        try:
+            self._record_owned(job, result)
+        except InvalidTransition as exc:
+            log.warning("job %d: not recorded: %s", job.id, exc)
+
+    def _record_owned(self, job: Job, result: DeliveryResult) -> None:
         n = self.config.node
+        if result.error_class == "internal":  # a bug: its traceback once, at ERROR
+            log.error("job %d: %s", job.id, result.message,
+                      extra={"fields": {"job": job.id}, "traceback": result.detail})
         self.journal.record_instances(job.id, result.instance_rows)
         ident = {k: getattr(result, k) for k in ("series_uid", "study_uid", "instances")
                  if getattr(result, k) is not None}
@@ -201,7 +292,8 @@ class Node:
                        if o in ("success", "warning", "duplicate"))
         self.metrics.instances.inc(sent_now)
         if result.verdict == JobState.DONE:
-            done = self.journal.transition(job.id, "done", delivered=result.delivered,
+            done = self.journal.transition(job.id, "done", owner=self.owner,
+                                           delivered=result.delivered,
                                            last_error=None, error_class=None, alert=0, **ident)
             log_transition(done, job.state, "done", f"{result.delivered} instances")
             self._after_action(done, Path(done.source),
@@ -214,7 +306,7 @@ class Node:
         if result.verdict == JobState.RETRY_WAIT and job.attempts < n.max_attempts:
             delay = backoff_seconds(job.attempts, n.retry_base_seconds, n.retry_max_seconds)
             waiting = self.journal.transition(
-                job.id, "retry-wait", next_attempt=time.time() + delay,
+                job.id, "retry-wait", owner=self.owner, next_attempt=time.time() + delay,
                 last_error=result.message, error_class=result.error_class,
                 alert=int(result.alert), delivered=result.delivered, **ident)
             log_transition(waiting, job.state, "retry-wait",
@@ -226,21 +318,32 @@ class Node:
             return
         message = result.message if result.verdict == JobState.FAILED else (
             f"gave up after {job.attempts} attempts: {result.message}")
-        failed = self.journal.transition(job.id, "failed", last_error=message,
+        failed = self.journal.transition(job.id, "failed", owner=self.owner, last_error=message,
                                          error_class=result.error_class,
                                          delivered=result.delivered, **ident)
         log_transition(failed, job.state, "failed", message)
 
     def _quarantine(self, job: Job, reason: str) -> None:
-        """Move the source and its sidecar aside with a reason file; the node goes on."""
+        """Move the source and its sidecar aside with a reason file; the node goes on.
+
+        A file that cannot be moved (a read-only inbox) stays where it is, and the reason
+        file says so; the job is quarantined all the same."""
         folder = self.dirs.quarantine / f"job-{job.id}"
         folder.mkdir(parents=True, exist_ok=True)
+        stayed = []
         for path in (Path(job.source), Path(job.sidecar) if job.sidecar else None):
-            if path is not None and path.exists():
-                shutil.move(str(path), folder / path.name)
-        (folder / f"{Path(job.source).name}.reason.txt").write_text(
-            f"{reason}\n\nSource: {job.source}\nSHA-256: {job.sha256}\n"
-            "Fix the file (or the profile), then: dicom-node quarantine release "
+            if path is not None and job.after == "keep":  # an archive is never changed
+                stayed.append(f"{path} stays where it is (after = \"keep\")")
+            elif path is not None and (path.exists() or path.is_symlink()):
+                try:
+                    shutil.move(str(path), folder / path.name)
+                except OSError as exc:
+                    stayed.append(f"{path} could not be moved here ({exc.strerror}); it is "
+                                  "still in the inbox")
+        (folder / f"{safe(Path(job.source).name)}.reason.txt").write_text(
+            f"{safe(reason)}\n\nSource: {safe(job.source)}\nSHA-256: {safe(job.sha256)}\n"
+            + "".join(f"{safe(s)}\n" for s in stayed)
+            + "Fix the file (or the profile), then: dicom-node quarantine release "
             f"{job.id}\n"
         )
         moved = self.journal.transition(job.id, "quarantined", last_error=reason,
@@ -248,22 +351,33 @@ class Node:
         log_transition(moved, job.state, "quarantined", reason)
 
     def _after_action(self, job: Job, source: Path, sidecar: Path | None, after: str) -> None:
-        """What happens to a delivered source (and its sidecar): move, delete or keep."""
+        """What happens to a delivered source (and its sidecar): move, delete or keep.
+
+        The delivery is done whatever happens here: a file that cannot be moved or deleted
+        (a read-only inbox) is a warning on the done job, never a crash.
+        """
         files = [source] + ([sidecar] if sidecar else [])
         if after == "keep":
             return
-        if after == "delete":
+        try:
+            if after == "delete":
+                for f in files:
+                    f.unlink(missing_ok=True)
+                return
+            target = self.dirs.done / dt.date.today().isoformat()
+            target.mkdir(parents=True, exist_ok=True)
             for f in files:
-                f.unlink(missing_ok=True)
-            return
-        target = self.dirs.done / dt.date.today().isoformat()
-        target.mkdir(parents=True, exist_ok=True)
-        for f in files:
-            if f.exists():
-                dest = target / f.name
-                if dest.exists():
-                    dest = target / f"job-{job.id}-{f.name}"
-                shutil.move(str(f), dest)
+                if f.exists():
+                    dest = target / f.name
+                    if dest.exists():
+                        dest = target / f"job-{job.id}-{f.name}"
+                    shutil.move(str(f), dest)
+        except OSError as exc:
+            note = (f"delivered, but the source could not be {after}d ({exc.strerror}): "
+                    "it stays in the inbox; see after = \"keep\" for read-only folders")
+            log.warning("job %d %s: %s", job.id, safe(source.name), note,
+                        extra={"fields": {"job": job.id}})
+            self.journal.note(job.id, note)
 
     def _echo_destinations(self) -> None:
         from node.net.scu import echo
@@ -300,11 +414,19 @@ class Node:
         signal.signal(signal.SIGINT, stop)
 
     def start(self) -> None:
+        self.journal.register_node(self.owner, __version__)
         for job in self.journal.recover():
             log_transition(job, job.state, "queued", "resumed after an interruption")
-        if self.config.node.metrics_port:
-            port = self.metrics.serve(self.config.node.metrics_port)
-            log.info("health and metrics on http://127.0.0.1:%d/healthz and /metrics", port)
+        n = self.config.node
+        if n.metrics_port and self.watching:  # ingest serves none: a node may hold the port
+            try:
+                port = self.metrics.serve(n.metrics_port, n.metrics_host, self.health)
+            except OSError as exc:
+                raise NodeStartError(f"[node].metrics_port {n.metrics_port} on "
+                                     f"{n.metrics_host}: {exc.strerror}; choose a free port "
+                                     "or 0 to switch /healthz and /metrics off") from None
+            log.info("health and metrics on http://%s:%d/healthz and /metrics",
+                     n.metrics_host, port)
         pool = self._executor()  # spawn and warm the workers now, not when the first file lands
         for _ in range(self.config.node.workers):
             pool.submit(warm_up)
@@ -314,16 +436,38 @@ class Node:
             log.info("watching %s; %d files present at start-up",
                      ", ".join(str(w.path) for w in self.config.watches) or "nothing", n)
 
+    def health(self) -> dict:
+        """What /healthz says: the loop's age and whether the node is degraded, and why."""
+        age = time.monotonic() - self.metrics.heartbeat
+        out = {"ok": age < 30 and self.degraded is None, "loop_age_seconds": round(age, 1)}
+        if self.degraded:
+            out["degraded"] = self.degraded
+        return out
+
     def step(self) -> None:
-        """One pass of the loop: enqueue complete files, start due jobs, record results."""
+        """One pass of the loop: hand settled files to intake, enqueue what intake
+        identified, start due jobs, record results. Journal writes that fail for want of disk
+        space put the node in a degraded state (see :meth:`_guarded_step`)."""
         now = time.monotonic()
         self.metrics.heartbeat = now
+        if now >= self._renew_due:
+            self.journal.renew(self.owner, self.config.node.lease_seconds)
+            self._renew_due = now + self.config.node.lease_seconds / 4
+            for job in self.journal.recover():  # leases of other, dead processes
+                log_transition(job, job.state, "queued", "resumed: its owner is gone")
+        if self._low_on_space():
+            return
         for path, watch, missing in self.stabilizer.ready():
+            self.intake.submit(path, watch, self.config.profile(watch.profile), missing)
+        for found in self.intake.done():
             try:
-                self.enqueue_file(path, watch, missing)
+                self._enqueue(found)
+            except (sqlite3.OperationalError, OSError):
+                self.stabilizer.forget(found.path)  # taken again once the disk has room
+                raise
             except Exception:  # a bug must not stop the node; the next rescan tries again
-                log.exception("%s: could not enqueue", path)
-                self.stabilizer.forget(path)
+                log.exception("%s: could not enqueue", safe(found.path))
+                self.stabilizer.forget(found.path)
         self._claim_and_submit()
         self._collect()
         if self.watching and now >= self._echo_due:
@@ -338,7 +482,7 @@ class Node:
         next_gauges = 0.0
         try:
             while not self.stopping.is_set():
-                self.step()
+                self._guarded_step()
                 now = time.monotonic()
                 if self.watcher is not None and now >= next_scan:
                     self.watcher.rescan()
@@ -352,6 +496,44 @@ class Node:
         finally:
             self.shutdown()
         return 0
+
+    def _guarded_step(self) -> None:
+        """A step; when the disk is full (the journal cannot commit, a spool or quarantine
+        write fails), stop intake and sending, report degraded, and try again with backoff.
+        Every committed state is kept; the node resumes by itself when space returns."""
+        try:
+            self.step()
+        except (sqlite3.OperationalError, OSError) as exc:
+            full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC or (
+                "disk is full" in str(exc) or "disk I/O error" in str(exc))
+            if not full:
+                raise
+            if self.degraded is None:
+                log.error("degraded: no space left for the journal or the spool (%s); intake "
+                          "and sending are paused until there is room", exc)
+            self.degraded = f"no space left on the state folder's disk ({exc})"
+            self.stopping.wait(2.0)
+            return
+        if self.degraded is not None and not self._low_on_space():
+            log.warning("recovered: space is back, intake and sending resume")
+            self.degraded = None
+
+    def _low_on_space(self) -> bool:
+        """Below ``min_free_bytes`` on the state folder: degraded, no new work."""
+        try:
+            free = shutil.disk_usage(self.dirs.root).free
+        except OSError:
+            return False
+        if free >= self.config.node.min_free_bytes:
+            return False
+        if self.degraded is None:
+            log.error("degraded: %d bytes free in %s, below [node].min_free_bytes %d; intake "
+                      "and sending are paused until there is room", free, self.dirs.root,
+                      self.config.node.min_free_bytes)
+        self.degraded = (f"{free} bytes free in {self.dirs.root}, below min_free_bytes "
+                         f"{self.config.node.min_free_bytes}")
+        self._collect()  # results of jobs in flight are still recorded when they can be
+        return True
 
     def idle(self, tick: float) -> None:
         """Sleep until a job finishes, a signal arrives, or ``tick`` passes."""
@@ -377,5 +559,9 @@ class Node:
                 for proc in list(getattr(self._pool, "_processes", {}).values()):
                     proc.kill()
         self.metrics.stop()
+        self.intake.close()
+        with contextlib.suppress(sqlite3.Error):
+            self.journal.node_stopped(self.owner)
         self.journal.close()
+        self.lock.release()
         log.info("stopped (pid %d)", os.getpid())

@@ -264,6 +264,61 @@ def verify_series(result: PushResult, dest, calling_ae: str) -> None:
     result.verified = ok
 
 
+# --- the journal: what is going on ---------------------------------------------------------
+
+def status_report(journal: Journal, config, now: float | None = None) -> dict:
+    """Everything ``dicom-node status`` shows, as data: counts, the oldest waiting job,
+    alerts, last errors, each destination's health, and which node runs.
+
+    A destination's health is its last C-ECHO *and* its latest delivery outcome: a PACS that
+    answers echoes while refusing every store is not healthy.
+    """
+    import time
+
+    now = time.time() if now is None else now
+    oldest = journal.oldest_waiting()
+    outcomes = journal.last_outcomes()
+    destinations = []
+    echoes = {n: (c, ok, m) for n, c, ok, m in journal.echoes()}
+    for name in sorted(set(echoes) | set(outcomes) | set(config.destinations)):
+        checked, echo_ok, message = echoes.get(name, (None, None, None))
+        last = outcomes.get(name)
+        delivering = None if last is None else last[1] == "done"
+        ok = echo_ok is not False and delivering is not False
+        destinations.append({
+            "name": name, "ok": ok if (echo_ok is not None or last) else None,
+            "checked": checked, "echo_ok": echo_ok, "message": message,
+            "last_delivery": None if last is None else {
+                "at": last[0], "state": last[1], "error": last[2]},
+        })
+    nodes = journal.running_nodes()
+    return {
+        "config": str(config.path) if config.path else None,
+        "journal": str(journal.path),
+        "nodes": [{**n, "heartbeat_age": round(now - n["heartbeat"], 1)} for n in nodes],
+        "counts": journal.counts(),
+        "oldest_waiting": oldest.as_json() if oldest else None,
+        "alerts": [{"job": j.id, "error": j.last_error} for j in journal.alerts()],
+        "last_errors": [{"job": j.id, "state": j.state, "error": j.last_error}
+                        for j in journal.last_errors()],
+        "destinations": destinations,
+    }
+
+
+def delete_quarantined(journal: Journal, job_id: int) -> Job:
+    """Delete a quarantined input for good: its files and reason go, the job is cancelled
+    (the journal keeps its history)."""
+    import shutil
+
+    job = journal.get(job_id)
+    if job is None or job.state != "quarantined":
+        raise OperationError(None, f"job {job_id}: not in quarantine")
+    if job.quarantine_path:
+        shutil.rmtree(job.quarantine_path, ignore_errors=True)
+    return journal.transition(job.id, "cancelled", last_error="deleted from quarantine by an "
+                              "operator", quarantine_path=None)
+
+
 # --- the journal: operator actions --------------------------------------------------------
 
 def release(journal: Journal, job_id: int) -> Job:
@@ -311,19 +366,30 @@ class IngestResult:
 def ingest(
     config, directory: Path, destination: str, profile: str, *, enqueue_only: bool = False,
     on_enqueue: Callable[[int, int], None] | None = None,
-    on_enqueued: Callable[[int], None] | None = None,
+    on_enqueued: Callable[[int, int | None], None] | None = None,
     on_deliver: Callable[[int, int], None] | None = None,
+    poll_seconds: float = 0.5,
 ) -> IngestResult:
     """Archive mode: enqueue every wanted file under ``directory`` (kept where it is), then
-    run the node without watchers until those jobs are finished. Resumable: content already in
-    the journal is not enqueued twice, and a second run picks up what is left."""
+    deliver until those jobs are finished. Resumable: content already in the journal is not
+    enqueued twice, and a second run picks up what is left.
+
+    Beside a running node (it holds the state folder's lock) ingest only enqueues, and waits
+    while that node delivers: nothing is reset or worked twice. ``on_enqueued(n, pid)`` says
+    how many jobs there are and which node delivers them (None: this process).
+    """
+
+    from node.service.journal import NodeLock
     from node.service.node import Node
     from node.service.settings import WatchSettings
     from node.service.watcher import scan
 
     tree = WatchSettings(path=directory.resolve(), destination=destination, profile=profile,
                          after="keep")  # an archive is read, never moved or deleted
-    node = Node(config, watch=False)
+    probe = NodeLock(config.node.state_dir)
+    holder = probe.acquire()
+    probe.release()
+    node = Node(config, watch=False, deliver=holder is None and not enqueue_only)
     node.install_signals()
     files = list(scan(tree))
     job_ids: list[int] = []
@@ -336,20 +402,27 @@ def ingest(
         if on_enqueue:
             on_enqueue(i, len(files))
     if on_enqueued:
-        on_enqueued(len(job_ids))
+        on_enqueued(len(job_ids), holder)
     result = IngestResult(job_ids)
+    finished = ("done", "failed", "quarantined", "cancelled")
+
+    def count() -> int:
+        done = sum(node.journal.get(i).state in finished for i in job_ids)
+        if on_deliver:
+            on_deliver(done, len(job_ids))
+        return done
+
     if enqueue_only or node.stopping.is_set():
         node.shutdown()
         return result
-
-    def finished() -> bool:
-        done = sum(node.journal.get(i).state in ("done", "failed", "quarantined")
-                   for i in job_ids)
-        if on_deliver:
-            on_deliver(done, len(job_ids))
-        return done == len(job_ids)
-
-    node.run(until=finished)
+    if holder is not None:  # the running node delivers; we watch the journal
+        try:
+            while not node.stopping.is_set() and count() < len(job_ids):
+                node.stopping.wait(poll_seconds)
+        finally:
+            node.shutdown()
+    else:
+        node.run(until=lambda: count() == len(job_ids))
     journal = Journal(node.dirs.journal)
     try:
         states = [journal.get(i).state for i in job_ids]

@@ -1,6 +1,7 @@
 """Node configuration (TOML) and metadata mapping profiles.
 
-Lookup order: ``--config`` > ``$DICOM_NODE_CONFIG`` > ``./config/node.toml`` > built-in
+Lookup order: ``--config`` > ``$DICOM_NODE_CONFIG`` > the project's ``config/node.toml`` (the
+folder ``scripts/install`` set up, never the current folder) > built-in
 defaults. The built-in profiles (``node/convert/profiles.toml``) are always there; a config file's
 ``[profiles.NAME]`` tables are merged over them key by key, and a profile may ``extends`` another.
 Every problem is a :class:`ConfigError` naming the file and the key.
@@ -8,8 +9,11 @@ Every problem is a :class:`ConfigError` naming the file and the key.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,16 +30,13 @@ from node.convert.profile import (
 from node.errors import ConfigError
 from node.net.destination import Destination, TlsSettings, check_ae_title
 
+log = logging.getLogger("node.settings")
+
 ENV_CONFIG = "DICOM_NODE_CONFIG"
-DEFAULT_CONFIG_PATH = Path("config/node.toml")
+#: Written by scripts/install into the virtual environment: the project folder it set up.
+PROJECT_MARKER = "dicom-node-project"
 _UID_ROOT = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*))*$")
 
-_NODE_KEYS = {"ae_title", "uid_root", "default_profile", "default_destination", "state_dir",
-              "retry_base_seconds", "retry_max_seconds", "max_attempts", "workers",
-              "log_format", "metrics_port", "echo_interval_seconds", "rescan_seconds",
-              "shutdown_seconds"}
-_WATCH_KEYS = {"path", "destination", "profile", "recursive", "settle_seconds", "patterns",
-               "ignore_patterns", "polling", "after", "require_sidecar", "sidecar_grace_seconds"}
 _DEST_KEYS = {
     "host", "port", "ae_title", "calling_ae_title", "max_pdu", "connect_timeout",
     "acse_timeout", "dimse_timeout", "network_timeout", "max_associations",
@@ -44,39 +45,119 @@ _DEST_KEYS = {
 _TLS_KEYS = {"ca", "cert", "key", "key_password_env", "verify_hostname", "verify"}
 
 
+def setting(default: Any, help: str, *, minimum: float | None = None,
+            maximum: float | None = None, choices: tuple[str, ...] = ()) -> Any:
+    """One config key, written once: its default, bounds, choices and help. The loader
+    (:func:`read_table`), the environment overrides and ``check-config`` all read these."""
+    return field(default=default, metadata={"help": help, "minimum": minimum,
+                                            "maximum": maximum, "choices": choices})
+
+
 @dataclass(frozen=True)
 class NodeSettings:
-    ae_title: str = "DICOM_NODE"
-    uid_root: str = "2.25"
-    default_profile: str = DEFAULT_PROFILE
-    default_destination: str | None = None
-    state_dir: Path = Path("var")  # journal, spool, quarantine, done
-    retry_base_seconds: float = 5.0  # first retry delay; doubles per attempt, with jitter
-    retry_max_seconds: float = 600.0
-    max_attempts: int = 50
-    workers: int = 4  # conversion+delivery processes (mostly waiting on the PACS: > cores)
-    log_format: str = "plain"  # or "json"
-    metrics_port: int = 0  # /healthz and /metrics on 127.0.0.1; 0 = off
-    echo_interval_seconds: float = 60.0
-    rescan_seconds: float = 30.0
-    shutdown_seconds: float = 30.0  # SIGTERM: how long in-flight jobs may finish
+    """[node]"""
+
+    ae_title: str = setting("DICOM_NODE", "our calling AE title")
+    uid_root: str = setting("2.25", "root of every UID we make (or an organisation's, at most "
+                            "40 characters)")
+    default_profile: str = setting(DEFAULT_PROFILE, "profile when none is named")
+    default_destination: str | None = setting(None, "destination when none is named")
+    state_dir: Path = setting(Path("var"), "journal, spool, quarantine and done folders "
+                              "(relative to the project folder)")
+    retry_base_seconds: float = setting(5.0, "first retry delay; doubles per attempt, with "
+                                        "jitter", minimum=0)
+    retry_max_seconds: float = setting(600.0, "longest retry delay", minimum=0)
+    max_attempts: int = setting(50, "attempts before a job fails", minimum=1)
+    workers: int = setting(4, "conversion and delivery processes (mostly waiting on the PACS, "
+                           "so more than cores)", minimum=1, maximum=64)
+    log_format: str = setting("plain", "log lines as text or JSON", choices=("plain", "json"))
+    metrics_port: int = setting(0, "/healthz and /metrics port; 0 = off", minimum=0,
+                                maximum=65535)
+    metrics_host: str = setting("127.0.0.1", "address /healthz and /metrics listen on "
+                                "(0.0.0.0 in a container, for Prometheus)")
+    echo_interval_seconds: float = setting(60.0, "how often destinations are C-ECHOed",
+                                           minimum=1)
+    rescan_seconds: float = setting(30.0, "how often watched folders are rescanned",
+                                    minimum=0.1)
+    shutdown_seconds: float = setting(30.0, "on SIGTERM, how long in-flight jobs may finish",
+                                      minimum=0)
+    lease_seconds: float = setting(60.0, "how long a claimed job stays with a node that "
+                                   "stops renewing it (then another process resumes it)",
+                                   minimum=5)
+    min_free_bytes: int = setting(256 * 1024**2, "below this free space on the state folder "
+                                  "the node pauses intake and sending (degraded)", minimum=0)
 
 
 @dataclass(frozen=True)
 class WatchSettings:
-    """One watched folder ([[watch]])."""
+    """[[watch]]: one watched folder."""
 
-    path: Path
-    destination: str
-    profile: str
-    recursive: bool = True
-    settle_seconds: float = 2.0
-    patterns: tuple[str, ...] = ("*.nii", "*.nii.gz", "*.dcm")  # DICOM is sent as it is
-    ignore_patterns: tuple[str, ...] = ()
-    polling: bool = False
-    after: str = "move"
-    require_sidecar: bool = False
-    sidecar_grace_seconds: float = 30.0
+    path: Path = setting(Path("."), "the folder to watch (required)")
+    destination: str = setting("", "destination (default: [node].default_destination)")
+    profile: str = setting("", "mapping profile (default: [node].default_profile)")
+    recursive: bool = setting(True, "watch sub-folders too")
+    settle_seconds: float = setting(2.0, "a file is complete when unchanged this long",
+                                    minimum=0)
+    patterns: tuple[str, ...] = setting(("*.nii", "*.nii.gz", "*.dcm"),
+                                        "names taken (DICOM is sent as it is)")
+    ignore_patterns: tuple[str, ...] = setting((), "names never taken")
+    polling: bool = setting(False, "poll instead of inotify (network file systems)")
+    after: str = setting("move", "what happens to a delivered file",
+                         choices=("move", "delete", "keep"))
+    require_sidecar: bool = setting(False, "a NIfTI needs its BIDS sidecar")
+    sidecar_grace_seconds: float = setting(30.0, "how long to wait for a required sidecar",
+                                           minimum=0)
+    follow_symlinks: bool = setting(False, "take symbolic links that point outside the "
+                                    "watched folder")
+
+
+def _keys(cls) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def read_table(cls, where: str, raw: Any, skip: set[str] = frozenset()) -> dict[str, Any]:
+    """The keys of ``raw`` checked against ``cls``'s settings: unknown keys, types, bounds and
+    choices are a ValueError naming the table and the key. Returns what ``raw`` sets."""
+    import typing
+
+    check_table(where, raw, _keys(cls))
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in raw or f.name in skip:
+            continue
+        out[f.name] = _checked(f"{where}.{f.name}", raw[f.name], hints[f.name], f.metadata)
+    return out
+
+
+def _checked(where: str, value: Any, kind: Any, meta: Any) -> Any:
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: write true or false")
+        return value
+    if kind in (int, float):
+        value = _number(where, value, integer=kind is int, minimum=meta.get("minimum") or 0)
+        if meta.get("maximum") is not None and value > meta["maximum"]:
+            raise ValueError(f"{where}: at most {meta['maximum']}")
+        return value
+    if kind == tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f'{where}: a list of glob patterns like "*.nii.gz"')
+        return tuple(value)
+    if kind is Path:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{where}: write a folder path")
+        return Path(value)
+    if not isinstance(value, str) or not value:  # str, str | None
+        raise ValueError(f"{where}: write a text value")
+    if meta.get("choices") and value not in meta["choices"]:
+        options = " or ".join(f'"{c}"' for c in meta["choices"])
+        raise ValueError(f"{where}: write {options}, not {value!r}")
+    return value
+
+
+_NODE_KEYS = _keys(NodeSettings)
+_WATCH_KEYS = _keys(WatchSettings)
 
 
 @dataclass(frozen=True)
@@ -114,15 +195,27 @@ class Config:
             raise ConfigError(self.path, f"no profile {key!r} (known: {known})") from None
 
 
+def project_config_path() -> Path | None:
+    """``config/node.toml`` of the project folder that ``scripts/install`` set up for this
+    Python environment, if there is one. Never the current folder: a received dataset that
+    ships its own ``config/node.toml`` must not decide where data goes."""
+    marker = Path(sys.prefix) / PROJECT_MARKER
+    try:
+        project = Path(marker.read_text(encoding="utf-8").strip())
+    except OSError:
+        return None
+    candidate = project / "config" / "node.toml"
+    return candidate if candidate.is_file() else None
+
+
 def find_config_path(explicit: str | Path | None = None) -> Path | None:
-    """``--config`` > ``$DICOM_NODE_CONFIG`` > ``./config/node.toml`` > None (built-ins)."""
+    """``--config`` > ``$DICOM_NODE_CONFIG`` > the project's config/node.toml > None
+    (built-in defaults)."""
     if explicit:
         return Path(explicit)
     if os.environ.get(ENV_CONFIG):
         return Path(os.environ[ENV_CONFIG])
-    if DEFAULT_CONFIG_PATH.is_file():
-        return DEFAULT_CONFIG_PATH
-    return None
+    return project_config_path()
 
 
 ENV_PREFIX = "DICOM_NODE_"
@@ -167,9 +260,9 @@ def apply_env_overrides(user: dict[str, Any], env: dict[str, str] | None = None)
             name = next((n for n in dests if n.upper().replace("-", "_") == wanted),
                         wanted.lower())
             dests.setdefault(name, {})[key] = _env_value(text)
-        else:
-            raise ConfigError(None, f"environment {var}: only DICOM_NODE_NODE_<KEY> and "
-                              "DICOM_NODE_DESTINATIONS_<NAME>_<KEY> override the config")
+        else:  # not ours: Kubernetes makes DICOM_NODE_PORT=tcp://... for a Service
+            log.debug("environment %s: not a DICOM_NODE_NODE_<KEY> or "
+                      "DICOM_NODE_DESTINATIONS_<NAME>_<KEY> override; ignored", var)
     return out
 
 
@@ -254,34 +347,10 @@ def config_from_dict(
 
 
 def _node_settings(raw: dict[str, Any], base: Path) -> NodeSettings:
-    d = NodeSettings()
-    log_format = raw.get("log_format", d.log_format)
-    if log_format not in ("plain", "json"):
-        raise ValueError(f'[node].log_format: write "plain" or "json", not {log_format!r}')
-    state_dir = Path(raw.get("state_dir", str(d.state_dir)))
-    return NodeSettings(
-        ae_title=str(raw.get("ae_title", d.ae_title)),
-        uid_root=str(raw.get("uid_root", d.uid_root)),
-        default_profile=str(raw.get("default_profile", d.default_profile)),
-        default_destination=raw.get("default_destination"),
-        state_dir=state_dir if state_dir.is_absolute() else base / state_dir,
-        retry_base_seconds=_number("[node].retry_base_seconds",
-                                   raw.get("retry_base_seconds", d.retry_base_seconds)),
-        retry_max_seconds=_number("[node].retry_max_seconds",
-                                  raw.get("retry_max_seconds", d.retry_max_seconds)),
-        max_attempts=_number("[node].max_attempts", raw.get("max_attempts", d.max_attempts),
-                             integer=True, minimum=1),
-        workers=_number("[node].workers", raw.get("workers", d.workers), integer=True, minimum=1),
-        log_format=log_format,
-        metrics_port=_number("[node].metrics_port", raw.get("metrics_port", d.metrics_port),
-                             integer=True),
-        echo_interval_seconds=_number("[node].echo_interval_seconds",
-                                      raw.get("echo_interval_seconds", d.echo_interval_seconds)),
-        rescan_seconds=_number("[node].rescan_seconds",
-                               raw.get("rescan_seconds", d.rescan_seconds), minimum=0.1),
-        shutdown_seconds=_number("[node].shutdown_seconds",
-                                 raw.get("shutdown_seconds", d.shutdown_seconds)),
-    )
+    values = read_table(NodeSettings, "[node]", raw)
+    node = NodeSettings(**values)
+    state_dir = node.state_dir if node.state_dir.is_absolute() else base / node.state_dir
+    return dataclasses.replace(node, state_dir=state_dir)
 
 
 def _watch_settings(
@@ -292,7 +361,8 @@ def _watch_settings(
     check_table(where, raw, _WATCH_KEYS)
     if not isinstance(raw.get("path"), str) or not raw["path"]:
         raise ValueError(f"{where}: path is required (the folder to watch)")
-    folder = Path(raw["path"])
+    values = read_table(WatchSettings, where, raw, skip={"destination", "profile"})
+    folder = values.pop("path")
     folder = folder if folder.is_absolute() else base / folder
     destination = raw.get("destination", node.default_destination)
     if destination is None and len(destinations) == 1:
@@ -308,27 +378,9 @@ def _watch_settings(
     profile = raw.get("profile", node.default_profile)
     if profiles is not None and profile not in profiles:
         raise ValueError(f"{where}: profile {profile!r} is not a profile")
-    after = raw.get("after", "move")
-    if after not in ("move", "delete", "keep"):
-        raise ValueError(f'{where}.after: write "move", "delete" or "keep", not {after!r}')
-    for key in ("patterns", "ignore_patterns"):
-        value = raw.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"{where}.{key}: a list of glob patterns like \"*.nii.gz\"")
-    return WatchSettings(
-        path=folder,
-        destination=destination,
-        profile=profile,
-        recursive=bool(raw.get("recursive", True)),
-        settle_seconds=_number(f"{where}.settle_seconds", raw.get("settle_seconds", 2.0)),
-        patterns=tuple(raw.get("patterns") or WatchSettings.patterns),
-        ignore_patterns=tuple(raw.get("ignore_patterns") or ()),
-        polling=bool(raw.get("polling", False)),
-        after=after,
-        require_sidecar=bool(raw.get("require_sidecar", False)),
-        sidecar_grace_seconds=_number(f"{where}.sidecar_grace_seconds",
-                                      raw.get("sidecar_grace_seconds", 30.0)),
-    )
+    if not values.get("patterns", True):
+        values.pop("patterns")  # an empty list means the defaults
+    return WatchSettings(path=folder, destination=destination, profile=profile, **values)
 
 
 def _number(where: str, value: Any, *, integer: bool = False, minimum: float = 0) -> Any:
@@ -426,6 +478,10 @@ def check_environment(config: Config) -> list[str]:
         if not watch.path.is_dir():
             problems.append(f"{where}: [[watch]] #{i + 1} path {watch.path}: no such folder; "
                             f"create it (mkdir -p {watch.path}) or fix the path")
+        elif watch.after in ("move", "delete") and not os.access(watch.path, os.W_OK | os.X_OK):
+            problems.append(f"{where}: [[watch]] #{i + 1} after = \"{watch.after}\" but this "
+                            f"user cannot change {watch.path}: make it writable, or set "
+                            "after = \"keep\"")
         profile = config.profiles[watch.profile]
         if profile.deidentify and not profile.secret() and not profile.pseudonyms:
             problems.append(

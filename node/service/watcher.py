@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,13 +55,14 @@ def scan(watch: WatchSettings) -> Iterator[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
             path = Path(folder) / name
-            if path.is_file() and wanted(path, watch):
+            if not path.is_dir() and wanted(path, watch):  # intake decides what it is
                 yield path
 
 
 def _signature(path: Path) -> tuple | None:
+    """Size, mtime and kind of the file itself (a link is not followed), and its sidecar's."""
     try:
-        st = path.stat()
+        st = os.lstat(path)
     except OSError:
         return None
     sidecar = sidecar_of(path)
@@ -69,13 +71,20 @@ def _signature(path: Path) -> tuple | None:
         side = (sc.st_size, sc.st_mtime_ns) if sc is not None else None
     except OSError:
         side = None
-    return (st.st_size, st.st_mtime_ns, side)
+    return (st.st_size, st.st_mtime_ns, side, stat.S_IFMT(st.st_mode))
 
 
-def _readable(path: Path) -> bool:
+def _readable(path: Path, sig: tuple) -> bool:
+    """Can the complete file be opened now? Only a regular file is ever opened (without
+    blocking): a FIFO, a device or a link goes on to intake, which refuses it with a reason."""
+    if sig[3] != stat.S_IFREG:
+        return True
     try:
-        with open(path, "rb") as f:
-            f.read(1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            os.read(fd, 1)
+        finally:
+            os.close(fd)
         return True
     except OSError:
         return False
@@ -119,7 +128,7 @@ class Stabilizer:
                 if sig != cand.signature:
                     cand.signature, cand.stable_since = sig, now
                     continue
-                if now - cand.stable_since < cand.watch.settle_seconds or not _readable(path):
+                if now - cand.stable_since < cand.watch.settle_seconds or not _readable(path, sig):
                     continue
                 missing = cand.watch.require_sidecar and is_nifti(path) and sig[2] is None
                 if missing and now - cand.first_seen < cand.watch.sidecar_grace_seconds:

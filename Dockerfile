@@ -1,15 +1,17 @@
 # dicom-node: the node as a container. Installs exactly as CI does (scripts/install), runs as a
 # non-root user, watches /data/inbox and keeps its journal in /data/var.
 #   docker build -t dicom-node .
-#   docker run -v $PWD/inbox:/data/inbox -v $PWD/var:/data/var \
+#   docker run -v $PWD/inbox:/data/inbox -v $PWD/var:/data/var -p 127.0.0.1:9464:9464 \
 #     -e DICOM_NODE_DESTINATIONS_PACS_HOST=pacs.example.org dicom-node
+# The node runs as uid 10001: mounted folders must be writable by it (chown -R 10001 ./inbox
+# ./var), or run it as yourself with --user "$(id -u):$(id -g)". The entrypoint says so.
 # No secrets are baked in: pass them at run time (e.g. -e DICOM_NODE_PSEUDONYM_SECRET=...).
 FROM python:3.11-slim-bookworm
 
 WORKDIR /opt/dicom-node
 COPY pyproject.toml README.md ./
 COPY node ./node
-COPY scripts/install ./scripts/install
+COPY scripts/install scripts/docker-entrypoint ./scripts/
 COPY config/docker.toml ./config/docker.toml
 RUN scripts/install --no-apt --venv /opt/dicom-node/venv \
     && useradd --system --create-home --uid 10001 dicomnode \
@@ -22,6 +24,10 @@ ENV PATH="/opt/dicom-node/venv/bin:$PATH" \
 
 USER dicomnode
 VOLUME ["/data/inbox", "/data/var"]
+# /healthz and /metrics (config/docker.toml binds 0.0.0.0 so that Prometheus can scrape them)
+EXPOSE 9464
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request, sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=4).status == 200 else 1)"]
-ENTRYPOINT ["dicom-node", "watch"]
+# checks the config and that the mounted volumes are writable by uid 10001, then runs the node
+ENTRYPOINT ["/opt/dicom-node/scripts/docker-entrypoint"]
+CMD ["watch"]

@@ -51,7 +51,8 @@ def main() -> int:
     http_port, dicom_port = port_or_free(8042), port_or_free(4242)
     server = orthanc.start(DEMO / "orthanc", http_port=http_port, dicom_port=dicom_port)
     print(f"demo: Orthanc {server.aet} on DICOM port {dicom_port}, Explorer {server.url}/app/"
-          "explorer.html")
+          f"explorer.html (login {orthanc.USER}, password in "
+          f"{server.storage / 'orthanc.password'})")
     env = {**os.environ,
            "DICOM_NODE_NODE_STATE_DIR": str(DEMO / "state"),
            "DICOM_NODE_NODE_METRICS_PORT": str(port_or_free(9464)),

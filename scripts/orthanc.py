@@ -11,13 +11,19 @@ written to STORAGE/orthanc.json. DICOM is locked down to our registered AE (Orth
 its DICOM port on all interfaces; RemoteAccessAllowed only covers HTTP). Orthanc runs with
 TCP_NODELAY=1 so DCMTK disables Nagle's algorithm on its sockets. `start` returns once the REST
 API answers (at most --wait seconds); the PID is in STORAGE/orthanc.pid.
+
+The REST API (which shows PatientName to whoever asks) needs a login: user "dicom-node" with a
+password generated at each start, in STORAGE/orthanc.password (mode 0600). The scripts and
+tests read it from there; `start` prints where it is. Orthanc Explorer asks for the same login.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -29,6 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "config" / "orthanc.json"
+
+
+USER = "dicom-node"
 
 
 @dataclass(frozen=True)
@@ -43,9 +52,21 @@ class Orthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def password(self) -> str:
+        return (self.storage / "orthanc.password").read_text().strip()
+
+    def request(self, path: str, data: bytes | None = None, method: str | None = None,
+                timeout: float = 10.0) -> bytes:
+        """The REST API, logged in (HTTP basic authentication)."""
+        token = base64.b64encode(f"{USER}:{self.password}".encode()).decode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Authorization": f"Basic {token}"})
+        with urllib.request.urlopen(req, timeout=timeout) as rsp:
+            return rsp.read()
+
     def get(self, path: str, timeout: float = 10.0):
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as rsp:
-            return json.loads(rsp.read())
+        return json.loads(self.request(path, timeout=timeout))
 
     def running(self) -> bool:
         try:
@@ -81,6 +102,13 @@ def write_config(
         HttpPort=http_port, DicomPort=dicom_port, DicomAet=aet,
     )
     config["DicomModalities"]["dicom-node"]["AET"] = node_aet
+    storage.mkdir(parents=True, exist_ok=True)
+    password = storage / "orthanc.password"
+    password.touch(mode=0o600)
+    password.chmod(0o600)
+    password.write_text(secrets.token_urlsafe(18))
+    config.update(AuthenticationEnabled=True,
+                  RegisteredUsers={USER: password.read_text().strip()})
     if tls:
         config.update(
             DicomTlsEnabled=True, DicomTlsCertificate=str(tls["cert"]),
@@ -88,8 +116,9 @@ def write_config(
             DicomTlsRemoteCertificateRequired=bool(tls.get("require_client", False)),
         )
     config.update(overrides or {})
-    storage.mkdir(parents=True, exist_ok=True)
     path = storage / "orthanc.json"
+    path.touch(mode=0o600)
+    path.chmod(0o600)  # it holds the password too
     path.write_text(json.dumps(config, indent=2))
     return path
 
@@ -184,7 +213,8 @@ def main() -> int:
         print(f"orthanc: {exc}", file=sys.stderr)
         return 1
     print(f"orthanc: {server.aet} on DICOM port {server.dicom_port}, REST/Explorer {server.url}"
-          f" (pid {server.pid}, storage {server.storage})")
+          f" (pid {server.pid}, storage {server.storage}); login {USER} with the password in "
+          f"{server.storage / 'orthanc.password'}")
     if args.background:
         return 0
     try:

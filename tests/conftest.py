@@ -51,7 +51,6 @@ def out_dir(tmp_path: Path) -> Path:
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import urllib.request  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -75,16 +74,13 @@ class Pacs:
         return self.server.get(path)
 
     def get_bytes(self, path: str) -> bytes:
-        with urllib.request.urlopen(self.server.url + path, timeout=10) as rsp:
-            return rsp.read()
+        return self.server.request(path)
 
     def lookup(self, uid: str) -> str | None:
-        req = urllib.request.Request(self.server.url + "/tools/lookup", data=uid.encode(),
-                                     method="POST")
-        with urllib.request.urlopen(req, timeout=10) as rsp:
-            import json
+        import json
 
-            found = json.loads(rsp.read())
+        found = json.loads(self.server.request("/tools/lookup", data=uid.encode(),
+                                               method="POST"))
         return found[0]["ID"] if found else None
 
     def series(self, series_uid: str) -> dict | None:

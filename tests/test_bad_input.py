@@ -238,3 +238,52 @@ def test_multi_member_gzip_is_good_input(tmp_path: Path) -> None:
     proc = run_convert(multi, "-o", tmp_path / "out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert len(list((tmp_path / "out").rglob("*.dcm"))) == GOOD.shape[2]
+
+
+def test_convert_never_replaces_a_folder_that_is_not_its_own_output(tmp_path: Path) -> None:
+    """`convert incoming/data.nii -o HOME` must not delete HOME/data/thesis.tex."""
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    (home / "data" / "thesis.tex").write_text("years of work")
+    src = _good(tmp_path / "incoming" / "data.nii")
+    proc = run_convert(src, "-o", home, cwd=tmp_path)
+    assert proc.returncode == 2 and "is not dicom-node's output" in proc.stderr
+    assert "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
+    assert (home / "data" / "thesis.tex").read_text() == "years of work"
+    # our own earlier output of the same input is replaced quietly (a rerun)
+    out = tmp_path / "out"
+    assert run_convert(src, "-o", out, cwd=tmp_path).returncode == 0
+    first = sorted(p.name for p in (out / "data").iterdir())
+    assert run_convert(src, "-o", out, cwd=tmp_path).returncode == 0
+    assert sorted(p.name for p in (out / "data").iterdir()) == first
+    # another input of the same name is refused, unless the user says --overwrite
+    other = tmp_path / "elsewhere" / "data.nii"
+    write_nifti(other, ramp_data((8, 8, 4), "int16", seed=99), affine_from(AXIAL_RAS))
+    refused = run_convert(other, "-o", out, cwd=tmp_path)
+    assert refused.returncode == 2 and "another input" in refused.stderr
+    assert run_convert(other, "-o", out, "--overwrite", cwd=tmp_path).returncode == 0
+
+
+def test_odd_output_names_are_clear(tmp_path: Path) -> None:
+    src = _good(tmp_path / "in" / ".nii")  # a name that is all suffix
+    out = tmp_path / "out"
+    proc = run_convert(src, "-o", out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_dir() and [p for p in out.iterdir() if p.name.startswith("series-")]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    proc = run_convert(_good(tmp_path / "in" / "x.nii"), "-o", a_file, cwd=tmp_path)
+    assert proc.returncode == 2 and "is a file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_output_folders_follow_the_umask(tmp_path: Path) -> None:
+    """A PACS import service running as another user must be able to read the series."""
+    src = _good(tmp_path / "in" / "sub-um_T1w.nii")
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os, sys; os.umask(0o022); from node.cli import main; "
+         "sys.exit(main(sys.argv[1:]))", "convert", str(src), "-o", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "out" / "sub-um_T1w"
+    assert folder.stat().st_mode & 0o777 == 0o755

@@ -6,6 +6,7 @@ peak RSS, and the wall time against the configured timeouts."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import struct
 import subprocess
@@ -318,3 +319,66 @@ def test_a_push_of_dicom_files_loads_no_dicom_library(tmp_path, dicom_files):
         peer.close()
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"rc": 0, "heavy": []}, (
         proc.stderr)
+
+
+def test_ctrl_c_stops_a_push_within_a_second_and_says_what_arrived(tmp_path):
+    """A slow PACS (0.3 s per instance) and Ctrl-C after 1.5 s: the C-STORE in flight is
+    finished, the association released, and the count printed is the peer's."""
+    src = write_nifti(tmp_path / "sub-int_T1w.nii", ramp_data((16, 16, 40), "int16"),
+                      affine_from(AXIAL_RAS))
+    files = sorted(write_series(convert_file(src), tmp_path / "dicom", "s").iterdir())
+    acknowledged = []
+
+    def slow(peer: Peer) -> None:
+        peer.accept()
+        while (req := peer.read_request()) is not None:
+            time.sleep(0.3)
+            peer.send_command(req.context_id, store_rsp(req))
+            acknowledged.append(req.sop_instance)
+
+    peer = HostilePeer(slow)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "node", "push", *map(str, files), "--json", "--config",
+             str(_config(tmp_path, peer.port))],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        peer.close()
+    assert proc.returncode == 130, err
+    assert took < 1.5, took  # about one C-STORE, not the 12 s the rest would take
+    report = json.loads(out)
+    assert report["interrupted"] is True
+    assert 0 < report["delivered"] == len(acknowledged) < len(files)
+    assert f"interrupted: {len(acknowledged)} of {len(files)}" in err
+    assert "Traceback" not in err
+
+
+def test_a_bids_dataset_pushes_cleanly(tmp_path):
+    root = tmp_path / "bids"
+    anat = root / "sub-01" / "anat"
+    write_nifti(anat / "sub-01_T1w.nii.gz", ramp_data((8, 8, 3), "int16"),
+                affine_from(AXIAL_RAS))
+    (anat / "sub-01_T1w.json").write_text('{"RepetitionTime": 2.0}')
+    (root / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.9.0"}')
+    (root / "participants.tsv").write_text("participant_id\nsub-01\n")
+    (root / "README").write_text("a dataset")
+    (root / "CHANGES").write_text("1.0")
+    (root / "task-rest_bold.json").write_text("{}")  # inherited metadata
+    (root / "sub-01" / "sub-01_scans.tsv").write_text("filename\n")
+    peer = HostilePeer(well_behaved)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "node", "push", str(root), "--config",
+             str(_config(tmp_path, peer.port))],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    finally:
+        peer.close()
+    assert proc.returncode == 0, proc.stderr
+    assert "3 of 3 instances delivered" in proc.stdout
+    assert "6 BIDS metadata files ignored" in proc.stdout
+    assert "error" not in proc.stderr

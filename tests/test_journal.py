@@ -165,3 +165,12 @@ def test_a_second_handle_sees_committed_transitions(tmp_path):
     finally:
         first.close()
         second.close()
+
+
+def test_claim_keeps_the_turn_of_a_job_that_does_not_fit_the_memory_left(journal):
+    big, _ = journal.enqueue(Path("/in/big.nii"), "a" * 64, 1, "bids-mr", "pacs", memory=800)
+    small, _ = journal.enqueue(Path("/in/small.nii"), "b" * 64, 1, "bids-mr", "pacs",
+                               memory=10)
+    assert journal.claim(memory=500) is None  # the oldest does not fit: nobody overtakes it
+    assert journal.claim(memory=1000).id == big.id
+    assert journal.claim(memory=10).id == small.id

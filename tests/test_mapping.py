@@ -238,3 +238,28 @@ def test_shipped_config_is_valid(monkeypatch):
     assert {"bids-mr", "research-deidentified"} <= set(config.profiles)
     assert config.profile().name == "bids-mr"
     assert config.profile("default").name == "bids-mr"
+
+
+def test_convert_explain_names_every_attribute_and_its_source(tmp_path):
+    """`convert --explain` shows each attribute written, its value and where it came from."""
+    import subprocess
+    import sys
+
+    path = write_nifti(tmp_path / "sub-ex01_ses-2_T1w.nii.gz", ramp_data((8, 8, 3), "int16"),
+                       affine_from(AXIAL_RAS))
+    (tmp_path / "sub-ex01_ses-2_T1w.json").write_text('{"RepetitionTime": 2.3}')
+    proc = subprocess.run(
+        [sys.executable, "-m", "node", "convert", str(path), "--explain", "--set",
+         "StudyDescription=Tumour board"], capture_output=True, text=True, timeout=60,
+        cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[1]: line for line in proc.stdout.splitlines()
+            if line.startswith("(")}
+    assert "sidecar sub-ex01_ses-2_T1w.json:RepetitionTime" in rows["RepetitionTime"]
+    assert "2300" in rows["RepetitionTime"]
+    assert "file name ({sub})" in rows["PatientID"] and " ex01 " in rows["PatientID"]
+    assert "--set" in rows["StudyDescription"]
+    assert "NIfTI header" in rows["ImageOrientationPatient"]
+    assert "deterministic UID" in rows["SeriesInstanceUID"]
+    assert "PixelData" not in rows
+    assert not list(tmp_path.glob("*/IM*.dcm"))  # nothing written

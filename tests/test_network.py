@@ -190,11 +190,11 @@ def test_push_nifti_arrives_in_orthanc_complete_and_correct(pacs, tmp_path):
 def test_push_dicom_folder_skips_bad_files_and_sends_the_rest(pacs, tmp_path):
     series = convert_file(_nifti(tmp_path, "sub-net02_T2w", seed=4))
     folder = write_series(series, tmp_path / "dicom")
-    (folder / "README.txt").write_text("not DICOM")
+    (folder / "notes.txt").write_text("not DICOM")
     cfg = pacs.config_toml(tmp_path / "node.toml")
     proc = run_node("push", tmp_path / "dicom", tmp_path / "missing.dcm", "--config", cfg)
     assert proc.returncode == 2, proc.stderr  # delivered, but inputs were skipped
-    assert "README.txt" in proc.stderr and "missing.dcm" in proc.stderr
+    assert "notes.txt" in proc.stderr and "missing.dcm" in proc.stderr
     assert "6 of 6 instances delivered" in proc.stdout
     assert len(pacs.series(series.uids.series)["Instances"]) == 6
 

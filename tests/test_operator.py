@@ -118,7 +118,7 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_degrades_and_recovers(pacs, node_factory, tmp_path, small_disk):
-    node = NodeProcess(tmp_path / "node", pacs.port, min_free_bytes=0)
+    node = node_factory(pacs.port, min_free_bytes=0)  # killed at teardown, whatever happens
     node.state = small_disk / "var"
     node.config.write_text(node.config.read_text().replace(
         str(tmp_path / "node" / "var"), str(node.state)))
@@ -318,8 +318,9 @@ def test_check_config_refuses_a_read_only_inbox_for_move(tmp_path):
 # --- 6. shutdown -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_to_the_whole_group_stops_cleanly(pacs, tmp_path, sig):
+def test_a_signal_to_the_whole_group_stops_cleanly(pacs, tmp_path, sig, request):
     node = NodeProcess(tmp_path / "node", pacs.port, log_format='"json"')
+    request.addfinalizer(lambda: node.proc.poll() is None and node.proc.kill())
     node.proc = subprocess.Popen(
         [sys.executable, "-m", "node", "watch", "--config", str(node.config)],
         stdout=open(node.log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
@@ -337,3 +338,49 @@ def test_a_signal_to_the_whole_group_stops_cleanly(pacs, tmp_path, sig):
     assert "Traceback" not in node.logtext()
     assert not any(j["last_error"] and "worker process died" in j["last_error"]
                    for j in node.jobs())
+
+
+# --- 14. a late sidecar ----------------------------------------------------------------------
+
+def test_a_late_sidecar_is_waited_for_or_reported(pacs, node_factory, tmp_path):
+    node = node_factory(pacs.port)
+    node.config.write_text(node.config.read_text() + "sidecar_grace_seconds = 15\n")
+    node.start()
+    # the folder's images have sidecars, so one that comes 4 s after its image is waited for
+    (node.inbox / "sub-a_T1w.json").write_text('{"RepetitionTime": 2.3}')
+    drop(node.inbox, "sub-a_T1w.nii.gz", _good(tmp_path, "sub-a_T1w.nii.gz", 21))
+    wait_until(lambda: node.states() == ["done"], 60, "the first image")
+    drop(node.inbox, "sub-b_T1w.nii.gz", _good(tmp_path, "sub-b_T1w.nii.gz", 22))
+    time.sleep(4)
+    (node.inbox / "sub-b_T1w.json").write_text('{"RepetitionTime": 2.4}')
+    wait_until(lambda: node.states().count("done") == 2, 60, "two images")
+    late = next(j for j in node.jobs() if j["source"].endswith("sub-b_T1w.nii.gz"))
+    assert late["sidecar"] and late["sidecar"].endswith("sub-b_T1w.json")
+    tags = pacs.get(f"/series/{pacs.lookup(late['series_uid'])}/shared-tags?simplify")
+    assert float(tags["RepetitionTime"]) == 2400
+    # a sidecar after its image was delivered: reported and moved, not left for ever
+    (node.inbox / "sub-a_T1w.json").write_text('{"RepetitionTime": 9.9}')
+    wait_until(lambda: not (node.inbox / "sub-a_T1w.json").exists(), 30, "the late sidecar")
+    assert "arrived after its image was delivered" in node.logtext()
+
+
+# --- 22. memory per input is bounded as a whole -------------------------------------------
+
+def test_a_file_that_would_need_more_than_memory_limit_is_quarantined(pacs, node_factory,
+                                                                       tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    node = node_factory(pacs.port, memory_limit=1024**3).start()
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((1024, 1024, 512))
+    hdr.set_data_dtype(np.int32)
+    tmp = node.inbox / ".sub-sparse_T1w.nii.tmp"
+    with open(tmp, "wb") as f:  # 4 KiB on disk, 2 GiB declared
+        f.write(hdr.binaryblock + b"\0" * 4)
+        f.truncate(352 + 2 * 1024**3)
+    os.replace(tmp, node.inbox / "sub-sparse_T1w.nii")
+    wait_until(lambda: node.states() == ["quarantined"], 30, "quarantine")
+    assert "memory_limit" in node.jobs()[0]["last_error"]
+    drop(node.inbox, "sub-ok_T1w.nii.gz", _good(tmp_path, "sub-ok_T1w.nii.gz", 31))
+    wait_until(lambda: sorted(node.states()) == ["done", "quarantined"], 60, "the next file")

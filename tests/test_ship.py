@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -146,7 +147,9 @@ def test_dockerfile_matches_the_repository():
     users = [rest for word, rest in steps if word == "USER"]
     assert users and users[-1] not in ("root", "0")
     entry = [rest for word, rest in steps if word == "ENTRYPOINT"]
-    assert entry and re.search(r'"dicom-node",\s*"watch"', entry[0])
+    assert entry and "scripts/docker-entrypoint" in entry[0]
+    assert [rest for word, rest in steps if word == "CMD"] == ['["watch"]']
+    assert any(word == "EXPOSE" and "9464" in rest for word, rest in steps)
     health = [rest for word, rest in steps if word == "HEALTHCHECK"]
     assert health and "/healthz" in health[0]
     env = " ".join(rest for word, rest in steps if word == "ENV")
@@ -156,8 +159,34 @@ def test_dockerfile_matches_the_repository():
     config = load_config(shipped)  # the container's config is valid
     assert config.watches[0].path == Path("/data/inbox")
     assert str(config.node.state_dir) == "/data/var" and config.node.metrics_port == 9464
+    assert config.node.metrics_host == "0.0.0.0"  # scraped from outside the container
     volumes = [rest for word, rest in steps if word == "VOLUME"]
     assert "/data/inbox" in volumes[0] and "/data/var" in volumes[0]
+
+
+def test_docker_entrypoint_says_what_to_fix(tmp_path):
+    """The entrypoint checks the config and the volumes before it runs the node: a folder
+    the container's user cannot write is one message with the fix, exit 2, no crash loop."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[node]\nstate_dir = "{blocker / "var"}"\n')
+    env = {**os.environ, "DICOM_NODE_CONFIG": str(cfg),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run([str(ROOT / "scripts" / "docker-entrypoint"), "status"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2
+    assert "state_dir" in done.stderr and "chown -R" in done.stderr
+    good = tmp_path / "good.toml"
+    good.write_text(f'[node]\nstate_dir = "{tmp_path / "var"}"\n')
+    (tmp_path / "var").mkdir()
+    from node.service.journal import Journal
+
+    Journal(tmp_path / "var" / "journal.sqlite").close()
+    ok = subprocess.run([str(ROOT / "scripts" / "docker-entrypoint"), "status"],
+                        capture_output=True, text=True, timeout=60,
+                        env={**env, "DICOM_NODE_CONFIG": str(good)})
+    assert ok.returncode == 0 and "jobs:" in ok.stdout, ok.stderr
 
 
 def test_compose_and_systemd_unit():
@@ -170,6 +199,7 @@ def test_compose_and_systemd_unit():
     unit = (ROOT / "config" / "dicom-node.service").read_text()
     assert re.search(r"^ExecStart=\S+/dicom-node watch$", unit, re.M)
     assert "KillSignal=SIGTERM" in unit
+    assert "KillMode=mixed" in unit  # the node drains its workers; they are not signalled
 
 
 def test_scripts_orthanc_command(tmp_path):
@@ -193,3 +223,22 @@ def test_scripts_orthanc_command(tmp_path):
     again = run_node("echo", "--host", "127.0.0.1", "--port", dicom, "--called-aet",
                      "ORTHANC")
     assert again.returncode == 1 and "connection refused" in again.stderr
+
+
+def test_the_bundled_orthanc_rest_api_needs_its_password(pacs):
+    import base64
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(pacs.server.url + "/patients", timeout=5)
+    assert refused.value.code == 401
+    wrong = base64.b64encode(b"dicom-node:guess").decode()
+    req = urllib.request.Request(pacs.server.url + "/patients",
+                                 headers={"Authorization": f"Basic {wrong}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=5)
+    assert refused.value.code == 401
+    assert isinstance(pacs.get("/patients"), list)  # with the generated password
+    password = pacs.server.storage / "orthanc.password"
+    assert password.stat().st_mode & 0o077 == 0 and len(password.read_text()) >= 20

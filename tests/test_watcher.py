@@ -125,3 +125,32 @@ def test_scan_lists_wanted_files_in_order(tmp_path):
         (tmp_path / rel).write_bytes(b"x")
     assert [p.relative_to(tmp_path).as_posix() for p in scan(w)] == [
         "a/sub-01_T1w.nii.gz", "b/sub-02_T1w.nii"]
+
+
+def test_declared_voxel_bytes_come_from_the_header_alone(tmp_path):
+    """A sparse file or a gzip bomb is sized from its first bytes, before anything loads."""
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    from node.service.intake import declared_voxel_bytes
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((1024, 1024, 512))
+    hdr.set_data_dtype(np.int32)
+    sparse = tmp_path / "sub-sparse_T1w.nii"
+    with open(sparse, "wb") as f:
+        f.write(hdr.binaryblock + b"\0" * 4)
+        f.truncate(352 + 2 * 1024**3)  # 2 GiB, holes
+    assert declared_voxel_bytes(sparse) == 1024 * 1024 * 512 * 4
+    bomb = tmp_path / "sub-bomb_T1w.nii.gz"
+    hdr.set_data_shape((1024, 1024, 256))
+    hdr.set_data_dtype(np.float32)
+    with gzip.open(bomb, "wb") as f:
+        f.write(hdr.binaryblock + b"\0" * 4)
+        for _ in range(64):
+            f.write(bytes(16 * 1024**2))
+    assert bomb.stat().st_size < 8 * 1024**2
+    assert declared_voxel_bytes(bomb) == 1024 * 1024 * 256 * 4
+    assert declared_voxel_bytes(tmp_path / "x.dcm") == 0

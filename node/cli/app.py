@@ -70,9 +70,37 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.sidecar and len(args.inputs) > 1:
         _error("--sidecar names the sidecar of one input; give one INPUT with it")
         return EXIT_USAGE
+    if args.explain:
+        return _explain(args, profile, config.node.uid_root, overrides)
+    if args.output is None:
+        _error("convert: name the output folder with -o OUTDIR (or use --explain)")
+        return EXIT_USAGE
     return _report(convert_batch(
         args.inputs, args.output, profile, config.node.uid_root, sidecar=args.sidecar,
-        overrides=overrides, modality=args.modality, jobs=args.jobs or None))
+        overrides=overrides, modality=args.modality, jobs=args.jobs or None,
+        overwrite=args.overwrite))
+
+
+def _explain(args: argparse.Namespace, profile, uid_root: str, overrides) -> int:
+    """convert --explain: every attribute, its value and its source; nothing is written."""
+    from node.errors import DicomNodeError
+    from node.service.operations import explain
+
+    status = EXIT_OK
+    for path in args.inputs:
+        try:
+            rows = explain(path, profile, uid_root, sidecar=args.sidecar, overrides=overrides,
+                           modality=args.modality)
+        except DicomNodeError as exc:
+            _error(exc.message)
+            status = EXIT_USAGE
+            continue
+        print(f"# {path} (profile {profile.name})")
+        width = max(len(r.keyword) for r in rows)
+        for r in rows:
+            value = r.value if len(r.value) <= 48 else r.value[:45] + "..."
+            print(f"{r.tag} {r.keyword:<{width}}  {value!s:<48}  {r.source}")
+    return status
 
 
 def _report(results) -> int:
@@ -237,6 +265,8 @@ def cmd_push(args: argparse.Namespace) -> int:
             "seconds": round(report.seconds, 3),
             "series": [s.as_json() for s in summaries],
             "skipped": [{"path": p.path, "reason": p.reason} for p in result.problems],
+            "ignored": result.ignored,
+            "interrupted": report.interrupted,
             "association_failures": sorted({f.message for f in report.failures}),
             **({"verified": bool(result.verified)} if args.verify else {}),
         }, indent=2))
@@ -252,9 +282,12 @@ def cmd_push(args: argparse.Namespace) -> int:
             for message in s.messages:
                 print(f"    {message}")
         rate = report.delivered / report.seconds if report.seconds else 0.0
+        if report.interrupted and sys.stderr.isatty():
+            sys.stderr.write("\n")  # end the progress line
         print(f"{report.delivered} of {len(report.results)} instances delivered to "
               f"{report.destination} in {report.seconds:.1f} s ({rate:.0f} inst/s)"
-              + (f"; {len(result.problems)} inputs skipped" if result.problems else ""))
+              + (f"; {len(result.problems)} inputs skipped" if result.problems else "")
+              + (f"; {result.ignored} BIDS metadata files ignored" if result.ignored else ""))
         if args.verify:
             print("verify: every series is complete in the PACS" if result.verified
                   else "verify: INCOMPLETE: the PACS is missing instances")
@@ -264,6 +297,10 @@ def cmd_push(args: argparse.Namespace) -> int:
                   "everything)", file=sys.stderr)
         else:
             _error(failure)
+    if report.interrupted:
+        _error(f"interrupted: {report.delivered} of {len(report.results)} instances were "
+               "delivered (acknowledged by the peer); push again to send the rest")
+        return 130
     if not result.exit_ok:
         return EXIT_FAILURE
     return EXIT_USAGE if result.problems else EXIT_OK
@@ -594,8 +631,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("inputs", nargs="+", metavar="INPUT", type=Path,
                          help="NIfTI files (.nii, .nii.gz)")
-    convert.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR",
+    convert.add_argument("-o", "--output", type=Path, metavar="OUTDIR",
                          help="folder that receives one series folder per input")
+    convert.add_argument("--explain", action="store_true",
+                         help="print every attribute, its value and where it comes from "
+                         "(default, static, sidecar key, file-name entity, --set, fallback, "
+                         "header); write nothing")
     convert.add_argument("--profile", help="mapping profile (default: [node].default_profile)")
     convert.add_argument("--sidecar", type=Path, help="BIDS JSON sidecar (default: next to INPUT)")
     convert.add_argument(
@@ -607,6 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-j", "--jobs", type=int, default=0, metavar="N",
         help="conversion processes for a batch (default: one per core)",
     )
+    convert.add_argument("--overwrite", action="store_true",
+                         help="replace an existing folder of the same name even when it is "
+                         "not this input's earlier output")
     convert.set_defaults(func=cmd_convert)
 
     def peer_options(p: argparse.ArgumentParser) -> None:

@@ -166,21 +166,108 @@ def convert_file(
     )
 
 
+#: Where the attributes that no mapping gives come from (see :func:`explain`).
+_FROM_HEADER = frozenset({
+    "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "SliceThickness",
+    "SpacingBetweenSlices", "SliceLocation", "Rows", "Columns", "BitsAllocated", "BitsStored",
+    "HighBit", "PixelRepresentation", "RescaleIntercept", "RescaleSlope", "RescaleType",
+    "WindowCenter", "WindowWidth", "NumberOfTemporalPositions", "TemporalPositionIdentifier",
+    "SamplesPerPixel", "PhotometricInterpretation", "PatientOrientation", "InstanceNumber",
+    "AcquisitionNumber", "NumberOfFrames",
+})
+_GENERATED = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+                        "FrameOfReferenceUID"})
+
+
+@dataclass(frozen=True)
+class Explained:
+    """One attribute of a converted series: its value and where it came from."""
+
+    tag: str  # "(gggg,eeee)"
+    keyword: str
+    value: str
+    source: str
+
+
+def explain(series: ConvertedSeries) -> list[Explained]:
+    """Every attribute the first instance carries (pixel data aside), with its value and its
+    source: the mapping's record (built-in default, profile static value, sidecar key,
+    file-name entity, --set, fallback, pseudonym) when the value is the mapped one, else what
+    dicom-node derived it from (the NIfTI header's geometry and intensities, a deterministic
+    UID, the IOD's own rules). A newcomer finds where a tag comes from in one step."""
+    ds = next(series.datasets())
+    out = []
+    for elem in ds:
+        if elem.tag == 0x7FE00010:
+            continue
+        keyword = elem.keyword or "(private)"
+        value = _text(elem.value)
+        mapped = series.attributes.get(keyword)
+        if mapped is not None and _text(mapped.value) == value:
+            source = mapped.source
+        elif keyword in _GENERATED:
+            source = "generated: a deterministic UID (source SHA-256 and mapping)"
+        elif keyword in _FROM_HEADER:
+            source = "derived from the NIfTI header (geometry, data type, scaling)"
+        elif keyword in ("DerivationDescription", "SoftwareVersions"):
+            source = "provenance (converter, version, source SHA-256)"
+        elif value == "":
+            source = "empty: a Type 2 attribute with no value from any source"
+        else:
+            source = f"the {series.sop_class_name} IOD (dicom-node)"
+        out.append(Explained(f"({elem.tag.group:04X},{elem.tag.element:04X})", keyword,
+                             value, source))
+    return out
+
+
+def _text(value) -> str:
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
 def instance_filename(number: int) -> str:
     return f"IM{number:06d}.dcm"
 
 
-def write_series(series: ConvertedSeries, out_dir: str | Path, name: str | None = None) -> Path:
+MARKER_SUFFIX = ".dicom-node"
+
+
+def _marker(final: Path) -> Path:
+    """Beside each series folder we write, a small file saying it is ours and from what."""
+    return final.with_name(f".{final.name}{MARKER_SUFFIX}")
+
+
+def write_series(series: ConvertedSeries, out_dir: str | Path, name: str | None = None,
+                 overwrite: bool = False) -> Path:
     """Write every instance under ``out_dir/name`` atomically; return the series folder.
 
     Files go to a hidden temporary folder next to the target, which is renamed into place only
-    after the last instance is written and flushed. An existing folder of the same name is
-    replaced (same input and mapping give the same UIDs, so this is a clean rewrite).
+    after the last instance is written and flushed. An existing folder is replaced only when it
+    is provably our own earlier output of the same input (the marker beside it records the
+    source's SHA-256), or with ``overwrite``; anything else is refused with the way out, so a
+    folder of someone's files is never deleted.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "the output folder is a file: name a folder with -o")
     out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / (name or series.source.stem)
+    name = name or series.source.stem
+    if not name or name.startswith(".") or "/" in name or name in ("..", "."):
+        name = f"series-{series.source.sha256[:12]}"  # an input named ".nii" or similar
+    final = out_dir / name
+    marker = _marker(final)
+    if final.exists() or final.is_symlink():
+        ours = _marker_digest(marker)
+        if not overwrite and ours != series.source.sha256:
+            why = ("holds the output of another input" if ours else
+                   "exists and is not dicom-node's output")
+            raise InputError(final, f"{why}; choose another -o, or pass --overwrite to "
+                             "replace it")
+        if not final.is_dir() or final.is_symlink():
+            raise InputError(final, "exists and is not a folder; choose another -o")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=out_dir))
+    tmp.chmod(0o777 & ~_umask())  # as mkdir would: a PACS import user can read it
     try:
         for number, _uid, data in series.encoded():
             (tmp / instance_filename(number)).write_bytes(data)
@@ -195,7 +282,23 @@ def write_series(series: ConvertedSeries, out_dir: str | Path, name: str | None 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    marker.write_text(json.dumps({"source": str(series.source.path),
+                                  "sha256": series.source.sha256,
+                                  "series_uid": series.uids.series}))
     return final
+
+
+def _marker_digest(marker: Path) -> str | None:
+    try:
+        return json.loads(marker.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @dataclass(frozen=True)
@@ -220,11 +323,12 @@ def convert_to_folder(
     sidecar: str | Path | None = None,
     overrides: dict[str, str] | None = None,
     modality: str | None = None,
+    overwrite: bool = False,
 ) -> SeriesSummary:
     """Convert one file and write its series atomically; a picklable result for worker pools."""
     series = convert_file(path, profile, uid_root=uid_root, sidecar=sidecar,
                           overrides=overrides, modality=modality)
-    folder = write_series(series, out_dir, name)
+    folder = write_series(series, out_dir, name, overwrite)
     return SeriesSummary(
         source=Path(path),
         series_uid=series.uids.series,

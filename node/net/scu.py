@@ -122,6 +122,7 @@ class StoreReport:
     results: list[InstanceResult] = field(default_factory=list)
     failures: list[NetworkFailure] = field(default_factory=list)
     seconds: float = 0.0
+    interrupted: bool = False  # stopped by the user (Ctrl-C) before every file was sent
 
     @property
     def delivered(self) -> int:
@@ -179,10 +180,14 @@ Recorder = Callable[[InstanceResult], None]
 class _Pending:
     """The files of one context group that no association has taken yet (shared by threads)."""
 
-    def __init__(self, files: Iterable[DicomFile]) -> None:
+    def __init__(self, files: Iterable[DicomFile], stop: threading.Event | None = None) -> None:
         self._files = deque(files)
+        self._stop = stop
 
     def take(self) -> DicomFile | None:
+        """The next file, or None when none is left or the push was stopped."""
+        if self._stop is not None and self._stop.is_set():
+            return None
         try:
             return self._files.popleft()  # atomic: each file goes to one association
         except IndexError:
@@ -192,9 +197,8 @@ class _Pending:
         self._files.appendleft(f)
 
     def drain(self) -> list[DicomFile]:
-        out = []
-        while (f := self.take()) is not None:
-            out.append(f)
+        out = list(self._files)
+        self._files.clear()
         return out
 
 
@@ -321,15 +325,30 @@ def store(
                 progress(result)
 
     n = max(1, min(dest.max_associations, len(files) // 50 + 1))
+    stop = threading.Event()
     for group in plan_contexts(files, dest.transfer_syntaxes):
         classes = {c for c, _ in group}
-        pending = _Pending(f for f in files if f.sop_class_uid in classes)
+        pending = _Pending((f for f in files if f.sop_class_uid in classes), stop)
+        if stop.is_set():
+            _not_sent(pending, record, t0, "not sent: the push was interrupted")
+            continue
         opening = _Opening()
         with ThreadPoolExecutor(n, thread_name_prefix="c-store") as pool:
             futures = [pool.submit(_association_worker, dest, calling_ae, group, pending, t0,
                                    record, report.failures, opening) for _ in range(n)]
-            for future in futures:
-                future.result()  # a bug in a thread is raised here, never lost
+            try:
+                for future in futures:
+                    future.result()  # a bug in a thread is raised here, never lost
+            except KeyboardInterrupt:
+                # Ctrl-C: every association finishes the C-STORE in flight (its answer is
+                # counted), takes no new file and is released; then we say what arrived
+                stop.set()
+                report.interrupted = True
+                for future in futures:
+                    future.result()
+        if stop.is_set():
+            _not_sent(pending, record, t0, "not sent: the push was interrupted")
+            continue
         last = report.failures[-1] if report.failures else None
         for f in pending.drain():  # left when every association was refused or lost
             outcome = Outcome.PERMANENT if last and not last.transient else Outcome.TRANSIENT
@@ -337,6 +356,11 @@ def store(
                                   last.message if last else "not sent", time.monotonic() - t0))
     report.seconds = time.monotonic() - t0
     return report
+
+
+def _not_sent(pending: _Pending, record: Recorder, t0: float, why: str) -> None:
+    for f in pending.drain():
+        record(InstanceResult(f, Outcome.TRANSIENT, None, why, time.monotonic() - t0))
 
 
 # --- C-FIND ---------------------------------------------------------------------------------

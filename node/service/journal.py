@@ -149,6 +149,7 @@ class Job:
     key: str | None = None  # content + what shapes the output + destination (intake.job_key)
     owner: str | None = None  # "host:pid" of the process that holds (or last held) the job
     lease_until: float = 0.0  # the owner's claim is good until then; renewed by heartbeats
+    memory: int = 0  # estimated peak bytes to convert it (intake.MEMORY_FACTOR x voxels)
 
     def as_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -156,7 +157,8 @@ class Job:
 
 _COLUMNS = ", ".join(f.name for f in fields(Job))
 #: Columns added after the first release, with their definitions: opened journals get them.
-_ADDED_COLUMNS = {"key": "TEXT", "owner": "TEXT", "lease_until": "REAL NOT NULL DEFAULT 0"}
+_ADDED_COLUMNS = {"key": "TEXT", "owner": "TEXT", "lease_until": "REAL NOT NULL DEFAULT 0",
+                  "memory": "INTEGER NOT NULL DEFAULT 0"}
 ACTIVE = (JobState.CONVERTING.value, JobState.SENDING.value)
 
 
@@ -261,6 +263,7 @@ class Journal:
     def enqueue(
         self, source: Path, sha256: str, size: int, profile: str, destination: str,
         after: str = "move", sidecar: Path | None = None, key: str | None = None,
+        memory: int = 0,
     ) -> tuple[Job, bool]:
         """Add a job unless one exists for the same ``key`` (content and everything that shapes
         the output, see ``intake.job_key``), or without a key for the same content,
@@ -291,9 +294,10 @@ class Journal:
                 return self.get(row[0]), True  # type: ignore[return-value]
             cur = db.execute(
                 "INSERT INTO jobs (source, sidecar, sha256, size, profile, destination, after, "
-                "state, created, updated, key) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                "state, created, updated, key, memory) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, "
+                "?, ?, ?)",
                 (str(source), str(sidecar) if sidecar else None, sha256, size, profile,
-                 destination, after, now, now, key),
+                 destination, after, now, now, key, memory),
             )
             self._history(db, int(cur.lastrowid), None, "queued", 0, None, None)
             return self.get(int(cur.lastrowid)), True  # type: ignore[arg-type, return-value]
@@ -314,17 +318,20 @@ class Journal:
             "WHERE job_id = ? ORDER BY at, rowid", (job_id,)).fetchall()
 
     def claim(self, now: float | None = None, owner: str | None = None,
-              lease_seconds: float = 60.0) -> Job | None:
+              lease_seconds: float = 60.0, memory: int | None = None) -> Job | None:
         """Take the oldest due job (queued, or retry-wait whose time has come): -> converting,
-        held by ``owner`` under a lease of ``lease_seconds`` (renewed by :meth:`renew`)."""
+        held by ``owner`` under a lease of ``lease_seconds`` (renewed by :meth:`renew`).
+
+        ``memory``: the bytes left in the node's budget; when the oldest due job needs more,
+        nothing is claimed (it waits for jobs in flight to finish, and keeps its turn)."""
         now = time.time() if now is None else now
         owner = owner or owner_id()
         with self._tx() as db:
             row = db.execute(
-                "SELECT id, state, attempts FROM jobs WHERE state IN ('queued', 'retry-wait') "
-                "AND next_attempt <= ? ORDER BY next_attempt, id LIMIT 1", (now,),
+                "SELECT id, state, attempts, memory FROM jobs WHERE state IN ('queued', "
+                "'retry-wait') AND next_attempt <= ? ORDER BY next_attempt, id LIMIT 1", (now,),
             ).fetchone()
-            if row is None:
+            if row is None or (memory is not None and row[3] > memory):
                 return None
             db.execute(
                 "UPDATE jobs SET state = 'converting', attempts = attempts + 1, updated = ?, "
@@ -401,6 +408,12 @@ class Journal:
             note = detail if detail is not None else values.get("last_error")
             self._history(db, job_id, row[0], target.value, row[2], owner or row[1], note)
         return self.get(job_id)  # type: ignore[return-value]
+
+    def find_by_source(self, sources: list[str]) -> Job | None:
+        """The latest job for any of these source paths."""
+        marks = ",".join("?" * len(sources))
+        found = self._jobs(f"WHERE source IN ({marks}) ORDER BY id DESC LIMIT 1", sources)
+        return found[0] if found else None
 
     def note(self, job_id: int, text: str) -> None:
         """A remark on a job that changes no state (e.g. a done job whose file stayed)."""

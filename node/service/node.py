@@ -16,6 +16,7 @@ import errno
 import hashlib
 import logging
 import os
+import queue
 import random
 import shutil
 import signal
@@ -109,12 +110,26 @@ def _deliver_in_worker(job: Job, config: Config, state_root: str, already: set[s
         return deliver(job, config, dirs.spool, already, on_stage)
     except InvalidTransition as exc:  # the lease was lost: another process has the job
         return DeliveryResult(JobState.RETRY_WAIT, str(exc), "lease")
+    except (OSError, sqlite3.OperationalError) as exc:
+        if not _disk_full(exc):
+            raise
+        # a fault of the environment, not of the input: retried when there is room
+        return DeliveryResult(JobState.RETRY_WAIT, f"no space left on the state folder's "
+                              f"disk ({exc})", "disk")
     except Exception as exc:
         import traceback
 
         return DeliveryResult(JobState.FAILED, "internal error (a bug in dicom-node; the "
                               f"traceback is in the log): {type(exc).__name__}: {exc}",
                               "internal", detail=traceback.format_exc(limit=12))
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Is this the disk (or quota) running out, as OSError or as SQLite says it?"""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "disk is full" in str(exc) or "disk I/O error" in str(exc))
 
 
 def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random = random) -> float:
@@ -130,6 +145,16 @@ class _InFlight:
     job: Job
     future: Future
     started: float = field(default_factory=time.monotonic)
+
+
+def _half_the_memory() -> int:
+    """The default memory_limit: half of this machine's memory (or of the container's)."""
+    try:
+        limit = int(Path("/sys/fs/cgroup/memory.max").read_text().strip())
+    except (OSError, ValueError):
+        limit = 0
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return (min(limit, total) if limit else total) // 2
 
 
 class NodeStartError(Exception):
@@ -172,6 +197,7 @@ class Node:
         self.watching = watch
         self.intake = Intake()
         self.degraded: str | None = None  # why intake and sending are paused (disk full...)
+        self.memory_limit = config.node.memory_limit or _half_the_memory()
         self._pool: ProcessPoolExecutor | None = None
         self._inflight: dict[int, _InFlight] = {}
         self._echo_due = 0.0
@@ -179,7 +205,10 @@ class Node:
         from node.service.watcher import FolderWatcher, Stabilizer
 
         self.stabilizer = Stabilizer()
-        self.watcher = FolderWatcher(config.watches, self.stabilizer) if watch else None
+        self._orphans: queue.SimpleQueue = queue.SimpleQueue()
+        self.watcher = FolderWatcher(
+            config.watches, self.stabilizer,
+            lambda path, w: self._orphans.put((path, w))) if watch else None
 
     # the pieces ------------------------------------------------------------------------------
 
@@ -196,7 +225,8 @@ class Node:
         """Identify, hash and enqueue one complete file now (``ingest``; the node's loop does
         the same through its intake thread)."""
         profile = self.config.profile(watch.profile)
-        return self._enqueue(identify(path, watch, profile, sidecar_missing))
+        return self._enqueue(identify(path, watch, profile, sidecar_missing,
+                                      self.memory_limit))
 
     def _enqueue(self, found: Identified):
         """A job for an identified file (or quarantine, or a warning when it is refused)."""
@@ -218,7 +248,7 @@ class Node:
             return job
         job, created = self.journal.enqueue(
             path, found.digest, found.size, watch.profile, watch.destination, watch.after,
-            found.sidecar, key=found.key)
+            found.sidecar, key=found.key, memory=found.memory)
         if not created:
             log.info("%s: same content, profile and destination as job %d (%s), not sent "
                      "again", safe(path.name), job.id, job.state,
@@ -236,8 +266,11 @@ class Node:
 
     def _claim_and_submit(self) -> None:
         while len(self._inflight) < self.config.node.workers and not self.stopping.is_set():
+            in_use = sum(f.job.memory for f in self._inflight.values())
             job = self.journal.claim(owner=self.owner,
-                                     lease_seconds=self.config.node.lease_seconds)
+                                     lease_seconds=self.config.node.lease_seconds,
+                                     memory=self.memory_limit - in_use if self._inflight
+                                     else None)
             if job is None:
                 return
             log_transition(job, "queued" if job.attempts <= 1 else "retry-wait", "converting")
@@ -379,12 +412,43 @@ class Node:
                         extra={"fields": {"job": job.id}})
             self.journal.note(job.id, note)
 
+    def _late_sidecar(self, sidecar: Path, watch: WatchSettings) -> None:
+        """A sidecar whose image was already delivered without it: say so, and move it to
+        the image (so the inbox does not keep it for ever). Its metadata is not in the PACS:
+        drop image and sidecar again to send them together."""
+        if not sidecar.exists():
+            return
+        stem = sidecar.name[: -len(".json")]
+        job = self.journal.find_by_source([str(sidecar.with_name(stem + ext))
+                                           for ext in (".nii.gz", ".nii")])
+        if job is None or job.state != "done":
+            return
+        log.warning("%s: arrived after its image was delivered without it (job %d); the "
+                    "series lacks its metadata: drop image and sidecar again to resend",
+                    safe(sidecar.name), job.id, extra={"fields": {"job": job.id}})
+        self.journal.note(job.id, f"its sidecar {sidecar.name} arrived after delivery")
+        if watch.after == "keep":
+            return
+        try:
+            if watch.after == "delete":
+                sidecar.unlink()
+            else:
+                target = self.dirs.done / dt.date.today().isoformat()
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(sidecar), target / f"job-{job.id}-{sidecar.name}")
+        except OSError as exc:
+            log.warning("%s: cannot move it (%s)", safe(sidecar.name), exc.strerror)
+
     def _echo_destinations(self) -> None:
         from node.net.scu import echo
         from node.net.status import NetworkFailure
 
         def run() -> None:
-            journal = Journal(self.dirs.journal)
+            try:
+                journal = Journal(self.dirs.journal)
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("echo: the journal cannot be opened now (%s)", exc)
+                return
             try:
                 for name, dest in self.config.destinations.items():
                     try:
@@ -393,6 +457,8 @@ class Node:
                     except NetworkFailure as exc:
                         journal.record_echo(name, False, exc.message)
                         log.warning("echo %s: %s", name, exc.message)
+            except (sqlite3.Error, OSError) as exc:  # disk full: the next echo records it
+                log.warning("echo: not recorded (%s)", exc)
             finally:
                 journal.close()
 
@@ -458,18 +524,23 @@ class Node:
         if self._low_on_space():
             return
         for path, watch, missing in self.stabilizer.ready():
-            self.intake.submit(path, watch, self.config.profile(watch.profile), missing)
-        for found in self.intake.done():
+            self.intake.submit(path, watch, self.config.profile(watch.profile), missing,
+                               self.memory_limit)
+        identified = self.intake.done()
+        for i, found in enumerate(identified):
             try:
                 self._enqueue(found)
             except (sqlite3.OperationalError, OSError):
-                self.stabilizer.forget(found.path)  # taken again once the disk has room
+                for left in identified[i:]:  # not in the journal: taken again at a rescan
+                    self.stabilizer.forget(left.path)
                 raise
             except Exception:  # a bug must not stop the node; the next rescan tries again
                 log.exception("%s: could not enqueue", safe(found.path))
                 self.stabilizer.forget(found.path)
         self._claim_and_submit()
         self._collect()
+        while not self._orphans.empty():
+            self._late_sidecar(*self._orphans.get_nowait())
         if self.watching and now >= self._echo_due:
             self._echo_due = now + self.config.node.echo_interval_seconds
             self._echo_destinations()
@@ -504,9 +575,7 @@ class Node:
         try:
             self.step()
         except (sqlite3.OperationalError, OSError) as exc:
-            full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC or (
-                "disk is full" in str(exc) or "disk I/O error" in str(exc))
-            if not full:
+            if not _disk_full(exc):
                 raise
             if self.degraded is None:
                 log.error("degraded: no space left for the journal or the spool (%s); intake "
@@ -514,9 +583,24 @@ class Node:
             self.degraded = f"no space left on the state folder's disk ({exc})"
             self.stopping.wait(2.0)
             return
-        if self.degraded is not None and not self._low_on_space():
+        if self.degraded is not None and not self._low_on_space() and (
+                self._free_bytes() > max(self.config.node.min_free_bytes, self._margin())):
             log.warning("recovered: space is back, intake and sending resume")
             self.degraded = None
+
+    def _margin(self) -> int:
+        """Free space that counts as "back" after a full disk: 8 MiB, or a tenth of a small
+        disk, so that the node does not flap between degraded and recovered."""
+        try:
+            return min(8 * 1024**2, shutil.disk_usage(self.dirs.root).total // 10)
+        except OSError:
+            return 8 * 1024**2
+
+    def _free_bytes(self) -> int:
+        try:
+            return shutil.disk_usage(self.dirs.root).free
+        except OSError:
+            return 0
 
     def _low_on_space(self) -> bool:
         """Below ``min_free_bytes`` on the state folder: degraded, no new work."""

@@ -57,11 +57,18 @@ class PlainFormatter(logging.Formatter):
         return text
 
 
+def _known_noise(record: logging.LogRecord) -> bool:
+    """watchdog 6/7 logs an ERROR when an inotify emitter is stopped with the observer, at
+    every shutdown; it means nothing to an operator."""
+    return not (record.name.startswith("watchdog") and "thread is inactive" in record.getMessage())
+
+
 def setup_service_logging(fmt: str, verbose: int = 0) -> None:
     """Every record of the node, its workers and the libraries it uses, in one format: the
     root logger gets the handler, so a library's line is JSON too when the node's are."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())
+    handler.addFilter(_known_noise)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -9,6 +9,7 @@ never printed here.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -22,6 +23,13 @@ from node.errors import DicomNodeError, InputError
 from node.service.journal import Job, Journal
 
 _SKIP_NAMES = (".DS_Store", "DICOMDIR")
+#: Files a BIDS dataset holds beside its images (BIDS 1.9, "Modality agnostic files" and
+#: sidecars): pushed folders count them as ignored, never as failures.
+_BIDS_NAMES = re.compile(
+    r"^(dataset_description\.json|participants\.(tsv|json)|samples\.(tsv|json)|"
+    r"(README|CHANGES|LICENSE|CITATION)(\.\w+)?|\.bidsignore|genetic_info\.json)$"
+    r"|.*\.(tsv|tsv\.gz|bval|bvec)$|.*_(scans|sessions|events|physio|stim|channels)\.json$",
+    re.IGNORECASE)
 
 
 class OperationError(DicomNodeError):
@@ -39,21 +47,38 @@ def in_processes(fn: Callable[..., Any], calls: Sequence[tuple], jobs: int | Non
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(calls)))
     if jobs == 1:
         return [fn(*args) for args in calls]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_sigint)
+    try:
         futures = [pool.submit(fn, *args) for args in calls]
         return [future.result() for future in futures]
+    except KeyboardInterrupt:  # Ctrl-C: stop now, not after every conversion has run
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _ignore_sigint() -> None:
+    """Conversion workers leave Ctrl-C to the parent (no traceback from each of them)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # --- convert ------------------------------------------------------------------------------
 
 def _convert_one(path: Path, out_dir: Path, profile: Profile, uid_root: str, name: str,
-                 sidecar: Path | None, overrides: dict[str, str] | None, modality: str | None):
+                 sidecar: Path | None, overrides: dict[str, str] | None, modality: str | None,
+                 overwrite: bool = False):
     """Worker: a SeriesSummary, or the DicomNodeError to report (never raises for bad input)."""
     from node.convert.series import convert_to_folder
 
     try:
         return convert_to_folder(path, out_dir, profile, uid_root=uid_root, name=name,
-                                 sidecar=sidecar, overrides=overrides, modality=modality)
+                                 sidecar=sidecar, overrides=overrides, modality=modality,
+                                 overwrite=overwrite)
     except DicomNodeError as exc:
         return exc
 
@@ -76,18 +101,33 @@ def unique_names(paths: Iterable[Path]) -> list[str]:
 def convert_batch(
     inputs: Sequence[Path], out_dir: Path, profile: Profile, uid_root: str, *,
     sidecar: Path | None = None, overrides: dict[str, str] | None = None,
-    modality: str | None = None, jobs: int | None = None,
+    modality: str | None = None, jobs: int | None = None, overwrite: bool = False,
 ) -> list:
     """Convert each input into ``out_dir/<name>``: a SeriesSummary or a DicomNodeError each."""
-    calls = [(path, out_dir, profile, uid_root, name, sidecar, overrides, modality)
+    calls = [(path, out_dir, profile, uid_root, name, sidecar, overrides, modality, overwrite)
              for path, name in zip(inputs, unique_names(inputs), strict=True)]
     return in_processes(_convert_one, calls, jobs)
 
 
+def explain(path: Path, profile: Profile, uid_root: str, *, sidecar: Path | None = None,
+            overrides: dict[str, str] | None = None, modality: str | None = None) -> list:
+    """What ``convert`` would write for ``path``, attribute by attribute, and from where."""
+    from node.convert.series import convert_file, explain
+
+    return explain(convert_file(path, profile, uid_root=uid_root, sidecar=sidecar,
+                                overrides=overrides, modality=modality))
+
+
 # --- push ---------------------------------------------------------------------------------
 
-def walk(paths: Iterable[Path]) -> Iterator[Path]:
-    """Files under ``paths`` (folders recursively, sorted; hidden files and sidecars skipped)."""
+def walk(paths: Iterable[Path], ignored: list[Path] | None = None) -> Iterator[Path]:
+    """Files under ``paths`` (folders recursively, sorted; hidden files and sidecars skipped).
+
+    In folders, the files a BIDS dataset holds beside its images (dataset_description.json,
+    participants.tsv, README, events, .bval/.bvec...) and JSON files without an image of the
+    same name (BIDS inheritance) are collected in ``ignored``, not sent. A file named on the
+    command line is always taken.
+    """
     for path in paths:
         if path.is_dir():
             for child in sorted(path.rglob("*")):
@@ -95,8 +135,13 @@ def walk(paths: Iterable[Path]) -> Iterator[Path]:
                 if child.is_file() and not any(p.startswith(".") for p in rel.parts):
                     if child.suffix.lower() == ".json" and _has_nifti_twin(child):
                         continue  # a BIDS sidecar travels with its NIfTI
-                    if child.name not in _SKIP_NAMES:
-                        yield child
+                    if child.name in _SKIP_NAMES:
+                        continue
+                    if _BIDS_NAMES.match(child.name) or child.suffix.lower() == ".json":
+                        if ignored is not None:
+                            ignored.append(child)
+                        continue
+                    yield child
         else:
             yield path
 
@@ -122,6 +167,7 @@ class Gathered:
     batches: list = field(default_factory=list)  # delivery.Batch, in input order
     problems: list[DicomNodeError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)  # BIDS metadata files in folders
 
     @property
     def files(self) -> list:
@@ -138,7 +184,7 @@ def gather(paths: Iterable[Path], spool: Path, profile: Profile | Callable[[], P
     """
     out = Gathered()
     nifti: list[tuple] = []
-    for n, path in enumerate(walk(paths)):
+    for n, path in enumerate(walk(paths, out.ignored)):
         if not path.exists():
             out.problems.append(InputError(path, "no such file or folder"))
         elif is_nifti(path):
@@ -214,6 +260,7 @@ class PushResult:
     problems: list[DicomNodeError]
     verified: bool | None = None  # None: not asked
     verify_error: str | None = None
+    ignored: int = 0  # BIDS metadata files found in folders, not sent
 
     @property
     def exit_ok(self) -> bool:
@@ -238,8 +285,9 @@ def push(
         gathered = gather(paths, Path(spool), profile, uid_root, jobs)
         progress = on_gathered(gathered) if on_gathered else None
         report, _ = send(gathered.batches, dest, calling_ae, progress=progress)
-    result = PushResult(report, summarise(report), gathered.problems)
-    if verify and result.series:
+    result = PushResult(report, summarise(report), gathered.problems,
+                        ignored=len(gathered.ignored))
+    if verify and result.series and not report.interrupted:
         verify_series(result, dest, calling_ae)
     elif verify:
         result.verified = True  # nothing was sent, nothing is missing

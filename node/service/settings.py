@@ -86,6 +86,9 @@ class NodeSettings:
                                    minimum=5)
     min_free_bytes: int = setting(256 * 1024**2, "below this free space on the state folder "
                                   "the node pauses intake and sending (degraded)", minimum=0)
+    memory_limit: int = setting(0, "bytes all conversions together may use; a file that needs "
+                                "more is quarantined, a job waits while others use it "
+                                "(0: half the machine's memory)", minimum=0)
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,11 @@ class WatchSettings:
     after: str = setting("move", "what happens to a delivered file",
                          choices=("move", "delete", "keep"))
     require_sidecar: bool = setting(False, "a NIfTI needs its BIDS sidecar")
-    sidecar_grace_seconds: float = setting(30.0, "how long to wait for a required sidecar",
+    sidecar_grace_seconds: float = setting(30.0, "how long a NIfTI waits for its sidecar",
                                            minimum=0)
+    sidecars: str = setting("auto", "wait for sidecars: auto (when the folder's other images "
+                            "have them), expected, optional",
+                            choices=("auto", "expected", "optional"))
     follow_symlinks: bool = setting(False, "take symbolic links that point outside the "
                                     "watched folder")
 

@@ -90,6 +90,30 @@ def _readable(path: Path, sig: tuple) -> bool:
         return False
 
 
+def _expects_sidecar(path: Path, watch: WatchSettings, seen: set[Path]) -> bool:
+    """Should a NIfTI without a sidecar wait for one? When the watch requires or expects
+    sidecars, or (``sidecars = "auto"``) when other images in its folder have theirs, now or
+    earlier (``seen``: folders whose images came with sidecars): a pipeline that writes the
+    image first and the JSON a moment later must not lose it."""
+    if watch.require_sidecar or watch.sidecars == "expected":
+        return True
+    if watch.sidecars != "auto":
+        return False
+    if path.parent in seen:
+        return True
+    try:
+        names = {e.name for e in os.scandir(path.parent)}
+    except OSError:
+        return False
+    for name in names:
+        low = name.lower()
+        if name != path.name and low.endswith((".nii", ".nii.gz")):
+            stem = name[: -len(".nii.gz")] if low.endswith(".nii.gz") else name[:-4]
+            if f"{stem}.json" in names:
+                return True
+    return False
+
+
 @dataclass
 class _Candidate:
     watch: WatchSettings
@@ -105,6 +129,7 @@ class Stabilizer:
         self._lock = threading.Lock()
         self._candidates: dict[Path, _Candidate] = {}
         self._taken: dict[Path, tuple] = {}  # path -> signature when taken (no re-take)
+        self._with_sidecars: set[Path] = set()  # folders whose NIfTI came with sidecars
 
     def nominate(self, path: Path, watch: WatchSettings, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -130,11 +155,19 @@ class Stabilizer:
                     continue
                 if now - cand.stable_since < cand.watch.settle_seconds or not _readable(path, sig):
                     continue
-                missing = cand.watch.require_sidecar and is_nifti(path) and sig[2] is None
-                if missing and now - cand.first_seen < cand.watch.sidecar_grace_seconds:
+                waiting = is_nifti(path) and sig[2] is None and _expects_sidecar(
+                    path, cand.watch, self._with_sidecars)
+                if waiting and now - cand.first_seen < cand.watch.sidecar_grace_seconds:
                     continue  # wait for the sidecar a while
+                missing = cand.watch.require_sidecar and is_nifti(path) and sig[2] is None
+                if waiting and not missing:
+                    log.warning("%s: no BIDS sidecar arrived within %g s although one was "
+                                "expected; sent without it", path.name,
+                                cand.watch.sidecar_grace_seconds)
                 del self._candidates[path]
                 self._taken[path] = sig
+                if is_nifti(path) and sig[2] is not None:
+                    self._with_sidecars.add(path.parent)
                 out.append((path, cand.watch, missing))
         return out
 
@@ -157,9 +190,12 @@ class Stabilizer:
 class FolderWatcher:
     """watchdog observers for the configured folders, nominating into a Stabilizer."""
 
-    def __init__(self, watches: tuple[WatchSettings, ...], stabilizer: Stabilizer) -> None:
+    def __init__(self, watches: tuple[WatchSettings, ...], stabilizer: Stabilizer,
+                 on_orphan_sidecar: Callable[[Path, WatchSettings], None] | None = None,
+                 ) -> None:
         self.watches = watches
         self.stabilizer = stabilizer
+        self.on_orphan_sidecar = on_orphan_sidecar
         self._observers: list = []
 
     def start(self) -> None:
@@ -191,10 +227,13 @@ class FolderWatcher:
             if path.name.lower().endswith(".json"):
                 # a sidecar changed: its NIfTI is what is nominated
                 stem = path.name[: -len(".json")]
-                for ext in (".nii.gz", ".nii"):
-                    twin = path.with_name(stem + ext)
+                twins = [path.with_name(stem + ext) for ext in (".nii.gz", ".nii")]
+                for twin in twins:
                     if twin.exists() and wanted(twin, watch):
                         self.stabilizer.nominate(twin, watch)
+                if self.on_orphan_sidecar and path.exists() and not any(
+                        t.exists() for t in twins):
+                    self.on_orphan_sidecar(path, watch)  # its image may be gone already
                 return
             if wanted(path, watch):
                 self.stabilizer.nominate(path, watch)

@@ -20,7 +20,7 @@ from node.cli.app import (
     cmd_status,
     cmd_watch,
 )
-from node.service.journal import STATES  # sqlite3 only: the console starts fast
+from node.service.states import STATES  # no sqlite3: the console starts fast
 
 
 def build_parser() -> argparse.ArgumentParser:

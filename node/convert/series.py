@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -230,23 +231,15 @@ def instance_filename(number: int) -> str:
     return f"IM{number:06d}.dcm"
 
 
-MARKER_SUFFIX = ".dicom-node"
-
-
-def _marker(final: Path) -> Path:
-    """Beside each series folder we write, a small file saying it is ours and from what."""
-    return final.with_name(f".{final.name}{MARKER_SUFFIX}")
-
-
 def write_series(series: ConvertedSeries, out_dir: str | Path, name: str | None = None,
                  overwrite: bool = False) -> Path:
     """Write every instance under ``out_dir/name`` atomically; return the series folder.
 
     Files go to a hidden temporary folder next to the target, which is renamed into place only
     after the last instance is written and flushed. An existing folder is replaced only when it
-    is provably our own earlier output of the same input (the marker beside it records the
-    source's SHA-256), or with ``overwrite``; anything else is refused with the way out, so a
-    folder of someone's files is never deleted.
+    is provably our own earlier output of the same input (nothing but our instance files, whose
+    provenance names this source's SHA-256), or with ``overwrite``; anything else is refused
+    with the way out, so a folder of someone's files is never deleted.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -256,9 +249,8 @@ def write_series(series: ConvertedSeries, out_dir: str | Path, name: str | None 
     if not name or name.startswith(".") or "/" in name or name in ("..", "."):
         name = f"series-{series.source.sha256[:12]}"  # an input named ".nii" or similar
     final = out_dir / name
-    marker = _marker(final)
     if final.exists() or final.is_symlink():
-        ours = _marker_digest(marker)
+        ours = _earlier_output_of(final)
         if not overwrite and ours != series.source.sha256:
             why = ("holds the output of another input" if ours else
                    "exists and is not dicom-node's output")
@@ -282,17 +274,30 @@ def write_series(series: ConvertedSeries, out_dir: str | Path, name: str | None 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    marker.write_text(json.dumps({"source": str(series.source.path),
-                                  "sha256": series.source.sha256,
-                                  "series_uid": series.uids.series}))
     return final
 
 
-def _marker_digest(marker: Path) -> str | None:
+_OURS = re.compile(r"^IM\d{6}\.dcm$")
+_PROVENANCE = re.compile(r"source SHA-256 ([0-9a-f]{64})")
+
+
+def _earlier_output_of(folder: Path) -> str | None:
+    """The source SHA-256 when ``folder`` holds nothing but a series we wrote (its files'
+    provenance, PS3.3 C.7.6.1 DerivationDescription, names the source), else None."""
+    from pydicom import dcmread
+
     try:
-        return json.loads(marker.read_text())["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+        if folder.is_symlink() or not folder.is_dir():
+            return None
+        names = sorted(e.name for e in os.scandir(folder))
+        if not names or not all(_OURS.match(n) for n in names):
+            return None
+        ds = dcmread(folder / names[0], stop_before_pixels=True,
+                     specific_tags=["DerivationDescription"])
+    except Exception:  # unreadable or foreign: not provably ours
         return None
+    found = _PROVENANCE.search(str(ds.get("DerivationDescription", "")))
+    return found.group(1) if found else None
 
 
 def _umask() -> int:

@@ -159,24 +159,100 @@ def read_dicom_file(path: str | Path, check: bool = False) -> DicomFile:
 def open_checked(f: DicomFile) -> tuple[BinaryIO, DicomFile]:
     """``f``'s file, open at its data set, after a walk of the data set's structure; and ``f``
     with its study and series UIDs. InputError when a declared length does not fit the file
-    (a peer would wait for bytes that never come) or the file cannot be read."""
-    found = _file_meta(f.path)
-    if found is None or f.transfer_syntax in _NOT_WALKED:
-        try:
-            fp, _ = _open_dataset(f.path)
-        except Exception as exc:
-            raise InputError(f.path, f"unreadable DICOM file ({peer_text(str(exc), 120)})"
-                             ) from None
-        return fp, describe(f)
+    (a peer would wait for bytes that never come) or the file cannot be read.
+
+    One open and one 64 KB read serve the file meta, the walk and the send: the walk of an
+    ordinary image (its elements, then pixel data reaching the end of the file) needs no more.
+    """
     try:
-        study, series = check_structure(f.path, found[1], f.transfer_syntax)
         fp = open(f.path, "rb")  # noqa: SIM115 - handed to the caller, who closes it
-    except Malformed as exc:
-        raise InputError(f.path, f"malformed DICOM data set: {exc}") from None
     except OSError as exc:
         raise InputError(f.path, f"cannot read ({exc.strerror or exc})") from None
-    fp.seek(found[1])
+    try:
+        head = fp.read(_HEAD_BYTES)
+        size = os.fstat(fp.fileno()).st_size
+        try:
+            found = _walk_file_meta(head[:16384])
+        except (UnicodeDecodeError, struct.error):
+            found = None
+        if found is None or f.transfer_syntax in _NOT_WALKED:
+            fp.close()
+            try:
+                fp, _ = _open_dataset(f.path)
+            except Exception as exc:
+                raise InputError(f.path, f"unreadable DICOM file "
+                                 f"({peer_text(str(exc), 120)})") from None
+            return fp, describe(f)
+        offset = found[1]
+        if size <= offset:
+            raise Malformed("the file has no data set")
+        explicit = f.transfer_syntax != IMPLICIT_LE
+        uids = _walk_head(head, offset, size, explicit)
+        if uids is None:  # sequences of undefined length, elements after a large value...
+            uids = check_structure(f.path, offset, f.transfer_syntax)
+        fp.seek(offset)
+    except Malformed as exc:
+        fp.close()
+        raise InputError(f.path, f"malformed DICOM data set: {exc}") from None
+    except OSError as exc:
+        fp.close()
+        raise InputError(f.path, f"cannot read ({exc.strerror or exc})") from None
+    except BaseException:
+        fp.close()
+        raise
+    study, series = uids
     return fp, replace(f, study_uid=study or f.study_uid, series_uid=series or f.series_uid)
+
+
+_HEAD_BYTES = 16384
+
+
+def _walk_head(head: bytes, pos: int, size: int, explicit: bool) -> tuple[str, str] | None:
+    """The top-level walk of a data set within the first bytes of a file of ``size`` bytes:
+    the (study, series) UIDs when every element was checked, Malformed when one cannot fit
+    the file, None when the rest needs the whole file (:func:`check_structure`)."""
+    found: dict[int, bytes] = {_STUDY_UID: b"", _SERIES_UID: b""}
+    have = len(head)
+    while pos < size:
+        if pos + 12 > have:
+            return None
+        group, element = struct.unpack_from("<HH", head, pos)
+        tag = group << 16 | element
+        vr = b""
+        if explicit and group != 0xFFFE:
+            vr = head[pos + 4: pos + 6]
+            if vr in LONG_LENGTH_VR_BYTES:
+                (length,) = struct.unpack_from("<I", head, pos + 8)
+                start = pos + 12
+            else:
+                (length,) = struct.unpack_from("<H", head, pos + 6)
+                start = pos + 8
+        else:
+            (length,) = struct.unpack_from("<I", head, pos + 4)
+            start = pos + 8
+        if length == _UNDEFINED or group == 0xFFFE:
+            return None
+        end = start + length
+        if end > size:
+            raise Malformed(f"element ({group:04X},{element:04X}) declares {length} bytes, "
+                            f"{size - start} are left in the file")
+        if vr == b"SQ" or (not explicit and tag != 0x7FE00010 and length >= 8):
+            if end > have:
+                return None
+            if vr == b"SQ" or _is_item(head, start, end):
+                try:
+                    _walk_items(head, start, end, explicit, 1)
+                except Malformed:
+                    if vr == b"SQ":
+                        raise
+        if tag in found:
+            if end > have:
+                return None
+            found[tag] = head[start:end]
+        pos = end
+        if pos >= have and pos != size:
+            return None
+    return tuple(v.rstrip(b"\0 ").decode("ascii", "replace") for v in found.values())
 
 
 # --- the data set's structure -------------------------------------------------------------

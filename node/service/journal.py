@@ -25,38 +25,10 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from enum import StrEnum
 from pathlib import Path
 
 from node.errors import DicomNodeError
-
-
-class JobState(StrEnum):
-    """Where a job is. A delivery's verdict is the state it moves the job to."""
-
-    QUEUED = "queued"
-    CONVERTING = "converting"
-    SENDING = "sending"
-    DONE = "done"
-    RETRY_WAIT = "retry-wait"
-    FAILED = "failed"
-    QUARANTINED = "quarantined"
-    CANCELLED = "cancelled"  # by an operator (a quarantined input deleted, a job cancelled)
-
-
-STATES = tuple(s.value for s in JobState)
-_S = JobState
-#: Every move a job may make; anything else is a bug and is refused.
-ALLOWED: dict[JobState, frozenset[JobState]] = {
-    _S.QUEUED: frozenset({_S.CONVERTING, _S.QUARANTINED, _S.CANCELLED}),
-    _S.CONVERTING: frozenset({_S.SENDING, _S.RETRY_WAIT, _S.FAILED, _S.QUARANTINED, _S.QUEUED}),
-    _S.SENDING: frozenset({_S.DONE, _S.RETRY_WAIT, _S.FAILED, _S.QUEUED}),
-    _S.RETRY_WAIT: frozenset({_S.CONVERTING, _S.QUEUED, _S.FAILED, _S.CANCELLED}),
-    _S.FAILED: frozenset({_S.QUEUED, _S.CANCELLED}),
-    _S.QUARANTINED: frozenset({_S.QUEUED, _S.CANCELLED}),
-    _S.CANCELLED: frozenset({_S.QUEUED}),
-    _S.DONE: frozenset(),
-}
+from node.service.states import ALLOWED, STATES, JobState  # noqa: F401 - the vocabulary
 
 
 class InvalidTransition(ValueError):

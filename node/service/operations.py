@@ -15,12 +15,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node.convert.profile import Profile
 from node.convert.source import NIFTI_SUFFIXES, content_digest, is_nifti, nifti_stem
 from node.errors import DicomNodeError, InputError
-from node.service.journal import Job, Journal
+
+if TYPE_CHECKING:
+    from node.service.journal import Job, Journal
 
 _SKIP_NAMES = (".DS_Store", "DICOMDIR")
 #: Files a BIDS dataset holds beside its images (BIDS 1.9, "Modality agnostic files" and
@@ -471,6 +473,8 @@ def ingest(
             node.shutdown()
     else:
         node.run(until=lambda: count() == len(job_ids))
+    from node.service.journal import Journal
+
     journal = Journal(node.dirs.journal)
     try:
         states = [journal.get(i).state for i in job_ids]

@@ -6,6 +6,7 @@ peak RSS, and the wall time against the configured timeouts."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import struct
@@ -382,3 +383,91 @@ def test_a_bids_dataset_pushes_cleanly(tmp_path):
     assert "3 of 3 instances delivered" in proc.stdout
     assert "6 BIDS metadata files ignored" in proc.stdout
     assert "error" not in proc.stderr
+
+
+def test_an_encrypted_client_key_never_prompts(tmp_path):
+    """A passphrase-protected key: check-config refuses without tls.key_password_env; echo
+    fails at once with the reason (no prompt, no hang on a closed stdin); with the passphrase
+    in the named variable the key loads (and the echo reaches the network)."""
+    from cryptography.hazmat.primitives import serialization
+    from pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    key = serialization.load_pem_private_key(pki["client_key"].read_bytes(), None)
+    locked = tmp_path / "locked.key"
+    locked.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"s3cret")))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens there: a connection is refused at once
+
+    def config(extra: str) -> Path:
+        cfg = tmp_path / "node.toml"
+        cfg.write_text(f'[node]\nstate_dir = "{tmp_path / "var"}"\n[destinations.t]\nhost = '
+                       f'"127.0.0.1"\nport = {port}\nae_title = "T"\nconnect_timeout = 2\n'
+                       f'tls = {{ ca = "{pki["ca"]}", cert = "{pki["client"]}", key = '
+                       f'"{locked}"{extra} }}\n')
+        return cfg
+
+    def run(*args, env=None):
+        return subprocess.run([sys.executable, "-m", "node", *args], capture_output=True,
+                              text=True, timeout=30, cwd=tmp_path, stdin=subprocess.DEVNULL,
+                              env={**os.environ, **(env or {})})
+
+    check = run("check-config", "--no-echo", "--config", config(""))
+    assert check.returncode == 2 and "key_password_env" in check.stderr
+    echo = run("echo", "t", "--config", config(""))
+    assert echo.returncode == 1 and "cannot load the client certificate" in echo.stderr
+    wrong = run("echo", "t", "--config", config(', key_password_env = "KEY_PW"'),
+                env={"KEY_PW": "guess"})
+    assert wrong.returncode == 1 and "$KEY_PW" in wrong.stderr
+    right = run("echo", "t", "--config", config(', key_password_env = "KEY_PW"'),
+                env={"KEY_PW": "s3cret"})
+    assert right.returncode == 1 and "connection refused" in right.stderr  # the key loaded
+    assert "PEM pass phrase" not in right.stderr + wrong.stderr + echo.stderr
+
+
+def test_one_file_with_bad_file_meta_uids_does_not_stop_a_push(tmp_path, dicom_files):
+    """A file-meta SOP Class UID over 64 characters, and one with non-ASCII bytes: each is
+    skipped with the reason, the good files are delivered."""
+    bad = []
+    for name, uid in (("long.dcm", "1." + "2" * 70), ("latin.dcm", "1.2.3\xe9")):
+        data = bytearray(dicom_files[0].read_bytes())
+        old = b"1.2.840.10008.5.1.4.1.1.4\0"  # MR Image Storage in the file meta
+        pos = data.index(old)
+        raw = uid.encode("latin-1")
+        raw += b"\0" * (len(raw) % 2)
+        length_at = pos - 2
+        data[length_at: pos + len(old)] = len(raw).to_bytes(2, "little") + raw
+        # the file meta group length changed: fix it (PS3.10 7.1)
+        meta_len = int.from_bytes(data[140:144], "little") + len(raw) - len(old)
+        data[140:144] = meta_len.to_bytes(4, "little")
+        (tmp_path / name).write_bytes(bytes(data))
+        bad.append(tmp_path / name)
+    peer = HostilePeer(well_behaved)
+    try:
+        proc, usage, _ = _run(tmp_path, peer.port, "push", *map(str, dicom_files),
+                              *map(str, bad), "--json")
+    finally:
+        peer.close()
+    assert "Traceback" not in proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["delivered"] == len(dicom_files)
+    reasons = " ".join(s["reason"] for s in report["skipped"])
+    assert len(report["skipped"]) == 2 and "not a valid UID" in reasons
+    assert proc.returncode == 2  # delivered, but inputs were skipped
+
+
+def test_a_config_in_the_current_folder_is_not_taken(tmp_path):
+    """A received dataset that ships config/node.toml must not decide where data goes."""
+    (tmp_path / "config").mkdir()
+    trap = tmp_path / "config" / "node.toml"
+    trap.write_text('[node]\ndefault_destination = "evil"\n[destinations.evil]\nhost = '
+                    '"127.0.0.1"\nport = 9\nae_title = "EVIL"\n')
+    proc = subprocess.run([sys.executable, "-m", "node", "check-config", "--no-echo"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={k: v for k, v in os.environ.items() if k != "DICOM_NODE_CONFIG"})
+    assert "EVIL" not in proc.stdout and str(trap) not in proc.stdout
+    assert "# config: " in proc.stdout  # it says which one it read

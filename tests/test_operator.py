@@ -384,3 +384,26 @@ def test_a_file_that_would_need_more_than_memory_limit_is_quarantined(pacs, node
     assert "memory_limit" in node.jobs()[0]["last_error"]
     drop(node.inbox, "sub-ok_T1w.nii.gz", _good(tmp_path, "sub-ok_T1w.nii.gz", 31))
     wait_until(lambda: sorted(node.states()) == ["done", "quarantined"], 60, "the next file")
+
+
+def test_a_series_that_cannot_fit_the_spool_waits_instead_of_failing_half_way(tmp_path):
+    """Its size is known before it is written: with too little room, delivery is a retry
+    (a fault of the environment) and nothing half-written is left in the spool."""
+    from node.convert.profile import builtin_profile
+    from node.errors import DicomNodeError
+    from node.service.delivery import prepare
+
+    src = write_nifti(tmp_path / "sub-big_T1w.nii.gz", ramp_data((256, 256, 40), "int16"),
+                      affine_from(__import__("numpy").eye(3)))
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, f"needs root to mount a tmpfs: {done.stderr}"
+    try:
+        with pytest.raises(DicomNodeError, match="needs about") as refused:
+            prepare(src, builtin_profile(), "2.25", mount / "spool")
+        assert type(refused.value).__name__ == "NoSpace"
+        assert not any(mount.rglob("*.dcm"))
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)

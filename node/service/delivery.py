@@ -32,7 +32,7 @@ from pathlib import Path
 
 from node.convert.profile import Profile
 from node.convert.source import content_digest, is_nifti
-from node.errors import ConfigError, InputError
+from node.errors import ConfigError, DicomNodeError, InputError
 from node.net.destination import Destination
 from node.net.files import DicomFile, read_dicom_file
 from node.net.scu import InstanceResult, StoreReport, store
@@ -93,6 +93,7 @@ def prepare(
     from node.convert.series import convert_file, instance_filename, write_series
 
     series = convert_file(source, profile, uid_root=uid_root, sidecar=sidecar)
+    _check_room(spool, series)
     folder = write_series(series, spool, name)
     files = [
         DicomFile(folder / instance_filename(n), series.sop_class_uid, series.uids.instance(n),
@@ -100,6 +101,24 @@ def prepare(
         for n in range(1, series.n_instances + 1)
     ]
     return Batch(source, files, series.uids.series, series.uids.study, tuple(series.warnings))
+
+
+class NoSpace(DicomNodeError):
+    """The spool's disk cannot hold a series now: a fault of the environment (retried)."""
+
+
+def _check_room(spool: Path, series) -> None:
+    """A series' size is known before it is written: refuse to start one that cannot fit,
+    rather than fail half-way (NoSpace; the node retries, push says why)."""
+    rows, columns = int(series.template.Rows), int(series.template.Columns)
+    needed = series.n_instances * (rows * columns * 2 + 8192)
+    folder = spool
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise NoSpace(spool, f"the series needs about {needed} bytes and {free} are free on "
+                      "the spool's disk")
 
 
 def send(
@@ -193,6 +212,8 @@ def deliver(
             batch = prepare(source, profile, config.node.uid_root, spool, sidecar)
         except ConfigError as exc:
             return DeliveryResult(JobState.FAILED, exc.message, "config")
+        except NoSpace as exc:
+            return DeliveryResult(JobState.RETRY_WAIT, exc.message, "disk")
         except InputError as exc:
             return DeliveryResult(JobState.QUARANTINED, exc.message, "input")
         t1 = time.monotonic()

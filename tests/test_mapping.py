@@ -263,3 +263,45 @@ def test_convert_explain_names_every_attribute_and_its_source(tmp_path):
     assert "deterministic UID" in rows["SeriesInstanceUID"]
     assert "PixelData" not in rows
     assert not list(tmp_path.glob("*/IM*.dcm"))  # nothing written
+
+
+@pytest.mark.peers  # dciodvfy
+def test_dcm2niix_joined_code_strings_are_split(tmp_path, config):
+    """dcm2niix writes multi-valued code strings joined by "_": every MPRAGE sidecar has
+    "GR_IR". As one value it is an unknown term, and IR missing makes InversionTime a
+    dciodvfy error ("present when condition unsatisfied")."""
+    sidecar = dict(SIDECAR, ScanningSequence="GR_IR", SequenceVariant="SK_SP_MP",
+                   ScanOptions="IR_PFP", InversionTime=0.9)
+    _, datasets, folder = _convert(tmp_path, config, sidecar=sidecar)
+    ds = datasets[0]
+    assert list(ds.ScanningSequence) == ["GR", "IR"]
+    assert list(ds.SequenceVariant) == ["SK", "SP", "MP"]
+    assert list(ds.ScanOptions) == ["IR", "PFP"]
+    assert float(ds.InversionTime) == 900
+    from judges import dciodvfy
+
+    for path in sorted(folder.glob("*.dcm"))[:2]:
+        errors, warnings = dciodvfy(path)
+        assert errors == [], errors  # InversionTime's condition (IR) is met; GR_IR is gone
+        # explained: Siemens writes IR into ScanOptions of an MPRAGE (not a PS3.3 defined
+        # term); the scanner's value is kept as it is
+        assert warnings == ["Warning - Unrecognized defined term <IR> for value 1 of "
+                            "attribute <Scan Options>"], warnings
+
+
+@pytest.mark.parametrize(("pixdim4", "unit", "expected"), [(2.5, "sec", 2500.0),
+                                                          (800.0, "msec", 800.0)])
+def test_a_4d_file_without_sidecar_takes_repetition_time_from_its_header(
+        tmp_path, config, pixdim4, unit, expected):
+    import nibabel as nib
+
+    path = tmp_path / "sub-tr_bold.nii.gz"
+    img = nib.Nifti1Image(ramp_data((6, 6, 3, 4), "int16"), affine_from(AXIAL_RAS))
+    img.header.set_xyzt_units("mm", unit)
+    zooms = list(img.header.get_zooms())
+    zooms[3] = pixdim4
+    img.header.set_zooms(zooms)
+    nib.save(img, path)
+    series = convert_file(path, config.profile(), uid_root=config.node.uid_root)
+    assert float(next(series.datasets()).RepetitionTime) == expected
+    assert series.attributes["RepetitionTime"].source.startswith("derived from the NIfTI")

@@ -41,6 +41,41 @@ IDENTIFYING = frozenset({
 _MR_DEFAULTS = {"ScanningSequence": "RM", "SequenceVariant": "NONE"}
 _DEFAULTS: dict[str, dict[str, str]] = {"MR": _MR_DEFAULTS, "CT": {}, "OT": {}}
 
+#: Defined terms of the MR code strings that dcm2niix writes into sidecars joined with "_"
+#: ("GR_IR", "SK_SP_MP", "IR_PFP"); PS3.3 C.8.3.1. A value is split only when every part is a
+#: known term, so a vendor term that itself holds "_" is never cut.
+_JOINED_TERMS = {
+    "ScanningSequence": {"SE", "IR", "GR", "EP", "RM"},
+    "SequenceVariant": {"SK", "MTC", "SS", "TRSS", "SP", "MP", "OSP", "NONE"},
+    "ScanOptions": {"PER", "RG", "CG", "PPG", "FC", "PFF", "PFP", "SP", "FS", "IR", "EP",
+                    "SAT1", "SAT2", "SAT3", "SAT_GEMS", "FILTERED_GEMS"},
+}
+
+
+def split_joined(keyword: str, raw: Any) -> Any:
+    """dcm2niix's ``"GR_IR"`` as ``["GR", "IR"]`` for the code strings it joins; the
+    backslash form and JSON lists pass as they are."""
+    terms = _JOINED_TERMS.get(keyword)
+    if terms is None or not isinstance(raw, str) or "_" not in raw or "\\" in raw:
+        return raw
+    parts = _split_terms(raw.strip().upper(), terms)
+    return parts if parts else raw
+
+
+def _split_terms(text: str, terms: set[str]) -> list[str] | None:
+    """``text`` as a sequence of known terms joined by "_" (terms may hold "_" themselves)."""
+    if text in terms:
+        return [text]
+    pieces = text.split("_")
+    for i in range(len(pieces) - 1, 0, -1):
+        head = "_".join(pieces[:i])
+        if head in terms:
+            rest = _split_terms("_".join(pieces[i:]), terms)
+            if rest is not None:
+                return [head, *rest]
+    return None
+
+
 _OPTIONAL = re.compile(r"\[([^\[\]]*)\]")
 _FIELD = re.compile(r"\{(\w+)\}")
 
@@ -140,7 +175,7 @@ def resolve_attributes(
         key = next((k for k in rule.keys if source.sidecar.get(k) not in (None, "", [])), None)
         if key is None:
             continue
-        raw = source.sidecar[key]
+        raw = split_joined(keyword, source.sidecar[key])
         if rule.scale is not None:
             try:
                 raw = _scaled(raw, rule.scale)
@@ -157,6 +192,12 @@ def resolve_attributes(
         text = render_template(template, entities)
         if text:
             r.put(keyword, text, f"file name ({template})", source.path, f"file name {template!r}")
+
+    if modality == "MR" and "RepetitionTime" not in r.attrs:
+        tr = _header_repetition_ms(source)
+        if tr is not None:  # a 4D file's time step: NIfTI pixdim[4] in its xyzt_units
+            r.put("RepetitionTime", tr, "derived from the NIfTI header (pixdim[4])",
+                  source.path, "pixdim[4]")
 
     for keyword, value in (overrides or {}).items():
         shown = f"--set {keyword}" if keyword in PATIENT_ATTRIBUTES else (
@@ -175,6 +216,23 @@ def resolve_attributes(
     if profile.deidentify:
         _deidentify(r, profile, entities, overrides or {})
     return r.attrs
+
+
+def _header_repetition_ms(source: NiftiSource) -> float | None:
+    """The volume repetition time of a 4D file in ms, from pixdim[4] and the time unit of
+    xyzt_units (NIfTI-1: 8 s, 16 ms, 24 us); None for 3D or when not set."""
+    if source.shape[3] <= 1:
+        return None
+    try:
+        header = source.image.header
+        step = float(header["pixdim"][4])
+        unit = int(header["xyzt_units"]) & 0x38
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    factor = {8: 1000.0, 16: 1.0, 24: 0.001}.get(unit)
+    if factor is None or not step > 0 or step != step:
+        return None
+    return round(step * factor, 6)
 
 
 def _scaled(raw: Any, scale: float) -> Any:

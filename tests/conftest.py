@@ -125,3 +125,22 @@ def run_node(*args, cwd: Path | None = None, timeout: float = 300, env=None):
         [sys.executable, "-m", "node", *map(str, args)], capture_output=True, text=True,
         timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture
+def node_factory(tmp_path):
+    """Node processes (tests/test_node.NodeProcess) killed at teardown, whatever happened."""
+    nodes: list = []
+
+    from test_node import NodeProcess
+
+    def make(pacs_port: int, name: str = "node", **keys):
+        node = NodeProcess(tmp_path / name, pacs_port, **keys)
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait(timeout=10)

@@ -111,22 +111,6 @@ def own_pacs(tmp_path):
     orthanc_script.stop(storage)
 
 
-@pytest.fixture
-def node_factory(tmp_path):
-    nodes: list[NodeProcess] = []
-
-    def make(pacs_port: int, name: str = "node", **keys) -> NodeProcess:
-        node = NodeProcess(tmp_path / name, pacs_port, **keys)
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in nodes:
-        if node.proc is not None and node.proc.poll() is None:
-            node.proc.kill()
-            node.proc.wait(timeout=10)
-
-
 def nifti_bytes(tmp: Path, name: str, shape=(12, 10, 5), seed=0) -> bytes:
     path = write_nifti(tmp / "src" / name, ramp_data(shape, "int16", seed=seed),
                        affine_from(np.eye(3)))

@@ -22,22 +22,6 @@ from test_node import NodeProcess, drop, nifti_bytes, wait_until
 pytestmark = pytest.mark.peers  # Orthanc
 
 
-@pytest.fixture
-def node_factory(tmp_path):
-    nodes: list[NodeProcess] = []
-
-    def make(pacs_port: int, name: str = "node", **keys) -> NodeProcess:
-        node = NodeProcess(tmp_path / name, pacs_port, **keys)
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in nodes:
-        if node.proc is not None and node.proc.poll() is None:
-            node.proc.kill()
-            node.proc.wait(timeout=10)
-
-
 def _good(tmp_path: Path, name: str, seed: int = 0) -> bytes:
     return nifti_bytes(tmp_path, name, shape=(8, 8, 3), seed=seed)
 

@@ -216,20 +216,8 @@ def _walk_head(head: bytes, pos: int, size: int, explicit: bool) -> tuple[str, s
     while pos < size:
         if pos + 12 > have:
             return None
-        group, element = struct.unpack_from("<HH", head, pos)
+        group, element, vr, length, start = _element_header(head, pos, explicit)
         tag = group << 16 | element
-        vr = b""
-        if explicit and group != 0xFFFE:
-            vr = head[pos + 4: pos + 6]
-            if vr in LONG_LENGTH_VR_BYTES:
-                (length,) = struct.unpack_from("<I", head, pos + 8)
-                start = pos + 12
-            else:
-                (length,) = struct.unpack_from("<H", head, pos + 6)
-                start = pos + 8
-        else:
-            (length,) = struct.unpack_from("<I", head, pos + 4)
-            start = pos + 8
         if length == _UNDEFINED or group == 0xFFFE:
             return None
         end = start + length
@@ -289,20 +277,10 @@ def _walk(buf, pos: int, end: int, explicit: bool, depth: int, found: dict[int, 
             return pos + 8
         if depth == 0 and tag > stop:
             return pos
-        vr = b""
-        if explicit and group != 0xFFFE:
-            vr = bytes(buf[pos + 4: pos + 6])
-            if vr in LONG_LENGTH_VR_BYTES:
-                if pos + 12 > end:
-                    raise Malformed(f"a truncated element header at byte {pos}")
-                (length,) = struct.unpack_from("<I", buf, pos + 8)
-                start = pos + 12
-            else:
-                (length,) = struct.unpack_from("<H", buf, pos + 6)
-                start = pos + 8
-        else:
-            (length,) = struct.unpack_from("<I", buf, pos + 4)
-            start = pos + 8
+        if explicit and group != 0xFFFE and bytes(buf[pos + 4: pos + 6]) in (
+                LONG_LENGTH_VR_BYTES) and pos + 12 > end:
+            raise Malformed(f"a truncated element header at byte {pos}")
+        _, _, vr, length, start = _element_header(buf, pos, explicit)
         if length == _UNDEFINED:
             # a sequence, encapsulated pixel data or UN of undefined length (then implicit VR
             # inside, PS3.5 6.2.2): items until the sequence delimiter
@@ -320,6 +298,18 @@ def _walk(buf, pos: int, end: int, explicit: bool, depth: int, found: dict[int, 
                 _walk_items(buf, start, start + length, explicit, depth + 1)
         pos = start + length
     return pos
+
+
+def _element_header(buf, pos: int, explicit: bool) -> tuple[int, int, bytes, int, int]:
+    """(group, element, VR or b"", value length, value offset) of the element at ``pos``
+    (PS3.5 7.1.1-7.1.3: explicit VR with a 2- or 4-byte length, or implicit VR)."""
+    group, element = struct.unpack_from("<HH", buf, pos)
+    if explicit and group != 0xFFFE:
+        vr = bytes(buf[pos + 4: pos + 6])
+        if vr in LONG_LENGTH_VR_BYTES:
+            return group, element, vr, struct.unpack_from("<I", buf, pos + 8)[0], pos + 12
+        return group, element, vr, struct.unpack_from("<H", buf, pos + 6)[0], pos + 8
+    return group, element, b"", struct.unpack_from("<I", buf, pos + 4)[0], pos + 8
 
 
 def _is_item(buf, start: int, end: int) -> bool:

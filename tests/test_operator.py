@@ -391,3 +391,44 @@ def test_a_series_that_cannot_fit_the_spool_waits_instead_of_failing_half_way(tm
         assert not any(mount.rglob("*.dcm"))
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+# --- #14: an instance the peer never answers -------------------------------------------------
+
+def test_an_instance_that_keeps_timing_out_fails_alone(tmp_path, node_factory):
+    """A peer that stores every instance but one, and never answers for that one: after it
+    timed out three times (the others stored) the job fails for good, with the reason."""
+    from hostile import HostilePeer, command, store_rsp
+
+    seen: list[str] = []
+
+    def scenario(peer) -> None:
+        peer.accept()
+        while (req := peer.read_request()) is not None:
+            if req.command_field == 0x0030:  # the node's C-ECHO
+                peer.send_command(req.context_id, command(
+                    (0x00000002, req.sop_class), (0x00000100, 0x8030),
+                    (0x00000120, req.message_id), (0x00000800, 0x0101), (0x00000900, 0)))
+                continue
+            if req.sop_instance not in seen:
+                seen.append(req.sop_instance)
+            if len(seen) > 1 and req.sop_instance == seen[1]:  # the second one: silence
+                time.sleep(30)
+                return
+            peer.send_command(req.context_id, store_rsp(req))
+
+    peer = HostilePeer(scenario)
+    try:
+        node = node_factory(peer.port, retry_base_seconds=0.2, retry_max_seconds=0.5)
+        node.config.write_text(node.config.read_text().replace("dimse_timeout = 10",
+                                                               "dimse_timeout = 1"))
+        node.start()
+        drop(node.inbox, "sub-poison_T1w.nii.gz", _good(tmp_path, "sub-poison_T1w.nii.gz", 41))
+        wait_until(lambda: node.states() == ["failed"], 90, "the job to fail")
+    finally:
+        peer.close()
+    assert not peer.errors, peer.errors
+    job = node.jobs()[0]
+    # the first instance was stored; the second never answered; the third waits behind it
+    assert job["attempts"] == 3 and job["delivered"] == 1
+    assert "left the peer silent 3 times" in job["last_error"] and seen[1] in job["last_error"]

@@ -114,6 +114,7 @@ class InstanceResult:
     status: int | None
     message: str
     seconds: float = 0.0  # time from the start of the push until this instance's answer
+    timed_out: bool = False  # it was in flight when the peer stopped answering
 
 
 @dataclass
@@ -278,7 +279,8 @@ def _send_all(
             except NetworkFailure as exc:  # the association is lost with it
                 failures.append(exc)
                 record(InstanceResult(f, Outcome.TRANSIENT, None, exc.message,
-                                      time.monotonic() - t0))
+                                      time.monotonic() - t0,
+                                      timed_out=exc.kind == FailureKind.TIMEOUT))
                 break
             problem = mismatch(response, Request(context_id, C_STORE_RQ, message_id,
                                                  f.sop_class_uid, f.sop_instance_uid))

@@ -57,6 +57,7 @@ class DeliveryResult:
     convert_seconds: float = 0.0
     send_seconds: float = 0.0
     detail: str = ""  # an internal error's traceback, for the log (never the journal)
+    timed_out: tuple[str, ...] = ()  # SOP Instance UIDs in flight when the peer fell silent
     warnings: tuple[str, ...] = ()
 
 
@@ -150,7 +151,8 @@ def classify(
     delivered = len(already & {f.sop_instance_uid for f in batch.files}) + sent
     common = dict(series_uid=batch.series_uid, study_uid=batch.study_uid,
                   instances=len(batch.files), delivered=delivered, instance_rows=rows,
-                  send_seconds=seconds, warnings=batch.warnings)
+                  send_seconds=seconds, warnings=batch.warnings,
+                  timed_out=tuple(r.file.sop_instance_uid for r in results if r.timed_out))
     if all(r.outcome.delivered for r in results):
         return DeliveryResult(JobState.DONE, **common)
     # an association refused for good (wrong AE title, untrusted certificate) needs an

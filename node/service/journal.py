@@ -67,6 +67,12 @@ CREATE TABLE IF NOT EXISTS instances (
     outcome TEXT NOT NULL,
     PRIMARY KEY (job_id, sop_instance_uid)
 );
+CREATE TABLE IF NOT EXISTS instance_timeouts (
+    job_id INTEGER NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (job_id, sop_instance_uid)
+);
 CREATE TABLE IF NOT EXISTS history (
     job_id INTEGER NOT NULL,
     at REAL NOT NULL,
@@ -401,6 +407,16 @@ class Journal:
                 "INSERT OR REPLACE INTO instances (job_id, sop_instance_uid, status, outcome) "
                 "VALUES (?, ?, ?, ?)", [(job_id, *row) for row in rows],
             )
+
+    def count_timeout(self, job_id: int, sop_instance_uid: str) -> int:
+        """One more time this instance was in flight when the peer fell silent; the total."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO instance_timeouts (job_id, sop_instance_uid, count) VALUES "
+                "(?, ?, 1) ON CONFLICT (job_id, sop_instance_uid) DO UPDATE SET count = "
+                "count + 1", (job_id, sop_instance_uid))
+            return db.execute("SELECT count FROM instance_timeouts WHERE job_id = ? AND "
+                              "sop_instance_uid = ?", (job_id, sop_instance_uid)).fetchone()[0]
 
     def delivered_instances(self, job_id: int) -> set[str]:
         rows = self.db.execute(

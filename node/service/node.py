@@ -11,6 +11,7 @@ resumed from the journal at the next start.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import errno
 import hashlib
@@ -235,8 +236,8 @@ class Node:
             reason = found.refused.reason
             if not found.refused.quarantine:
                 log.warning("%s: %s; left where it is", safe(path), reason)
-                self.stabilizer.forget(path) if found.refused.reason.startswith("cannot read") \
-                    else None
+                if reason.startswith("cannot read"):  # may pass: try again at the next scan
+                    self.stabilizer.forget(path)
                 return None
             ident = hashlib.sha256(os.fsencode(path) + str(found.size).encode()).hexdigest()
             job, created = self.journal.enqueue(
@@ -309,6 +310,7 @@ class Node:
 
     def _record_owned(self, job: Job, result: DeliveryResult) -> None:
         n = self.config.node
+        result = self._poisoned_instance(job, result)
         if result.error_class == "internal":  # a bug: its traceback once, at ERROR
             log.error("job %d: %s", job.id, result.message,
                       extra={"fields": {"job": job.id}, "traceback": result.detail})
@@ -355,6 +357,23 @@ class Node:
                                          error_class=result.error_class,
                                          delivered=result.delivered, **ident)
         log_transition(failed, job.state, "failed", message)
+
+    #: How often one instance may leave the peer silent before it counts as the problem.
+    INSTANCE_TIMEOUTS = 3
+
+    def _poisoned_instance(self, job: Job, result: DeliveryResult) -> DeliveryResult:
+        """An instance that keeps timing out while the peer stores the rest of its series is
+        a problem with that instance, not the peer: the job fails for good, with the reason,
+        instead of retrying it for hours."""
+        for uid in result.timed_out:
+            count = self.journal.count_timeout(job.id, uid)
+            if count >= self.INSTANCE_TIMEOUTS and result.delivered > 0:
+                return dataclasses.replace(
+                    result, verdict=JobState.FAILED, error_class="instance",
+                    message=f"instance {uid} left the peer silent {count} times while it "
+                    f"stored {result.delivered} other instance(s) of this series: it cannot "
+                    "take this instance (see the PACS's log); the job is failed, not retried")
+        return result
 
     def _quarantine(self, job: Job, reason: str) -> None:
         """Move the source and its sidecar aside with a reason file; the node goes on.

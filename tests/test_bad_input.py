@@ -221,7 +221,7 @@ def test_bad_config_toml(tmp_path: Path) -> None:
 def test_json_for_sidecar_option(tmp_path: Path) -> None:
     good = _good(tmp_path / "scan.nii")
     side = tmp_path / "meta.json"
-    side.write_text(json.dumps({"SeriesDescription": "from option"}))
+    side.write_text(json.dumps({"SeriesDescription": "from option", "PatientID": "P1"}))
     proc = run_convert(good, "-o", tmp_path / "out", "--sidecar", side, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     ds = pydicom.dcmread(sorted((tmp_path / "out" / "scan").glob("*.dcm"))[0])
@@ -240,39 +240,42 @@ def test_multi_member_gzip_is_good_input(tmp_path: Path) -> None:
     assert len(list((tmp_path / "out").rglob("*.dcm"))) == GOOD.shape[2]
 
 
+ID = ("--set", "PatientID=P1")  # these inputs have no sub- entity: name the patient
+
+
 def test_convert_never_replaces_a_folder_that_is_not_its_own_output(tmp_path: Path) -> None:
     """`convert incoming/data.nii -o HOME` must not delete HOME/data/thesis.tex."""
     home = tmp_path / "home"
     (home / "data").mkdir(parents=True)
     (home / "data" / "thesis.tex").write_text("years of work")
     src = _good(tmp_path / "incoming" / "data.nii")
-    proc = run_convert(src, "-o", home, cwd=tmp_path)
+    proc = run_convert(src, "-o", home, *ID, cwd=tmp_path)
     assert proc.returncode == 2 and "is not dicom-node's output" in proc.stderr
     assert "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
     assert (home / "data" / "thesis.tex").read_text() == "years of work"
     # our own earlier output of the same input is replaced quietly (a rerun)
     out = tmp_path / "out"
-    assert run_convert(src, "-o", out, cwd=tmp_path).returncode == 0
+    assert run_convert(src, "-o", out, *ID, cwd=tmp_path).returncode == 0
     first = sorted(p.name for p in (out / "data").iterdir())
-    assert run_convert(src, "-o", out, cwd=tmp_path).returncode == 0
+    assert run_convert(src, "-o", out, *ID, cwd=tmp_path).returncode == 0
     assert sorted(p.name for p in (out / "data").iterdir()) == first
     # another input of the same name is refused, unless the user says --overwrite
     other = tmp_path / "elsewhere" / "data.nii"
     write_nifti(other, ramp_data((8, 8, 4), "int16", seed=99), affine_from(AXIAL_RAS))
-    refused = run_convert(other, "-o", out, cwd=tmp_path)
+    refused = run_convert(other, "-o", out, *ID, cwd=tmp_path)
     assert refused.returncode == 2 and "another input" in refused.stderr
-    assert run_convert(other, "-o", out, "--overwrite", cwd=tmp_path).returncode == 0
+    assert run_convert(other, "-o", out, "--overwrite", *ID, cwd=tmp_path).returncode == 0
 
 
 def test_odd_output_names_are_clear(tmp_path: Path) -> None:
     src = _good(tmp_path / "in" / ".nii")  # a name that is all suffix
     out = tmp_path / "out"
-    proc = run_convert(src, "-o", out, cwd=tmp_path)
+    proc = run_convert(src, "-o", out, *ID, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert out.is_dir() and [p for p in out.iterdir() if p.name.startswith("series-")]
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    proc = run_convert(_good(tmp_path / "in" / "x.nii"), "-o", a_file, cwd=tmp_path)
+    proc = run_convert(_good(tmp_path / "in" / "x.nii"), "-o", a_file, *ID, cwd=tmp_path)
     assert proc.returncode == 2 and "is a file" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -287,3 +290,14 @@ def test_output_folders_follow_the_umask(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     folder = tmp_path / "out" / "sub-um_T1w"
     assert folder.stat().st_mode & 0o777 == 0o755
+
+
+def test_no_patient_id_from_any_source_is_refused(tmp_path: Path) -> None:
+    """Never an empty identity: fourteen unrelated files would be one patient '' in a PACS."""
+    proc = run_convert(_good(tmp_path / "scan.nii"), "-o", tmp_path / "out", cwd=tmp_path)
+    assert proc.returncode == 2 and "no PatientID from any source" in proc.stderr
+    assert "--set PatientID=" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "scan").exists()
+    named = run_convert(_good(tmp_path / "scan2.nii"), "-o", tmp_path / "out", "--set",
+                        "PatientID=P7", cwd=tmp_path)
+    assert named.returncode == 0, named.stderr

@@ -41,7 +41,7 @@ from node.convert.pixels import PixelEncoding, PixelError, encode_pixels
 from node.convert.profile import Profile, builtin_profile
 from node.convert.source import NiftiSource, load_source, read_failure
 from node.convert.uids import SeriesUids, series_uids
-from node.errors import InputError
+from node.errors import InputError, MappingError
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,12 @@ def convert_file(
     if modality not in SOP_CLASSES:
         modality = "OT"
     attrs = resolve_attributes(source, profile, overrides, modality)
+    if not str(value_of(attrs, "PatientID")).strip():
+        # never an empty identity: a PACS files every such series under one patient ''
+        raise MappingError(source.path, "no PatientID from any source (no sub- entity in the "
+                           "file name, none in the sidecar or the profile): give --set "
+                           "PatientID=..., a sidecar key PatientID, or a profile static or "
+                           "fallback value")
 
     affine, warnings = choose_affine(source.image.header)
     try:

@@ -166,6 +166,8 @@ def test_deidentify_leaks_nothing_identifying(tmp_path, monkeypatch):
     assert ds.PatientBirthDate == "" and ds.AccessionNumber == ""
     assert ds.StudyDate == ""  # no date_shift_days: dates cleared
     assert ds.PatientIdentityRemoved == "YES"
+    assert ds.LongitudinalTemporalInformationModified == "REMOVED"
+    assert [c.CodeValue for c in ds.DeidentificationMethodCodeSequence] == ["113100"]
     assert not any(elem.tag.is_private for elem in ds)
     secrets = ["JohnDoe", "20200101", "Doe^Jane", "MRN-0042", "19800229", "ACC123", "House",
                "General Hospital", "20240305"]
@@ -185,6 +187,10 @@ def test_deidentify_date_shift_and_pseudonym_table(tmp_path, monkeypatch):
     _, datasets, _ = _convert(tmp_path, config, profile="research-deidentified")
     assert datasets[0].PatientID == "P-0007"
     assert datasets[0].StudyDate == "20240224"
+    assert datasets[0].LongitudinalTemporalInformationModified == "MODIFIED"
+    assert [(c.CodeValue, c.CodingSchemeDesignator) for c in
+            datasets[0].DeidentificationMethodCodeSequence] == [("113100", "DCM"),
+                                                               ("113107", "DCM")]
 
 
 def test_deidentify_without_key_is_a_clear_error(tmp_path, monkeypatch):
@@ -305,3 +311,14 @@ def test_a_4d_file_without_sidecar_takes_repetition_time_from_its_header(
     series = convert_file(path, config.profile(), uid_root=config.node.uid_root)
     assert float(next(series.datasets()).RepetitionTime) == expected
     assert series.attributes["RepetitionTime"].source.startswith("derived from the NIfTI")
+
+
+@pytest.mark.peers  # dciodvfy
+def test_deidentified_output_records_what_was_done_and_passes_dciodvfy(tmp_path, monkeypatch):
+    """PS3.15 E.1: PatientIdentityRemoved, DeidentificationMethod, its code sequence and
+    LongitudinalTemporalInformationModified, accepted by the reference IOD checker."""
+    monkeypatch.setenv("DICOM_NODE_PSEUDONYM_SECRET", "test-key")
+    config = config_from_dict({"profiles": {"research-deidentified": {"date_shift_days": -10}}})
+    _, datasets, folder = _convert(tmp_path, config, profile="research-deidentified")
+    assert datasets[0].DeidentificationMethod
+    assert_dciodvfy_clean(folder)

@@ -264,6 +264,9 @@ def _deidentify(r: _Resolver, profile: Profile, entities: dict[str, str], overri
         "dates shifted" if profile.date_shift_days is not None else "dates removed"
     ) + ", identifying sidecar and file name values dropped"
     attrs["DeidentificationMethod"] = MappedValue(method[:64], "deidentify")
+    # PS3.3 C.7.1.1: whether dates were kept shifted (MODIFIED) or removed (REMOVED)
+    attrs["LongitudinalTemporalInformationModified"] = MappedValue(
+        "MODIFIED" if profile.date_shift_days is not None else "REMOVED", "deidentify")
     for keyword in list(attrs):
         if keyword_vr(keyword) not in ("DA", "DT") or keyword in overrides:
             continue

@@ -115,6 +115,22 @@ def _image_type(attrs: Attributes, modality: str, derived: bool) -> list[str]:
     return values
 
 
+def _deidentification_codes(dates_shifted: bool) -> list[Dataset]:
+    """What was done, as PS3.15 E.1 asks it recorded (PS3.3 C.7.1.1,
+    DeidentificationMethodCodeSequence; codes from CID 7050): the Basic Application
+    Confidentiality Profile, and the Retain Longitudinal Temporal Information with Modified
+    Dates Option when dates were shifted rather than removed."""
+    codes = [("113100", "Basic Application Confidentiality Profile")]
+    if dates_shifted:
+        codes.append(("113107", "Retain Longitudinal Temporal Information Modified Dates Option"))
+    out = []
+    for value, meaning in codes:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+        out.append(item)
+    return out
+
+
 def series_template(
     attrs: Attributes,
     modality: str,
@@ -132,6 +148,9 @@ def series_template(
         setattr(ds, keyword, "")
     for keyword, mapped in attrs.items():
         setattr(ds, keyword, mapped.value)
+    if str(ds.get("PatientIdentityRemoved", "")) == "YES":
+        ds.DeidentificationMethodCodeSequence = _deidentification_codes(
+            str(ds.get("LongitudinalTemporalInformationModified", "")) == "MODIFIED")
     body_part = str(ds.get("BodyPartExamined", "") or "").upper()
     if "Laterality" not in ds and (not body_part or body_part in PAIRED_BODY_PARTS):
         ds.Laterality = ""

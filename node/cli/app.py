@@ -310,19 +310,13 @@ def _render_push(args: argparse.Namespace, result) -> int:
     return EXIT_USAGE if result.problems else EXIT_OK
 
 
-def _load_or_report(args: argparse.Namespace, profiles: bool = True):
-    """The config, or None after printing the one-line error (the caller exits 2).
-
-    Read-only commands pass ``profiles=False``: they need no mapping profile, and reading
-    profiles loads pydicom."""
-    from node.errors import DicomNodeError
+def _config(args: argparse.Namespace, profiles: bool = True):
+    """The config. A problem with it is a DicomNodeError, which main() prints as one line
+    (exit 2). Read-only commands pass ``profiles=False``: they need no mapping profile, and
+    reading profiles loads pydicom."""
     from node.service.settings import load_config
 
-    try:
-        return load_config(args.config, profiles=profiles)
-    except DicomNodeError as exc:
-        _error(exc.message)
-        return None
+    return load_config(args.config, profiles=profiles)
 
 
 def _journal(config, create: bool = False):
@@ -342,9 +336,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from node.net.status import NetworkFailure
     from node.service.settings import check_environment, describe
 
-    config = _load_or_report(args)
-    if config is None:
-        return EXIT_USAGE
+    config = _config(args)
     problems = check_environment(config)
     print(describe(config))
     print()
@@ -411,9 +403,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from node.service.observability import safe
     from node.service.operations import status_report
 
-    config = _load_or_report(args, profiles=False)
-    if config is None:
-        return EXIT_USAGE
+    config = _config(args, profiles=False)
     with closing(_journal(config)) as journal:
         report = status_report(journal, config)
     if args.json:
@@ -455,9 +445,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     from node.service.observability import safe
 
-    config = _load_or_report(args, profiles=False)
-    if config is None:
-        return EXIT_USAGE
+    config = _config(args, profiles=False)
     with closing(_journal(config)) as journal:
         jobs = journal.jobs(args.state)
     if args.limit:
@@ -480,9 +468,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if not args.jobs and not args.failed:
         _error("name JOB ids or give --failed")
         return EXIT_USAGE
-    config = _load_or_report(args, profiles=False)
-    if config is None:
-        return EXIT_USAGE
+    config = _config(args, profiles=False)
     with closing(_journal(config)) as journal:
         ids, refused = retry(journal, None if args.failed else args.jobs)
     for job_id in refused:
@@ -496,9 +482,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
     from node.service.observability import safe
 
-    config = _load_or_report(args, profiles=False)
-    if config is None:
-        return EXIT_USAGE
+    config = _config(args, profiles=False)
     if args.action == "list":
         with closing(_journal(config)) as journal:
             items = journal.jobs("quarantined")
@@ -530,9 +514,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
-    config = _load_or_report(args, profiles=False)
-    if config is None:
-        return EXIT_USAGE
+    config = _config(args, profiles=False)
     with closing(_journal(config)) as journal:
         if args.action == "check":
             problems = journal.integrity_check()

@@ -37,6 +37,9 @@ ACCEPTED_WARNINGS = (
     "Retired Person Name form",
     # Temporal position of a 4D series lives in the MR Image module of enhanced objects only.
     "Temporal Position Identifier", "Number of Temporal Positions",
+    # A DWI's weighting: the MR Diffusion Macro (PS3.3 C.8.13.5.9) belongs to the Enhanced MR
+    # IOD; in classic MR objects these are what Philips, Siemens XA and dcm2niix write and read.
+    "Diffusion Directionality", "Diffusion b-value", "Diffusion Gradient Orientation",
 )
 
 

@@ -59,8 +59,10 @@ def test_sidecar_keys_map_with_units(tmp_path, config):
     series, datasets, folder = _convert(tmp_path, config)
     ds = datasets[0]
     assert ds.PatientName == "Doe^Jane"
-    # the file name's sub- entity wins over the sidecar (later source), as documented
-    assert ds.PatientID == "07"
+    # identity is one group from the most authoritative source: the sidecar's, not the
+    # file name's sub- label; the disagreement is reported
+    assert ds.PatientID == "MRN-0042"
+    assert any("identity" in w and "PatientID" in w for w in series.warnings)
     assert ds.StudyID == "2"
     assert ds.PatientBirthDate == "19800229"
     assert ds.PatientSex == "F"

@@ -16,7 +16,8 @@ from node.convert.series import convert_file
 @pytest.mark.parametrize("shape", [(6, 5, 3), (6, 5, 3, 2)])
 def test_encoded_bytes_equal_dcmwrite(tmp_path, config, modality, shape):
     path = write_nifti(tmp_path / "sub-01_bold.nii.gz", ramp_data(shape, "float32"),
-                       affine_from(AXIAL_RAS), sidecar={"PatientName": "Müller^Jörg"})
+                       affine_from(AXIAL_RAS),
+                       sidecar={"PatientName": "Müller^Jörg", "PatientID": "01"})
     series = convert_file(path, config.profile(), modality=modality)
     encoded = list(series.encoded())
     datasets = list(series.datasets())

@@ -1,9 +1,17 @@
 """Resolve a mapping profile into DICOM attribute values for one source file.
 
 Sources, later ones winning (issue "Converter core"): built-in defaults, the profile's static
-values, the BIDS sidecar, BIDS entities of the file name, ``--set`` overrides; then the profile's
-fallback templates fill what is still empty. Each value is coerced and validated for its VR
-(:mod:`node.convert.vr`) and remembers where it came from, so an error names the file and the key.
+values, the BIDS sidecar, BIDS entities of the file name, a reference DICOM of the clinical exam,
+``--set`` overrides; then the profile's fallback templates fill what is still empty.
+
+The patient's identity is the exception: PatientID, PatientName, PatientBirthDate, PatientSex
+and IssuerOfPatientID (:data:`IDENTITY`) come together, as one group, from the most
+authoritative source that names a PatientID (a reference DICOM, then the sidecar, then the
+profile, then the file name), never one key from here and another from there. Sources that
+disagree with the chosen one are reported, and refused under ``identity = "strict"``.
+
+Each value is coerced and validated for its VR (:mod:`node.convert.vr`) and remembers where it
+came from, so an error names the file and the key.
 
 De-identification (``deidentify = true``) is applied here, where the sources are known: nothing
 identifying from the sidecar or the file name can reach the output (PS3.15 Annex E's Basic
@@ -76,6 +84,12 @@ def _split_terms(text: str, terms: set[str]) -> list[str] | None:
     return None
 
 
+#: The Patient identity group (PS3.3 C.7.1.1): these keys come together from one source.
+IDENTITY = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "IssuerOfPatientID")
+#: Where an identity group can come from, the most authoritative first.
+IDENTITY_SOURCES = ("reference", "sidecar", "profile", "file name")
+
+
 _OPTIONAL = re.compile(r"\[([^\[\]]*)\]")
 _FIELD = re.compile(r"\{(\w+)\}")
 
@@ -84,6 +98,10 @@ _FIELD = re.compile(r"\{(\w+)\}")
 class MappedValue:
     value: DicomValue
     source: str  # e.g. "sidecar sub-01_T1w.json:RepetitionTime"
+    #: A stand-in rather than the attribute itself: a built-in default, a profile's static or
+    #: fallback value, or a sidecar's substitute key (AcquisitionTime for StudyTime). Another
+    #: series of the same study may replace it without a conflict (node.convert.study).
+    weak: bool = False
 
 
 Attributes = dict[str, MappedValue]
@@ -135,13 +153,17 @@ class _Resolver:
         self.source = source
         self.profile = profile
         self.attrs: Attributes = {}
+        #: identity values by source (IDENTITY_SOURCES); one group is chosen at the end
+        self.identity: dict[str, Attributes] = {k: {} for k in IDENTITY_SOURCES}
 
-    def put(self, keyword: str, raw: Any, origin: str, error_path: Any, what: str) -> None:
+    def put(self, keyword: str, raw: Any, origin: str, error_path: Any, what: str,
+            weak: bool = False, group: str | None = None) -> None:
         try:
             value = coerce(keyword, raw)
         except ValueError as exc:
             raise MappingError(error_path, f"{what} -> {keyword}: {exc}") from None
-        self.attrs[keyword] = MappedValue(value, origin)
+        target = self.identity[group] if group and keyword in IDENTITY else self.attrs
+        target[keyword] = MappedValue(value, origin, weak)
 
 
 def _entities(source: NiftiSource, profile: Profile) -> dict[str, str]:
@@ -159,14 +181,23 @@ def resolve_attributes(
     profile: Profile,
     overrides: dict[str, str] | None = None,
     modality: str | None = None,
+    *,
+    reference: dict[str, DicomValue] | None = None,
+    warnings: list[str] | None = None,
 ) -> Attributes:
-    """All mapped attributes for ``source`` under ``profile``; MappingError names the culprit."""
+    """All mapped attributes for ``source`` under ``profile``; MappingError names the culprit.
+
+    ``reference``: the Patient and General Study values of the clinical exam the series joins
+    (:mod:`node.convert.reference`); they win over every source but ``--set``. Notes about
+    the identity (sources that disagree) are appended to ``warnings``.
+    """
     r = _Resolver(source, profile)
     modality = (modality or profile.modality).upper()
     for keyword, value in _DEFAULTS.get(modality, {}).items():
-        r.put(keyword, value, "built-in default", None, "default")
+        r.put(keyword, value, "built-in default", None, "default", weak=True)
     for keyword, value in profile.static.items():
-        r.put(keyword, value, f"profile {profile.name}", None, f"profile {profile.name} static")
+        r.put(keyword, value, f"profile {profile.name}", None, f"profile {profile.name} static",
+              weak=True, group="profile")
 
     sidecar_name = source.sidecar_path.name if source.sidecar_path else "sidecar"
     for keyword, rule in profile.sidecar.items():
@@ -183,7 +214,9 @@ def resolve_attributes(
                 raise MappingError(
                     source.sidecar_path, f"key {key!r} -> {keyword}: {exc}"
                 ) from None
-        r.put(keyword, raw, f"sidecar {sidecar_name}:{key}", source.sidecar_path, f"key {key!r}")
+        # a later key of the rule is a stand-in (AcquisitionDateTime for StudyDate)
+        r.put(keyword, raw, f"sidecar {sidecar_name}:{key}", source.sidecar_path, f"key {key!r}",
+              weak=key != rule.keys[0], group="sidecar")
 
     entities = _entities(source, profile)
     for keyword, template in profile.filename.items():
@@ -191,7 +224,12 @@ def resolve_attributes(
             continue
         text = render_template(template, entities)
         if text:
-            r.put(keyword, text, f"file name ({template})", source.path, f"file name {template!r}")
+            r.put(keyword, text, f"file name ({template})", source.path, f"file name {template!r}",
+                  group="file name")
+
+    for keyword, value in (reference or {}).items():
+        if value not in ("", None, []):
+            r.put(keyword, value, "reference DICOM", None, "reference", group="reference")
 
     if modality == "MR" and "RepetitionTime" not in r.attrs:
         tr = _header_repetition_ms(source)
@@ -204,6 +242,7 @@ def resolve_attributes(
             f"--set {keyword}={value}")
         r.put(keyword, value, "--set", shown, "override")
 
+    fallback_identity: Attributes = {}
     for keyword, template in profile.fallback.items():
         if keyword in r.attrs and r.attrs[keyword].value not in ("", []):
             continue
@@ -211,11 +250,71 @@ def resolve_attributes(
             continue
         text = render_template(template, entities)
         if text:
-            r.put(keyword, text, f"fallback ({template})", source.path, f"fallback {template!r}")
+            r.put(keyword, text, f"fallback ({template})", source.path, f"fallback {template!r}",
+                  weak=True)
+            if keyword in IDENTITY:
+                fallback_identity[keyword] = r.attrs.pop(keyword)
 
+    _choose_identity(r, fallback_identity, overrides or {}, warnings)
     if profile.deidentify:
         _deidentify(r, profile, entities, overrides or {})
     return r.attrs
+
+
+def _filled(group: Attributes) -> Attributes:
+    return {k: v for k, v in group.items() if v.value not in ("", None, [])}
+
+
+def _choose_identity(r: _Resolver, fallback: Attributes, overrides: dict[str, str],
+                     warnings: list[str] | None) -> None:
+    """Put one identity group into ``r.attrs``: the most authoritative source that names a
+    PatientID gives every identity key (a key it lacks stays empty, or takes the profile's
+    fallback when the group is the file name's); ``--set`` keys win over it. Another source's
+    differing value is a warning, or a MappingError under ``identity = "strict"``; a source
+    whose values are not used is named, never silently mixed in (issue: mixed identity is a
+    patient-merge hazard)."""
+    groups = {name: _filled(r.identity[name]) for name in IDENTITY_SOURCES}
+    chosen = next((name for name in IDENTITY_SOURCES if "PatientID" in groups[name]), None)
+    if chosen is None and fallback.get("PatientID"):
+        chosen = "file name"  # the profile explicitly derives one from the file
+    group = dict(groups[chosen]) if chosen else {}
+    if chosen == "file name" or chosen is None:
+        for keyword, mapped in fallback.items():
+            group.setdefault(keyword, mapped)
+    notes: list[str] = []
+    for name in IDENTITY_SOURCES:
+        if name == chosen or not groups[name]:
+            continue
+        differ = [k for k, v in groups[name].items() if k in group and not group[k].weak
+                  and _norm(v.value) != _norm(group[k].value)]
+        unused = ", ".join(sorted(k for k in groups[name] if k not in group or group[k].weak))
+        if differ:
+            notes.append(f"the {name} gives a different {', '.join(differ)} than the {chosen}")
+        elif unused:
+            notes.append(f"the {name}'s {unused} not used: identity comes as one group from "
+                         f"the {chosen or 'operator'}")
+    conflicts = [n for n in notes if "different" in n]
+    if conflicts and r.profile.identity == "strict":
+        raise MappingError(r.source.path, "identity sources disagree (profile "
+                           f"{r.profile.name} has identity = \"strict\"): "
+                           + "; ".join(conflicts) + ". Make them agree, or name the patient "
+                           "with --set PatientID=... (and PatientName=...)")
+    if warnings is not None and chosen:
+        warnings += [f"identity: {n}; the whole identity group comes from the {chosen}"
+                     if "different" in n else f"identity: {n}" for n in notes]
+    for keyword in IDENTITY:
+        r.attrs.pop(keyword, None)
+        if keyword in group:
+            r.attrs[keyword] = group[keyword]
+    for keyword in IDENTITY:
+        if keyword in overrides:  # the operator's explicit word (applied before: re-apply)
+            r.put(keyword, overrides[keyword], "--set", f"--set {keyword}", "override")
+
+
+def _norm(value: DicomValue) -> str:
+    """Identity values compared as a PACS would match them: case and padding aside."""
+    text = "\\".join(map(str, value)) if isinstance(value, list) else str(value)
+    return text.strip().upper()
 
 
 def _header_repetition_ms(source: NiftiSource) -> float | None:

@@ -23,12 +23,15 @@ from node.part5 import LONG_LENGTH_VRS
 PREAMBLE = b"\x00" * 128 + b"DICM"  # PS3.10 7.1
 
 
-def encode_element(tag: int, vr: str, value: str | bytes) -> bytes:
-    """One Explicit VR Little Endian element of a text or OB/OW value (PS3.5 7.1.2).
+def encode_element(tag: int, vr: str, value: str | bytes | tuple[float, ...]) -> bytes:
+    """One Explicit VR Little Endian element of a text, OB/OW or FD value (PS3.5 7.1.2).
 
     Text is padded to even length with a space, UIs with a NUL (PS3.5 6.2, 9.1).
     """
-    data = value if isinstance(value, bytes) else value.encode("ascii")
+    if isinstance(value, tuple):  # FD: IEEE 754 binary64, little endian
+        data = struct.pack(f"<{len(value)}d", *value)
+    else:
+        data = value if isinstance(value, bytes) else value.encode("ascii")
     if len(data) % 2:
         data += b"\x00" if vr in ("UI", "OB") else b" "
     group, element = tag >> 16, tag & 0xFFFF

@@ -21,8 +21,12 @@ DEFAULT_PROFILE = "bids-mr"
 _PROFILE_KEYS = {
     "description", "extends", "modality", "derived", "nonfinite", "deidentify",
     "pseudonym_prefix", "pseudonym_secret", "pseudonym_secret_env", "date_shift_days",
-    "static", "sidecar", "filename", "fallback", "pseudonyms",
+    "static", "sidecar", "filename", "fallback", "pseudonyms", "identity", "reference",
+    "same_frame_of_reference",
 }
+IDENTITY_MODES = ("warn", "strict")
+#: What ``reference = { query = ... }`` may query by (a C-FIND at STUDY level, PS3.4 C.6.2).
+REFERENCE_KEYS = ("AccessionNumber", "StudyInstanceUID", "PatientID")
 
 @dataclass(frozen=True)
 class SidecarRule:
@@ -30,6 +34,15 @@ class SidecarRule:
 
     keys: tuple[str, ...]
     scale: float | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceRule:
+    """How the node finds the clinical exam a series joins: a C-FIND for ``query`` (a Study
+    level key) whose value comes from ``source`` ("sidecar:Key" or "filename:{template}")."""
+
+    query: str
+    source: str
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,13 @@ class Profile:
     filename: dict[str, str] = field(default_factory=dict)
     fallback: dict[str, str] = field(default_factory=dict)
     pseudonyms: dict[str, str] = field(default_factory=dict)
+    #: "warn": identity sources that disagree are reported, the most authoritative one is
+    #: used; "strict": they are refused (the node quarantines).
+    identity: str = "warn"
+    reference: ReferenceRule | None = None
+    #: the NIfTI is in the reference exam's space (a segmentation drawn on its T1): the series
+    #: shares the reference's FrameOfReferenceUID.
+    same_frame_of_reference: bool = False
 
     def secret(self) -> str | None:
         """The pseudonym key: from the environment variable if set, else from the config."""
@@ -108,7 +128,11 @@ def _build_profile(name: str, raw: dict[str, Any]) -> Profile:
     nonfinite = raw.get("nonfinite", "background")
     if nonfinite not in ("background", "error"):
         raise ValueError(f'{where}.nonfinite: write "background" or "error", not {nonfinite!r}')
-    for flag in ("derived", "deidentify"):
+    identity = raw.get("identity", "warn")
+    if identity not in IDENTITY_MODES:
+        raise ValueError(f'{where}.identity: write "warn" or "strict", not {identity!r}')
+    reference = _reference_rule(where, raw.get("reference"))
+    for flag in ("derived", "deidentify", "same_frame_of_reference"):
         if flag in raw and not isinstance(raw[flag], bool):
             raise ValueError(f"{where}.{flag}: write true or false")
     shift = raw.get("date_shift_days")
@@ -154,7 +178,23 @@ def _build_profile(name: str, raw: dict[str, Any]) -> Profile:
         filename=dict(tables["filename"]),
         fallback=dict(tables["fallback"]),
         pseudonyms={str(k): str(v) for k, v in tables["pseudonyms"].items()},
+        identity=identity,
+        reference=reference,
+        same_frame_of_reference=raw.get("same_frame_of_reference", False),
     )
+
+
+def _reference_rule(where: str, raw: Any) -> ReferenceRule | None:
+    if raw is None:
+        return None
+    check_table(f"{where}.reference", raw, {"query", "from"})
+    query, source = raw.get("query"), raw.get("from")
+    if query not in REFERENCE_KEYS:
+        raise ValueError(f"{where}.reference.query: write one of {', '.join(REFERENCE_KEYS)}")
+    if not isinstance(source, str) or not source.startswith(("sidecar:", "filename:")):
+        raise ValueError(f'{where}.reference.from: write "sidecar:Key" or '
+                         '"filename:{template}", for example "sidecar:AccessionNumber"')
+    return ReferenceRule(query, source)
 
 
 def _resolved_raw(name: str, all_raw: dict[str, Any], seen: tuple = ()) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from node import CONVERTER_NAME, __version__
+from node.convert.diffusion import VolumeWeighting, gradient_files, read_weighting
 from node.convert.geometry import VolumeGeometry, choose_affine, volume_geometry
 from node.convert.iods.image import (
     SOP_CLASS_NAMES,
@@ -35,11 +36,20 @@ from node.convert.iods.image import (
     instance_slices,
     series_template,
 )
-from node.convert.mapping import Attributes, resolve_attributes, value_of
+from node.convert.mapping import (
+    Attributes,
+    MappedValue,
+    pseudonym,
+    resolve_attributes,
+    value_of,
+)
 from node.convert.part10 import SeriesEncoder
 from node.convert.pixels import PixelEncoding, PixelError, encode_pixels
 from node.convert.profile import Profile, builtin_profile
+from node.convert.reference import ReferenceStudy
 from node.convert.source import NiftiSource, load_source, read_failure
+from node.convert.study import StudyValues, series_number
+from node.convert.study import apply as apply_study
 from node.convert.uids import SeriesUids, series_uids
 from node.errors import InputError, MappingError
 
@@ -61,6 +71,7 @@ class ConvertedSeries:
     template: Dataset
     stored: np.ndarray = field(repr=False)
     warnings: list[str] = field(default_factory=list)
+    weighting: tuple[VolumeWeighting, ...] | None = None
 
     @property
     def sop_class_uid(self) -> str:
@@ -75,7 +86,8 @@ class ConvertedSeries:
         return self.layout.n_instances
 
     def _slices(self) -> Iterator[InstanceSlice]:
-        return instance_slices(self.template, self.stored, self.geometry, self.uids, self.layout)
+        return instance_slices(self.template, self.stored, self.geometry, self.uids, self.layout,
+                               self.weighting)
 
     def datasets(self) -> Iterator[Dataset]:
         """Complete pydicom datasets, one per instance, in instance order."""
@@ -88,11 +100,118 @@ class ConvertedSeries:
             yield instance.number, instance.sop_instance_uid, encoder.encode(instance)
 
 
+def standalone_study(values: StudyValues, series_uid: str, own_number: int | None
+                     ) -> tuple[StudyValues, int | None]:
+    """A series alone in its study: it carries its own values, and a SeriesNumber from its
+    Series Instance UID."""
+    return values, own_number if own_number is not None else series_number(series_uid, set())
+
+
 def _mapping_digest(attrs: Attributes, modality: str, profile: Profile) -> str:
     payload = {k: v.value for k, v in sorted(attrs.items())}
     payload["_modality"] = modality
     payload["_derived"] = profile.derived
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+#: Given what a series says of its study, its Series Instance UID and its own SeriesNumber
+#: (None when no source names one): the values its study makes it carry, and the
+#: SeriesNumber it gets. Raises StudyConflict.
+StudyHook = Callable[[StudyValues, str, int | None], tuple[StudyValues, int | None]]
+
+
+@dataclass(frozen=True)
+class SeriesPlan:
+    """What a series will say, known from the header, the sidecar and the mapping alone
+    (no voxel read): enough to reconcile it with the other series of its study."""
+
+    source: NiftiSource
+    modality: str
+    attributes: Attributes
+    uids: SeriesUids
+    warnings: tuple[str, ...] = ()
+    weighting: tuple[VolumeWeighting, ...] | None = None  # a DWI's .bval/.bvec, per volume
+
+    @property
+    def study(self) -> StudyValues:
+        return StudyValues.of(self.uids.study, self.attributes)
+
+    @property
+    def series_number(self) -> int | None:
+        """The SeriesNumber a source names, if any."""
+        text = str(value_of(self.attributes, "SeriesNumber")).strip()
+        return int(text) if text.lstrip("-").isdigit() else None
+
+
+def plan_series(
+    path: str | Path,
+    profile: Profile | None = None,
+    *,
+    uid_root: str = "2.25",
+    sidecar: str | Path | None = None,
+    overrides: dict[str, str] | None = None,
+    modality: str | None = None,
+    reference: ReferenceStudy | None = None,
+) -> SeriesPlan:
+    """Read the header and the sidecar, resolve the mapping, make the UIDs."""
+    profile = profile or builtin_profile()
+    source = load_source(path, sidecar)
+    modality = (modality or profile.modality).upper()
+    if modality not in SOP_CLASSES:
+        modality = "OT"
+    notes: list[str] = []
+    attrs = resolve_attributes(source, profile, overrides, modality,
+                               reference=reference.values if reference else None,
+                               warnings=notes)
+    if not str(value_of(attrs, "PatientID")).strip():
+        # never an empty identity: a PACS files every such series under one patient ''
+        raise MappingError(source.path, "no PatientID from any source (no sub- entity in the "
+                           "file name, none in the sidecar or the profile): give --set "
+                           "PatientID=..., a sidecar key PatientID, or a profile static or "
+                           "fallback value")
+    if reference is None and "StudyInstanceUID" in attrs:
+        study_uid: str | None = str(value_of(attrs, "StudyInstanceUID"))
+    else:
+        study_uid = reference.study_uid if reference else None
+    frame = reference.frame_of_reference_uid if (
+        reference and profile.same_frame_of_reference) else None
+    if reference and profile.same_frame_of_reference and not frame:
+        raise MappingError(source.path, f"the profile says the NIfTI is in the reference's "
+                           f"space, but the reference {reference.origin} has no single "
+                           "FrameOfReferenceUID")
+    weighting = _weighting(source) if modality == "MR" else None
+    digest = _mapping_digest(attrs, modality, profile)
+    if weighting:  # other gradients make another series
+        digest = hashlib.sha256((digest + repr(weighting)).encode()).hexdigest()
+    uids = series_uids(
+        uid_root,
+        _study_key(source, profile, attrs),
+        str(value_of(attrs, "StudyID")),
+        source.sha256,
+        digest,
+        study_uid=study_uid,
+        frame_of_reference_uid=frame,
+    )
+    return SeriesPlan(source, modality, attrs, uids, tuple(notes), weighting)
+
+
+def _weighting(source: NiftiSource) -> tuple[VolumeWeighting, ...] | None:
+    """The diffusion weighting per volume from ``.bval``/``.bvec`` beside the file, if any."""
+    found = gradient_files(source.path)
+    if found is None:
+        return None
+    affine, _ = choose_affine(source.image.header)
+    return tuple(read_weighting(*found, source.shape[3], affine))
+
+
+def _study_key(source: NiftiSource, profile: Profile, attrs: Attributes) -> str:
+    """Who the study belongs to, for its UID: the file name's subject when it has one (so the
+    series of one session share a study whichever carry a sidecar identity), else the
+    PatientID."""
+    sub = source.entities.get("sub")
+    if sub and "{sub}" in profile.filename.get("PatientID", ""):
+        return pseudonym(profile, "sub", sub) if profile.deidentify else sub
+    return str(value_of(attrs, "PatientID"))
 
 
 def convert_file(
@@ -103,26 +222,23 @@ def convert_file(
     sidecar: str | Path | None = None,
     overrides: dict[str, str] | None = None,
     modality: str | None = None,
+    reference: ReferenceStudy | None = None,
+    study: StudyHook | None = None,
 ) -> ConvertedSeries:
     """Read, validate and encode ``path``; raise InputError/MappingError for bad input.
 
     ``profile`` defaults to the built-in default profile; ``uid_root`` is the organisation's
-    UID root (PS3.5 9), under which every generated UID is made.
+    UID root (PS3.5 9), under which every generated UID is made. ``reference`` is the clinical
+    exam the series joins; ``study`` reconciles it with the other series of its study (a
+    ``convert`` batch, the node's journal); without it the series stands alone.
     """
     profile = profile or builtin_profile()
-    source = load_source(path, sidecar)
-    modality = (modality or profile.modality).upper()
-    if modality not in SOP_CLASSES:
-        modality = "OT"
-    attrs = resolve_attributes(source, profile, overrides, modality)
-    if not str(value_of(attrs, "PatientID")).strip():
-        # never an empty identity: a PACS files every such series under one patient ''
-        raise MappingError(source.path, "no PatientID from any source (no sub- entity in the "
-                           "file name, none in the sidecar or the profile): give --set "
-                           "PatientID=..., a sidecar key PatientID, or a profile static or "
-                           "fallback value")
-
+    plan = plan_series(path, profile, uid_root=uid_root, sidecar=sidecar, overrides=overrides,
+                       modality=modality, reference=reference)
+    source, modality, attrs, uids = plan.source, plan.modality, plan.attributes, plan.uids
+    warnings_before = list(plan.warnings)
     affine, warnings = choose_affine(source.image.header)
+    warnings = warnings_before + warnings
     try:
         geometry = volume_geometry(affine, source.shape[2])
     except ValueError as exc:
@@ -141,14 +257,12 @@ def convert_file(
             f"max error {encoding.max_abs_error:.3g}"
         )
 
-    uids = series_uids(
-        uid_root,
-        str(value_of(attrs, "PatientID")),
-        str(value_of(attrs, "StudyID")),
-        source.sha256,
-        _mapping_digest(attrs, modality, profile),
-        study_uid=str(value_of(attrs, "StudyInstanceUID")) or None,
-    )
+    # last, once the input is known to be good: a journal remembers what the study was given
+    carried, number = (study or standalone_study)(plan.study, uids.series, plan.series_number)
+    attrs = apply_study(attrs, carried)
+    if number is not None and plan.series_number is None:
+        attrs["SeriesNumber"] = MappedValue(number, "derived from the Series Instance UID "
+                                            "(distinct within the study)", True)
     provenance = (
         f"Converted from NIfTI by {CONVERTER_NAME} {__version__}; source SHA-256 {source.sha256}"
     )
@@ -170,6 +284,7 @@ def convert_file(
         template=template,
         stored=stored,
         warnings=warnings,
+        weighting=plan.weighting,
     )
 
 
@@ -335,10 +450,13 @@ def convert_to_folder(
     overrides: dict[str, str] | None = None,
     modality: str | None = None,
     overwrite: bool = False,
+    reference: ReferenceStudy | None = None,
+    study: StudyHook | None = None,
 ) -> SeriesSummary:
     """Convert one file and write its series atomically; a picklable result for worker pools."""
     series = convert_file(path, profile, uid_root=uid_root, sidecar=sidecar,
-                          overrides=overrides, modality=modality)
+                          overrides=overrides, modality=modality, reference=reference,
+                          study=study)
     folder = write_series(series, out_dir, name, overwrite)
     return SeriesSummary(
         source=Path(path),

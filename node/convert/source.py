@@ -104,13 +104,24 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def content_digest(path: Path, sidecar: Path | None = None) -> str:
-    """SHA-256 of a job's inputs: the file, then its sidecar when there is one.
+def gradient_paths(path: Path) -> list[Path]:
+    """The FSL ``.bval``/``.bvec`` beside a NIfTI (a DWI's diffusion weighting) that exist."""
+    if not is_nifti(path):
+        return []
+    stem = nifti_stem(path)
+    return [p for p in (path.with_name(stem + ".bval"), path.with_name(stem + ".bvec"))
+            if p.is_file()]
 
-    The same NIfTI with another sidecar converts to other DICOM, so it is other content.
+
+def content_digest(path: Path, sidecar: Path | None = None) -> str:
+    """SHA-256 of a job's inputs: the file, then its sidecar when there is one, then its
+    ``.bval``/``.bvec``.
+
+    The same NIfTI with another sidecar (or gradients) converts to other DICOM, so it is other
+    content.
     """
     h = hashlib.sha256()
-    for part in (path, sidecar):
+    for part in (path, sidecar, *gradient_paths(path)):
         if part is None:
             continue
         with open(part, "rb") as f:

@@ -46,13 +46,15 @@ class SeriesUids:
 def series_uids(
     root: str, patient_id: str, study_id: str, content_digest: str, mapping_digest: str,
     study_uid: str | None = None,
+    frame_of_reference_uid: str | None = None,
 ) -> SeriesUids:
     """UIDs for one series.
 
     * Study: from the study identity (PatientID + StudyID), so all series of one session share
       a study; with no PatientID, from the content, so unrelated files never merge.
     * Frame of reference: one per study identity, since the series of one session share the
-      scanner's patient space (GUIDE: one FrameOfReferenceUID per NIfTI space).
+      scanner's patient space (GUIDE: one FrameOfReferenceUID per NIfTI space); or the
+      reference exam's, when the NIfTI is in its space.
     * Series: from the source bytes and the resolved mapping.
     """
     identity = (
@@ -63,5 +65,5 @@ def series_uids(
         root=root,
         study=study,
         series=make_uid(root, "series", study, content_digest, mapping_digest),
-        frame_of_reference=make_uid(root, "frame-of-reference", study),
+        frame_of_reference=frame_of_reference_uid or make_uid(root, "frame-of-reference", study),
     )

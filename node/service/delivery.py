@@ -79,10 +79,14 @@ class Batch:
 def prepare(
     source: Path, profile: Profile | None, uid_root: str, spool: Path,
     sidecar: Path | None = None, name: str = "series", check: bool = True,
+    study=None,
 ) -> Batch:
     """Turn one input into files to send: a NIfTI is converted into ``spool/name`` (written
     atomically), a DICOM file is described as it is. Raises InputError for bad input,
     ConfigError for a bad profile.
+
+    ``study`` reconciles a NIfTI's series with the other series of its study
+    (node.convert.series.StudyHook: a push batch's, or the journal's memory).
 
     ``check``: walk a DICOM file's whole structure now (the node: a malformed file is
     quarantined). ``push`` passes False: each file is checked as it is opened to be sent,
@@ -93,7 +97,7 @@ def prepare(
         return Batch(source, [f], f.series_uid, f.study_uid)
     from node.convert.series import convert_file, instance_filename, write_series
 
-    series = convert_file(source, profile, uid_root=uid_root, sidecar=sidecar)
+    series = convert_file(source, profile, uid_root=uid_root, sidecar=sidecar, study=study)
     _check_room(spool, series)
     folder = write_series(series, spool, name)
     files = [
@@ -183,11 +187,14 @@ def deliver(
     spool_root: Path,
     already: set[str] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    study=None,
 ) -> DeliveryResult:
     """One journal job: check the source is as queued, :func:`prepare`, :func:`send`.
 
     Instances in ``already`` (delivered by an earlier attempt) are not resent. The node's
-    parallelism is its workers, so a job uses one association.
+    parallelism is its workers, so a job uses one association. ``study``: the journal's
+    memory of the series' study (a StudyHook); a series that conflicts with it is
+    quarantined with the reason.
     """
     source = Path(job.source)
     if not source.is_file():
@@ -211,7 +218,7 @@ def deliver(
     spool = spool_root / f"job-{job.id}"
     try:
         try:
-            batch = prepare(source, profile, config.node.uid_root, spool, sidecar)
+            batch = prepare(source, profile, config.node.uid_root, spool, sidecar, study=study)
         except ConfigError as exc:
             return DeliveryResult(JobState.FAILED, exc.message, "config")
         except NoSpace as exc:

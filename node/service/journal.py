@@ -92,6 +92,17 @@ CREATE TABLE IF NOT EXISTS nodes (
     heartbeat REAL NOT NULL,
     stopped REAL
 );
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    study_values TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS study_series (
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    series_number INTEGER,
+    PRIMARY KEY (study_uid, series_uid)
+);
 CREATE TABLE IF NOT EXISTS destinations (
     name TEXT PRIMARY KEY,
     checked REAL NOT NULL,
@@ -463,6 +474,40 @@ class Journal:
 
     def alerts(self) -> list[Job]:
         return self._jobs("WHERE alert = 1 AND state = 'retry-wait' ORDER BY updated DESC")
+
+    def reconcile_study(self, values, series_uid: str, own_number: int | None = None):
+        """What a series joining ``values.study_uid`` must carry, and its SeriesNumber: the
+        study's remembered values merged with its own in one transaction (two workers never
+        both think they are first). StudyConflict (nothing recorded) when they disagree.
+
+        ``values`` is a node.convert.study.StudyValues; what was remembered counts as sent.
+        """
+        import json
+
+        from node.convert.study import StudyValues, merge, series_number
+
+        uid = values.study_uid
+        with self._tx() as db:
+            row = db.execute("SELECT study_values FROM studies WHERE study_uid = ?",
+                             (uid,)).fetchone()
+            merged = values if row is None else merge(
+                StudyValues.from_json(uid, json.loads(row[0])), values)
+            db.execute("INSERT OR REPLACE INTO studies VALUES (?, ?, ?)",
+                       (uid, json.dumps(merged.as_json(), sort_keys=True), time.time()))
+            found = db.execute("SELECT series_number FROM study_series WHERE study_uid = ? AND "
+                               "series_uid = ?", (uid, series_uid)).fetchone()
+            if own_number is not None:  # a source named it: others must keep clear of it
+                number = own_number
+                db.execute("INSERT OR REPLACE INTO study_series VALUES (?, ?, ?)",
+                           (uid, series_uid, number))
+            elif found is not None:
+                number = found[0]
+            else:
+                taken = {n for (n,) in db.execute(
+                    "SELECT series_number FROM study_series WHERE study_uid = ?", (uid,))}
+                number = series_number(series_uid, taken)
+                db.execute("INSERT INTO study_series VALUES (?, ?, ?)", (uid, series_uid, number))
+        return merged, number
 
     def record_echo(self, name: str, ok: bool, message: str) -> None:
         with self._tx() as db:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node import __version__
-from node.convert.source import default_sidecar_path
+from node.convert.source import default_sidecar_path, gradient_paths
 from node.service.delivery import DeliveryResult, deliver
 from node.service.intake import Identified, Intake, identify
 from node.service.journal import (
@@ -107,8 +107,16 @@ def _deliver_in_worker(job: Job, config: Config, state_root: str, already: set[s
             journal.close()
         log_transition(moved, job.state, stage)
 
+    def study(values, series_uid: str, own_number):
+        """The journal remembers each study's values across jobs (one set per study)."""
+        journal = Journal(dirs.journal)
+        try:
+            return journal.reconcile_study(values, series_uid, own_number)
+        finally:
+            journal.close()
+
     try:
-        return deliver(job, config, dirs.spool, already, on_stage)
+        return deliver(job, config, dirs.spool, already, on_stage, study)
     except InvalidTransition as exc:  # the lease was lost: another process has the job
         return DeliveryResult(JobState.RETRY_WAIT, str(exc), "lease")
     except (OSError, sqlite3.OperationalError) as exc:
@@ -383,7 +391,8 @@ class Node:
         folder = self.dirs.quarantine / f"job-{job.id}"
         folder.mkdir(parents=True, exist_ok=True)
         stayed = []
-        for path in (Path(job.source), Path(job.sidecar) if job.sidecar else None):
+        for path in (Path(job.source), Path(job.sidecar) if job.sidecar else None,
+                     *gradient_paths(Path(job.source))):
             if path is not None and job.after == "keep":  # an archive is never changed
                 stayed.append(f"{path} stays where it is (after = \"keep\")")
             elif path is not None and (path.exists() or path.is_symlink()):
@@ -408,7 +417,7 @@ class Node:
         The delivery is done whatever happens here: a file that cannot be moved or deleted
         (a read-only inbox) is a warning on the done job, never a crash.
         """
-        files = [source] + ([sidecar] if sidecar else [])
+        files = [source] + ([sidecar] if sidecar else []) + gradient_paths(source)
         if after == "keep":
             return
         try:

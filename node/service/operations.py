@@ -73,16 +73,46 @@ def _ignore_sigint() -> None:
 
 def _convert_one(path: Path, out_dir: Path, profile: Profile, uid_root: str, name: str,
                  sidecar: Path | None, overrides: dict[str, str] | None, modality: str | None,
-                 overwrite: bool = False):
+                 overwrite: bool = False, reference=None, study=None):
     """Worker: a SeriesSummary, or the DicomNodeError to report (never raises for bad input)."""
     from node.convert.series import convert_to_folder
 
+    if isinstance(study, DicomNodeError):
+        return study
     try:
         return convert_to_folder(path, out_dir, profile, uid_root=uid_root, name=name,
                                  sidecar=sidecar, overrides=overrides, modality=modality,
-                                 overwrite=overwrite)
+                                 overwrite=overwrite, reference=reference, study=study)
     except DicomNodeError as exc:
         return exc
+
+
+def reconcile_studies(inputs: Sequence[Path], profile: Profile, uid_root: str, *,
+                      sidecar: Path | None = None, overrides: dict[str, str] | None = None,
+                      modality: str | None = None, reference=None) -> list:
+    """Per input, the study it joins (a picklable StudyHook) or the error that refuses it.
+
+    Every series of one study carries one set of patient and study values, whatever the order
+    of the files: the batch is planned first (headers and sidecars only), then each study is
+    reconciled (node.convert.study), then converted.
+    """
+    from node.convert.series import plan_series
+    from node.convert.study import Member, reconcile
+
+    members, slots, out = [], [], []
+    for path in inputs:
+        try:
+            plan = plan_series(path, profile, uid_root=uid_root, sidecar=sidecar,
+                               overrides=overrides, modality=modality, reference=reference)
+        except DicomNodeError as exc:
+            out.append(exc)
+            continue
+        members.append(Member(path, plan.study, plan.uids.series, plan.series_number))
+        slots.append(len(out))
+        out.append(None)
+    for slot, known in zip(slots, reconcile(members), strict=True):
+        out[slot] = known
+    return out
 
 
 def unique_names(paths: Iterable[Path]) -> list[str]:
@@ -104,10 +134,18 @@ def convert_batch(
     inputs: Sequence[Path], out_dir: Path, profile: Profile, uid_root: str, *,
     sidecar: Path | None = None, overrides: dict[str, str] | None = None,
     modality: str | None = None, jobs: int | None = None, overwrite: bool = False,
+    reference=None,
 ) -> list:
-    """Convert each input into ``out_dir/<name>``: a SeriesSummary or a DicomNodeError each."""
-    calls = [(path, out_dir, profile, uid_root, name, sidecar, overrides, modality, overwrite)
-             for path, name in zip(inputs, unique_names(inputs), strict=True)]
+    """Convert each input into ``out_dir/<name>``: a SeriesSummary or a DicomNodeError each.
+
+    ``reference``: the clinical exam (node.convert.reference.ReferenceStudy) every series
+    joins. The series of one study are reconciled first (:func:`reconcile_studies`).
+    """
+    studies = reconcile_studies(inputs, profile, uid_root, sidecar=sidecar,
+                                overrides=overrides, modality=modality, reference=reference)
+    calls = [(path, out_dir, profile, uid_root, name, sidecar, overrides, modality, overwrite,
+              reference, study)
+             for path, name, study in zip(inputs, unique_names(inputs), studies, strict=True)]
     return in_processes(_convert_one, calls, jobs)
 
 
@@ -154,12 +192,14 @@ def _has_nifti_twin(sidecar: Path) -> bool:
 
 
 def _prepare_or_error(path: Path, profile: Profile | None, uid_root: str, spool: Path,
-                      name: str):
+                      name: str, study=None):
     """Worker: a delivery Batch, or the DicomNodeError to report."""
     from node.service.delivery import prepare
 
+    if isinstance(study, DicomNodeError):
+        return study
     try:
-        return prepare(path, profile, uid_root, spool, name=name, check=False)
+        return prepare(path, profile, uid_root, spool, name=name, check=False, study=study)
     except DicomNodeError as exc:
         return exc
 
@@ -196,7 +236,9 @@ def gather(paths: Iterable[Path], spool: Path, profile: Profile | Callable[[], P
             (out.problems if isinstance(result, DicomNodeError) else out.batches).append(result)
     if nifti and callable(profile):
         profile = profile()
-    nifti = [(path, profile, *rest) for path, *rest in nifti]
+    studies = reconcile_studies([call[0] for call in nifti], profile, uid_root) if nifti else []
+    nifti = [(path, profile, *rest, study)
+             for (path, *rest), study in zip(nifti, studies, strict=True)]
     for call, result in zip(nifti, in_processes(_prepare_or_error, nifti, jobs), strict=True):
         if isinstance(result, DicomNodeError):
             out.problems.append(result)
@@ -380,12 +422,14 @@ def release(journal: Journal, job_id: int) -> Job:
     if job is None or job.state != "quarantined" or not job.quarantine_path:
         raise OperationError(None, f"job {job_id}: not in quarantine")
     folder = Path(job.quarantine_path)
-    for original in (Path(job.source), Path(job.sidecar) if job.sidecar else None):
+    source = Path(job.source)
+    gradients = [source.with_name(nifti_stem(source) + ext) for ext in (".bval", ".bvec")
+                 ] if is_nifti(source) else []
+    for original in (source, Path(job.sidecar) if job.sidecar else None, *gradients):
         if original is not None and (folder / original.name).exists():
             original.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(folder / original.name), original)
     shutil.rmtree(folder, ignore_errors=True)
-    source = Path(job.source)
     if not source.exists():
         raise OperationError(None, f"job {job.id}: {source} is missing from quarantine and its "
                              "original place")

@@ -7,7 +7,7 @@ The per-series part is built once; each instance adds only what differs per slic
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +22,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 from node import CONVERTER_NAME, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, __version__
+from node.convert.diffusion import VolumeWeighting
 from node.convert.geometry import VolumeGeometry
 from node.convert.mapping import Attributes
 from node.convert.pixels import PixelEncoding
@@ -227,10 +228,18 @@ class InstanceSlice:
     acquisition_number: int | None
     temporal_position: int | None
     pixel_data: bytes
+    diffusion: VolumeWeighting | None = None
 
-    def elements(self) -> list[tuple[int, str, str | bytes]]:
-        """(tag, VR, value) in ascending tag order; text values are already VR-formatted."""
-        out: list[tuple[int, str, str | bytes]] = [(0x00080018, "UI", self.sop_instance_uid)]
+    def elements(self) -> list[tuple[int, str, str | bytes | tuple[float, ...]]]:
+        """(tag, VR, value) in ascending tag order; text values are already VR-formatted,
+        FD values are tuples of floats."""
+        out: list[tuple[int, str, str | bytes | tuple[float, ...]]] = [
+            (0x00080018, "UI", self.sop_instance_uid)]
+        if self.diffusion is not None:  # MR Diffusion Macro attributes, PS3.3 C.8.13.5.9
+            out.append((0x00189075, "CS", self.diffusion.directionality))
+            out.append((0x00189087, "FD", (self.diffusion.b_value,)))
+            if self.diffusion.direction is not None:
+                out.append((0x00189089, "FD", tuple(self.diffusion.direction)))
         if self.acquisition_number is not None:
             out.append((0x00200012, "IS", str(self.acquisition_number)))
         out.append((0x00200013, "IS", str(self.number)))
@@ -249,6 +258,7 @@ def instance_slices(
     geometry: VolumeGeometry,
     uids: SeriesUids,
     layout: SeriesLayout,
+    weighting: Sequence[VolumeWeighting] | None = None,
 ) -> Iterator[InstanceSlice]:
     """Yield, per slice, only what differs from the template.
 
@@ -272,6 +282,7 @@ def instance_slices(
                 acquisition_number=t + 1 if four_d else single_acquisition,
                 temporal_position=t + 1 if four_d else None,
                 pixel_data=np.ascontiguousarray(volumes[:, :, k, t].T, dtype=dtype).tobytes(),
+                diffusion=weighting[t] if weighting else None,
             )
 
 
@@ -280,7 +291,7 @@ def full_dataset(template: Dataset, instance: InstanceSlice) -> Dataset:
     ds = Dataset()
     ds.update(template)
     for tag, vr, value in instance.elements():
-        ds.add_new(tag, vr, value)
+        ds.add_new(tag, vr, list(value) if isinstance(value, tuple) else value)
     ds.file_meta = file_meta(template.SOPClassUID, instance.sop_instance_uid)
     return ds
 

@@ -52,6 +52,7 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, str]:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from node.errors import DicomNodeError
+    from node.net.status import NetworkFailure
     from node.service.operations import convert_batch
     from node.service.settings import load_config
 
@@ -68,18 +69,44 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.sidecar and len(args.inputs) > 1:
         _error("--sidecar names the sidecar of one input; give one INPUT with it")
         return EXIT_USAGE
-    if args.explain:
-        return _explain(args, profile, config.node.uid_root, overrides)
-    if args.output is None:
+    if args.output is None and not args.explain:
         _error("convert: name the output folder with -o OUTDIR (or use --explain)")
         return EXIT_USAGE
+    try:
+        reference = _reference(args, config, None)
+    except (DicomNodeError, ValueError) as exc:
+        _error(getattr(exc, "message", str(exc)))
+        return EXIT_USAGE
+    except NetworkFailure as exc:
+        _error(f"--study-of: {exc.message}")
+        return EXIT_FAILURE
+    if args.explain:
+        return _explain(args, profile, config.node.uid_root, overrides, reference)
     return _report(convert_batch(
         args.inputs, args.output, profile, config.node.uid_root, sidecar=args.sidecar,
         overrides=overrides, modality=args.modality, jobs=args.jobs or None,
-        overwrite=args.overwrite))
+        overwrite=args.overwrite, reference=reference))
 
 
-def _explain(args: argparse.Namespace, profile, uid_root: str, overrides) -> int:
+def _reference(args: argparse.Namespace, config, dest):
+    """The exam named by --reference or --study-of (None without them). --study-of asks
+    ``dest`` (push: where the series go), else the configured destination, or its
+    query_destination."""
+    from node.convert.reference import read_reference
+    from node.service.attach import parse_study_of, study_of
+
+    if getattr(args, "reference", None) is not None:
+        return read_reference(args.reference)
+    if getattr(args, "study_of", None) is None:
+        return None
+    keys = parse_study_of(args.study_of)
+    dest = config.query_destination(dest or config.destination(getattr(args, "destination",
+                                                                       None)))
+    return study_of(dest, dest.calling_ae_title or config.node.ae_title, keys)
+
+
+def _explain(args: argparse.Namespace, profile, uid_root: str, overrides,
+             reference=None) -> int:
     """convert --explain: every attribute, its value and its source; nothing is written."""
     from node.errors import DicomNodeError
     from node.service.operations import explain
@@ -88,7 +115,7 @@ def _explain(args: argparse.Namespace, profile, uid_root: str, overrides) -> int
     for path in args.inputs:
         try:
             rows = explain(path, profile, uid_root, sidecar=args.sidecar, overrides=overrides,
-                           modality=args.modality)
+                           modality=args.modality, reference=reference)
         except DicomNodeError as exc:
             _error(exc.message)
             status = EXIT_USAGE
@@ -225,6 +252,7 @@ class _Progress:
 def cmd_push(args: argparse.Namespace) -> int:
 
     from node.errors import DicomNodeError
+    from node.net.status import NetworkFailure
     from node.service.operations import push
     from node.service.settings import load_config
 
@@ -246,11 +274,16 @@ def cmd_push(args: argparse.Namespace) -> int:
         return _Progress(len(g.files), sys.stderr.isatty() and not args.json)
 
     try:
+        reference = _reference(args, config, dest)
         result = push(args.paths, dest, config.node.ae_title, profile, config.node.uid_root,
-                      jobs=args.jobs or None, verify=args.verify, on_gathered=gathered)
-    except DicomNodeError as exc:  # the profile, read for the first NIfTI input
-        _error(exc.message)
+                      jobs=args.jobs or None, verify=args.verify, on_gathered=gathered,
+                      reference=reference)
+    except (DicomNodeError, ValueError) as exc:  # the profile, the reference
+        _error(getattr(exc, "message", str(exc)))
         return EXIT_USAGE
+    except NetworkFailure as exc:
+        _error(f"--study-of: {exc.message}")
+        return EXIT_FAILURE
     return _render_push(args, result)
 
 

@@ -75,7 +75,22 @@ def _convert(sub, common: argparse.ArgumentParser) -> None:
     convert.add_argument("--overwrite", action="store_true",
                          help="replace an existing folder of the same name even when it is "
                          "not this input's earlier output")
+    _attach_options(convert)
+    convert.add_argument("--to", dest="destination", metavar="DEST",
+                         help="the configured destination that --study-of asks (or its "
+                         "query_destination; default: [node].default_destination)")
     convert.set_defaults(func=cmd_convert)
+
+
+def _attach_options(p: argparse.ArgumentParser) -> None:
+    """--reference / --study-of: the clinical exam the new series join."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--reference", type=Path, metavar="FILE|DIR",
+                       help="a DICOM file (or folder) of the patient's exam: the series join "
+                       "its study, under its patient")
+    group.add_argument("--study-of", metavar="KEY=VALUE[,KEY=VALUE]",
+                       help="find the exam with a C-FIND at STUDY level: AccessionNumber=..., "
+                       "StudyInstanceUID=..., or PatientID=...,StudyDate=YYYYMMDD")
 
 
 def _peer_options(p: argparse.ArgumentParser) -> None:
@@ -131,6 +146,7 @@ def _push(sub, common: argparse.ArgumentParser) -> None:
     push.add_argument("--verify", action="store_true",
                       help="then ask the PACS (C-FIND) whether every series is complete")
     push.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    _attach_options(push)
     push.set_defaults(func=cmd_push)
 
 

@@ -85,7 +85,9 @@ def read_reference(path: str | Path) -> ReferenceStudy:
             studies.setdefault(uid, ds)
             frames.add(_text(ds.get("FrameOfReferenceUID")))
     if not studies:
-        raise InputError(path, "no DICOM file with a StudyInstanceUID in the reference")
+        raise InputError(path, "not a DICOM file of an exam (no StudyInstanceUID found)"
+                         if path.is_file() else
+                         "no DICOM file with a StudyInstanceUID in the reference folder")
     if len(studies) > 1:
         raise InputError(path, f"the reference holds {len(studies)} studies; name one exam "
                          "(a file, or a folder of one study)")

@@ -43,6 +43,7 @@ class Destination:
     max_associations: int = 2
     transfer_syntaxes: tuple[str, ...] = ()  # extra ones to propose; uncompressed always
     tls: TlsSettings | None = None
+    query_destination: str | None = None  # the destination that answers C-FIND for this one
 
     @property
     def address(self) -> str:

@@ -367,6 +367,42 @@ def _not_sent(pending: _Pending, record: Recorder, t0: float, why: str) -> None:
 
 # --- C-FIND ---------------------------------------------------------------------------------
 
+def _find(assoc: Association, query, message_id: int, max_matches: int) -> list[bytes]:
+    """One C-FIND (PS3.4 C.4.1) on ``assoc``'s first context: the encoded identifier of each
+    match, at most ``max_matches`` (more is a NetworkFailure). The whole answer must come
+    within the DIMSE timeout, so a peer trickling pending responses cannot hold us."""
+    from pynetdicom.dsutils import encode
+
+    dest = assoc.dest
+    context = assoc.contexts[0]
+    implicit = context.transfer_syntax == IMPLICIT_LE
+    request = Request(context.id, C_FIND_RQ, message_id, STUDY_ROOT_FIND)
+    assoc.send(context.id, command_set([
+        (AFFECTED_SOP_CLASS, STUDY_ROOT_FIND), (COMMAND_FIELD, C_FIND_RQ),
+        (MESSAGE_ID, message_id), (PRIORITY, 0), (DATA_SET_TYPE, DATA_SET_PRESENT),
+    ]), BytesIO(encode(query, implicit, True) or b""))
+    deadline = time.monotonic() + dest.dimse_timeout
+    matches: list[bytes] = []
+    for _ in range(max_matches + 1):
+        left = max(0.001, deadline - time.monotonic())
+        response = assoc.receive(left, "C-FIND response")
+        _check(assoc, response, request)
+        status = response.status
+        if status in (0x0000, 0xFE00):  # success or cancelled: the final response
+            return matches
+        if status not in (0xFF00, 0xFF01):  # a failure (PS3.4 C.4.1.1.4)
+            comment = response.text(ERROR_COMMENT)
+            raise NetworkFailure(
+                FailureKind.NETWORK, f"{dest.address}: C-FIND failed with status "
+                f"0x{status:04X}{f' ({comment})' if comment else ''}", transient=False,
+            )
+        if response.dataset:
+            matches.append(response.dataset)
+    assoc.abort()
+    raise NetworkFailure(FailureKind.NETWORK, f"{dest.address} sent more than {max_matches} "
+                         "C-FIND matches; aborted")
+
+
 def series_instance_counts(
     dest: Destination, calling_ae: str, series: Iterable[tuple[str, str]]
 ) -> dict[str, int | None]:
@@ -374,12 +410,10 @@ def series_instance_counts(
     level of the Study Root information model (PS3.4 C.6.2); None where the peer has no match.
     """
     from pydicom.dataset import Dataset
-    from pynetdicom.dsutils import encode
 
     counts: dict[str, int | None] = {}
     with Association.open(dest, calling_ae, [(STUDY_ROOT_FIND, UNCOMPRESSED)]) as assoc:
-        context = assoc.contexts[0]
-        implicit = context.transfer_syntax == IMPLICIT_LE
+        implicit = assoc.contexts[0].transfer_syntax == IMPLICIT_LE
         for n, (study_uid, series_uid) in enumerate(series, 1):
             counts[series_uid] = None
             if not series_uid:  # unknown: an empty key would match every series (PS3.4 C.2.2)
@@ -389,36 +423,45 @@ def series_instance_counts(
             query.StudyInstanceUID = study_uid
             query.SeriesInstanceUID = series_uid
             query.NumberOfSeriesRelatedInstances = ""
-            message_id = n % 65535 + 1
-            request = Request(context.id, C_FIND_RQ, message_id, STUDY_ROOT_FIND)
-            assoc.send(context.id, command_set([
-                (AFFECTED_SOP_CLASS, STUDY_ROOT_FIND), (COMMAND_FIELD, C_FIND_RQ),
-                (MESSAGE_ID, message_id), (PRIORITY, 0), (DATA_SET_TYPE, DATA_SET_PRESENT),
-            ]), BytesIO(encode(query, implicit, True) or b""))
-            # one pending response per match (a series has one); the whole answer within the
-            # DIMSE timeout, so a peer trickling pending responses cannot hold us
-            deadline = time.monotonic() + dest.dimse_timeout
-            for _ in range(1000):
-                left = max(0.001, deadline - time.monotonic())
-                response = assoc.receive(left, "C-FIND response")
-                _check(assoc, response, request)
-                status = response.status
-                if status in (0x0000, 0xFE00):  # success or cancelled: the final response
-                    break
-                if status not in (0xFF00, 0xFF01):  # a failure (PS3.4 C.4.1.1.4)
-                    comment = response.text(ERROR_COMMENT)
-                    raise NetworkFailure(
-                        FailureKind.NETWORK, f"{dest.address}: C-FIND failed with status "
-                        f"0x{status:04X}{f' ({comment})' if comment else ''}", transient=False,
-                    )
-                if response.dataset:
-                    counts[series_uid] = _instance_count(dest, response.dataset, implicit,
-                                                         series_uid)
-            else:
-                assoc.abort()
-                raise NetworkFailure(FailureKind.NETWORK, f"{dest.address} sent more than 1000 "
-                                     "pending C-FIND responses for one series; aborted")
+            for dataset in _find(assoc, query, n % 65535 + 1, 1000):
+                counts[series_uid] = _instance_count(dest, dataset, implicit, series_uid)
     return counts
+
+
+#: The most studies a --study-of query may match; one is wanted, two already refuse.
+MAX_STUDY_MATCHES = 50
+
+
+def find_studies(dest: Destination, calling_ae: str, keys: dict[str, str],
+                 return_keys: Sequence[str]) -> list:
+    """The studies matching ``keys`` (C-FIND at STUDY level, Study Root, PS3.4 C.6.2.1), as
+    pydicom datasets with ``return_keys``. Every key must have a value: an empty key would
+    match every study. NetworkFailure for a failed query or an unreadable answer."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.dsutils import decode
+
+    if not keys or any(not str(v).strip() for v in keys.values()):
+        raise ValueError("every query key needs a value")
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    for keyword in return_keys:
+        setattr(query, keyword, "")
+    for keyword, value in keys.items():
+        setattr(query, keyword, value)
+    with Association.open(dest, calling_ae, [(STUDY_ROOT_FIND, UNCOMPRESSED)]) as assoc:
+        implicit = assoc.contexts[0].transfer_syntax == IMPLICIT_LE
+        found = _find(assoc, query, 1, MAX_STUDY_MATCHES)
+    studies = []
+    for dataset in found:
+        try:
+            ds = decode(BytesIO(dataset), implicit, True)
+            for elem in ds:  # read every value now: the identifier is the peer's
+                _ = elem.value
+        except Exception as exc:
+            raise NetworkFailure(FailureKind.NETWORK, f"{dest.address}: an unreadable C-FIND "
+                                 f"answer ({peer_text(str(exc), 80)})", transient=False) from None
+        studies.append(ds)
+    return studies
 
 
 def _instance_count(dest: Destination, dataset: bytes, implicit: bool,

@@ -79,7 +79,7 @@ class Batch:
 def prepare(
     source: Path, profile: Profile | None, uid_root: str, spool: Path,
     sidecar: Path | None = None, name: str = "series", check: bool = True,
-    study=None,
+    study=None, reference=None,
 ) -> Batch:
     """Turn one input into files to send: a NIfTI is converted into ``spool/name`` (written
     atomically), a DICOM file is described as it is. Raises InputError for bad input,
@@ -97,7 +97,8 @@ def prepare(
         return Batch(source, [f], f.series_uid, f.study_uid)
     from node.convert.series import convert_file, instance_filename, write_series
 
-    series = convert_file(source, profile, uid_root=uid_root, sidecar=sidecar, study=study)
+    series = convert_file(source, profile, uid_root=uid_root, sidecar=sidecar, study=study,
+                          reference=reference)
     _check_room(spool, series)
     folder = write_series(series, spool, name)
     files = [
@@ -106,6 +107,21 @@ def prepare(
         for n in range(1, series.n_instances + 1)
     ]
     return Batch(source, files, series.uids.series, series.uids.study, tuple(series.warnings))
+
+
+def _reference(source: Path, sidecar: Path | None, profile: Profile, config: Config,
+               dest: Destination):
+    """The clinical exam the profile's ``reference`` rule names for this input (a C-FIND to
+    the destination or its query_destination), or None without a rule."""
+    if profile.reference is None or not is_nifti(source):
+        return None
+    from node.convert.source import bids_entities, load_sidecar
+    from node.service.attach import profile_query, study_of
+
+    raw = load_sidecar(sidecar) if sidecar is not None else {}
+    keys = profile_query(profile, source, raw, bids_entities(source))
+    calling = dest.calling_ae_title or config.node.ae_title
+    return study_of(config.query_destination(dest), calling, keys or {}, source)
 
 
 class NoSpace(DicomNodeError):
@@ -218,13 +234,18 @@ def deliver(
     spool = spool_root / f"job-{job.id}"
     try:
         try:
-            batch = prepare(source, profile, config.node.uid_root, spool, sidecar, study=study)
+            reference = _reference(source, sidecar, profile, config, dest)
+            batch = prepare(source, profile, config.node.uid_root, spool, sidecar, study=study,
+                            reference=reference)
         except ConfigError as exc:
             return DeliveryResult(JobState.FAILED, exc.message, "config")
         except NoSpace as exc:
             return DeliveryResult(JobState.RETRY_WAIT, exc.message, "disk")
         except InputError as exc:
             return DeliveryResult(JobState.QUARANTINED, exc.message, "input")
+        except NetworkFailure as exc:  # the exam could not be looked up: try again later
+            return DeliveryResult(JobState.RETRY_WAIT, f"finding the exam to attach to: "
+                                  f"{exc.message}", "network")
         t1 = time.monotonic()
         if on_stage is not None:
             on_stage("sending")

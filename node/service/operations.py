@@ -150,12 +150,13 @@ def convert_batch(
 
 
 def explain(path: Path, profile: Profile, uid_root: str, *, sidecar: Path | None = None,
-            overrides: dict[str, str] | None = None, modality: str | None = None) -> list:
+            overrides: dict[str, str] | None = None, modality: str | None = None,
+            reference=None) -> list:
     """What ``convert`` would write for ``path``, attribute by attribute, and from where."""
     from node.convert.series import convert_file, explain
 
     return explain(convert_file(path, profile, uid_root=uid_root, sidecar=sidecar,
-                                overrides=overrides, modality=modality))
+                                overrides=overrides, modality=modality, reference=reference))
 
 
 # --- push ---------------------------------------------------------------------------------
@@ -192,14 +193,15 @@ def _has_nifti_twin(sidecar: Path) -> bool:
 
 
 def _prepare_or_error(path: Path, profile: Profile | None, uid_root: str, spool: Path,
-                      name: str, study=None):
+                      name: str, study=None, reference=None):
     """Worker: a delivery Batch, or the DicomNodeError to report."""
     from node.service.delivery import prepare
 
     if isinstance(study, DicomNodeError):
         return study
     try:
-        return prepare(path, profile, uid_root, spool, name=name, check=False, study=study)
+        return prepare(path, profile, uid_root, spool, name=name, check=False, study=study,
+                       reference=reference)
     except DicomNodeError as exc:
         return exc
 
@@ -217,9 +219,10 @@ class Gathered:
 
 
 def gather(paths: Iterable[Path], spool: Path, profile: Profile | Callable[[], Profile],
-           uid_root: str, jobs: int | None = None) -> Gathered:
+           uid_root: str, jobs: int | None = None, reference=None) -> Gathered:
     """Every input prepared for sending (NIfTI converted into ``spool`` in ``jobs`` processes,
     DICOM described as it is). Bad inputs are collected as problems, never raised.
+    ``reference``: the clinical exam (ReferenceStudy) every NIfTI series joins.
 
     ``profile`` may be a function that returns it: it is then called only when there is a
     NIfTI input (reading profiles loads pydicom, which a push of DICOM files never needs).
@@ -236,8 +239,9 @@ def gather(paths: Iterable[Path], spool: Path, profile: Profile | Callable[[], P
             (out.problems if isinstance(result, DicomNodeError) else out.batches).append(result)
     if nifti and callable(profile):
         profile = profile()
-    studies = reconcile_studies([call[0] for call in nifti], profile, uid_root) if nifti else []
-    nifti = [(path, profile, *rest, study)
+    studies = reconcile_studies([call[0] for call in nifti], profile, uid_root,
+                                reference=reference) if nifti else []
+    nifti = [(path, profile, *rest, study, reference)
              for (path, *rest), study in zip(nifti, studies, strict=True)]
     for call, result in zip(nifti, in_processes(_prepare_or_error, nifti, jobs), strict=True):
         if isinstance(result, DicomNodeError):
@@ -316,6 +320,7 @@ def push(
     uid_root: str, *,
     jobs: int | None = None, verify: bool = False,
     on_gathered: Callable[[Gathered], Callable | None] | None = None,
+    reference=None,
 ) -> PushResult:
     """Prepare every input, send them all over the destination's associations (the same
     :func:`~node.service.delivery.send` as the node), then optionally verify by C-FIND.
@@ -326,7 +331,7 @@ def push(
     from node.service.delivery import send
 
     with tempfile.TemporaryDirectory(prefix="dicom-node-push-") as spool:
-        gathered = gather(paths, Path(spool), profile, uid_root, jobs)
+        gathered = gather(paths, Path(spool), profile, uid_root, jobs, reference)
         progress = on_gathered(gathered) if on_gathered else None
         report, _ = send(gathered.batches, dest, calling_ae, progress=progress)
     result = PushResult(report, summarise(report), gathered.problems,

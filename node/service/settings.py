@@ -40,7 +40,7 @@ _UID_ROOT = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*))*$")
 _DEST_KEYS = {
     "host", "port", "ae_title", "calling_ae_title", "max_pdu", "connect_timeout",
     "acse_timeout", "dimse_timeout", "network_timeout", "max_associations",
-    "transfer_syntaxes", "tls",
+    "transfer_syntaxes", "tls", "query_destination",
 }
 _TLS_KEYS = {"ca", "cert", "key", "key_password_env", "verify_hostname", "verify"}
 
@@ -173,6 +173,11 @@ class Config:
     path: Path | None = None
     destinations: dict[str, Destination] = field(default_factory=dict)
     watches: tuple[WatchSettings, ...] = ()
+
+    def query_destination(self, dest: Destination) -> Destination:
+        """Where the studies a series joins are looked up for ``dest``: its
+        ``query_destination``, else itself (PACS usually answer C-FIND where they store)."""
+        return self.destinations[dest.query_destination] if dest.query_destination else dest
 
     def destination(self, name: str | None = None) -> Destination:
         """The named destination, or ``[node].default_destination``."""
@@ -335,6 +340,10 @@ def config_from_dict(
             destinations[name] = build_destination(name, draw, base=path.parent if path else None)
         except ValueError as exc:
             raise ConfigError(path, str(exc)) from None
+    for dest in destinations.values():
+        if dest.query_destination is not None and dest.query_destination not in destinations:
+            raise ConfigError(path, f"[destinations.{dest.name}].query_destination "
+                              f"{dest.query_destination!r} is not a destination")
     if node.default_destination is not None and node.default_destination not in destinations:
         raise ConfigError(
             path, f"[node].default_destination {node.default_destination!r} is not a destination"
@@ -462,7 +471,14 @@ def build_destination(name: str, raw: Any, base: Path | None = None) -> Destinat
         ),
         transfer_syntaxes=tuple(syntaxes),
         tls=tls,
+        query_destination=_query_destination(where, raw.get("query_destination")),
     )
+
+
+def _query_destination(where: str, value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"{where}.query_destination: the name of another destination")
+    return value
 
 
 

@@ -41,6 +41,12 @@ class VolumeGeometry:
         return float(self.positions[k] @ self.normal)
 
 
+#: Said as a warning, and written into the DICOM (ImageComments) so a reader of the series
+#: knows too: the positions and orientation are made up from pixdim.
+ORIENTATION_UNKNOWN = ("neither sform nor qform is set: position and orientation are unknown, "
+                       "only voxel sizes (pixdim) are used")
+
+
 def choose_affine(header) -> tuple[np.ndarray, list[str]]:
     """Pick the voxel->RAS affine like nibabel does (sform, else qform, else pixdim) and say why.
 
@@ -61,10 +67,7 @@ def choose_affine(header) -> tuple[np.ndarray, list[str]]:
         affine = qform
     else:
         affine = header.get_base_affine()
-        warnings.append(
-            "neither sform nor qform is set: position and orientation are unknown, "
-            "only voxel sizes (pixdim) are used"
-        )
+        warnings.append(ORIENTATION_UNKNOWN)
     return np.asarray(affine, dtype=np.float64), warnings
 
 

@@ -67,16 +67,25 @@ def _ds_float(value: float) -> float:
     return float(format_number_as_ds(float(value)))
 
 
-def _window(real: np.ndarray) -> tuple[float, float]:
-    """Robust window from the 1st..99th percentile of a subsample, so the first view is readable."""
-    flat = real.ravel(order="K")  # no copy for F-ordered volumes
+def _percentiles(values: np.ndarray) -> tuple[float, float]:
+    """The 1st and 99th percentile of a subsample (min and max when they coincide)."""
+    flat = values.ravel(order="K")  # no copy for F-ordered volumes
     step = max(1, flat.size // 200_000)
     sample = flat[::step]
     lo, hi = (float(v) for v in np.percentile(sample, [1, 99]))
     if hi <= lo:
         lo, hi = float(sample.min()), float(sample.max())
-    width = max(hi - lo, 1.0)
-    return (lo + hi) / 2.0, width
+    return lo, hi
+
+
+def _window(lo: float, hi: float) -> tuple[float, float]:
+    """Window center and width (real units) that show [lo, hi], the data's 1st..99th
+    percentile, so the first view has contrast. The width may be below 1 (an FA or a
+    diffusivity map): the template then writes VOILUTFunction LINEAR_EXACT, whose width need
+    only be positive (PS3.3 C.11.2.1.3.2); LINEAR needs at least 1 (C.11.2.1.2.1). A constant
+    image gets width 1."""
+    width = hi - lo
+    return (lo + hi) / 2.0, width if width > 0 else 1.0
 
 
 def _fit_16(lo: float, hi: float) -> np.dtype | None:
@@ -115,7 +124,7 @@ def _quantize(
     for t in range(vols.shape[3]):
         q = np.rint((vols[..., t].astype(np.float64) - intercept) / slope)
         out[..., t] = np.clip(q, *_INT16)
-    center, width = _window(values)
+    center, width = _window(*_percentiles(values))
     return stored, PixelEncoding(
         dtype=np.dtype("<i2"),
         slope=slope,
@@ -149,15 +158,16 @@ def _encode_integers(
     stored = (raw - offset).astype(dtype) if offset else raw.astype(dtype, copy=False)
     intercept = _ds_float(inter + slope * offset)
     real_lo, real_hi = sorted((lo * slope + inter, hi * slope + inter))
-    center, width = _window(stored)
+    p_lo, p_hi = sorted(v * _ds_float(slope) + intercept for v in _percentiles(stored))
+    center, width = _window(p_lo, p_hi)
     return stored, PixelEncoding(
         dtype=dtype,
         slope=_ds_float(slope),
         intercept=intercept,
         lossless=True,
         max_abs_error=0.0,
-        window_center=center * slope + intercept,
-        window_width=max(width * abs(slope), 1e-6),
+        window_center=center,
+        window_width=width,
         real_min=real_lo,
         real_max=real_hi,
         warnings=warnings,
@@ -206,7 +216,7 @@ def encode_pixels(
     if _fit_16(lo, hi) is not None and np.array_equal(values, np.rint(values)):
         dtype = _fit_16(lo, hi)
         stored = values.astype(dtype)
-        center, width = _window(values)
+        center, width = _window(*_percentiles(values))
         return stored, PixelEncoding(
             dtype=dtype,
             slope=1.0,

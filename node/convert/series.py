@@ -25,7 +25,12 @@ from pydicom.dataset import Dataset
 
 from node import CONVERTER_NAME, __version__
 from node.convert.diffusion import VolumeWeighting, gradient_files, read_weighting
-from node.convert.geometry import VolumeGeometry, choose_affine, volume_geometry
+from node.convert.geometry import (
+    ORIENTATION_UNKNOWN,
+    VolumeGeometry,
+    choose_affine,
+    volume_geometry,
+)
 from node.convert.iods.image import (
     SOP_CLASS_NAMES,
     SOP_CLASSES,
@@ -250,6 +255,8 @@ def convert_file(
         raise InputError(source.path, str(exc)) from None
     except (OSError, EOFError, ValueError, zlib.error) as exc:
         raise read_failure(source.path, exc, "cannot read the voxel data") from None
+    if stored.ndim < 3:  # a 2D image (or one row): one slice, as its header shape says
+        stored = stored.reshape(stored.shape + (1,) * (3 - stored.ndim))
     warnings += encoding.warnings
     if not encoding.lossless:
         warnings.append(
@@ -269,6 +276,10 @@ def convert_file(
     if not profile.deidentify:
         provenance += f"; source file {source.path.name}"
     layout = SeriesLayout(n_slices=source.shape[2], n_volumes=source.shape[3])
+    if ORIENTATION_UNKNOWN in warnings:  # the file says it; the DICOM says it too
+        attrs["ImageComments"] = MappedValue(
+            "Orientation unknown: the NIfTI had neither sform nor qform; position and "
+            "orientation are made up from the voxel sizes", "derived from the NIfTI header")
     template = series_template(
         attrs, modality, profile.derived, uids, geometry, encoding, source.shape, provenance
     )

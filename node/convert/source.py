@@ -187,6 +187,29 @@ def _load_header_only(path: Path) -> Any:
     return img
 
 
+#: NIfTI-1 intent codes (nifti1.h) whose voxels are not image intensities: each voxel is a
+#: vector, matrix, point or shape, and slicing it into MR images would make nonsense (a
+#: displacement field would become a "time series"). Refused with the reason.
+NON_IMAGE_INTENTS = {
+    1004: "a general matrix per voxel (GENMATRIX)", 1005: "a symmetric matrix per voxel "
+    "(SYMMATRIX, e.g. a diffusion tensor)", 1006: "a displacement vector per voxel (DISPVECT)",
+    1007: "a vector per voxel (VECTOR, e.g. a displacement or warp field)",
+    1008: "a point set (POINTSET)", 1009: "a triangle mesh (TRIANGLE)",
+    1010: "a quaternion per voxel (QUATERN)", 2003: "an RGB vector per voxel (RGB_VECTOR)",
+    2004: "an RGBA vector per voxel (RGBA_VECTOR)", 2005: "a shape (SHAPE)",
+}
+
+
+def _check_intent(path: Path, header: Any) -> None:
+    try:
+        code = int(header["intent_code"])
+    except (KeyError, TypeError, ValueError):
+        return
+    if code in NON_IMAGE_INTENTS:
+        raise InputError(path, f"the header's intent says it holds {NON_IMAGE_INTENTS[code]}, "
+                         "not image intensities; DICOM images cannot carry it")
+
+
 def _effective_shape(path: Path, header: Any) -> tuple[int, int, int, int]:
     dim = [int(d) for d in header["dim"]]
     ndim = dim[0]
@@ -296,6 +319,7 @@ def load_source(path: str | Path, sidecar: str | Path | None = None) -> NiftiSou
 
     img = _load_header_only(path)
     header = img.header
+    _check_intent(path, header)
     shape = _effective_shape(path, header)
     dtype = header.get_data_dtype()
     _check_dtype(path, dtype)

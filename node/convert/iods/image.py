@@ -191,7 +191,9 @@ def series_template(
     if modality == "OT":
         ds.RescaleType = "US"  # Type 1C in SC's Modality LUT (C.11.1): unspecified units
     ds.WindowCenter = _ds(encoding.window_center)
-    ds.WindowWidth = _ds(max(encoding.window_width, 1e-3))
+    ds.WindowWidth = _ds(encoding.window_width)
+    if encoding.window_width < 1:  # a small real range (FA, ADC): LINEAR needs width >= 1
+        ds.VOILUTFunction = "LINEAR_EXACT"  # PS3.3 C.11.2.1.3.2
 
     # 4D: one series whose instances carry the volume index (C.7.6.1, C.8.3.1)
     if shape[3] > 1:

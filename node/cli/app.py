@@ -85,7 +85,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return _report(convert_batch(
         args.inputs, args.output, profile, config.node.uid_root, sidecar=args.sidecar,
         overrides=overrides, modality=args.modality, jobs=args.jobs or None,
-        overwrite=args.overwrite, reference=reference))
+        overwrite=args.overwrite, reference=reference, iod=args.iod,
+        compression=args.compression, source_image=args.source))
 
 
 def _reference(args: argparse.Namespace, config, dest):

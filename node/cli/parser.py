@@ -75,6 +75,15 @@ def _convert(sub, common: argparse.ArgumentParser) -> None:
     convert.add_argument("--overwrite", action="store_true",
                          help="replace an existing folder of the same name even when it is "
                          "not this input's earlier output")
+    convert.add_argument("--iod", choices=["image", "enhanced", "seg", "pmap", "auto"],
+                         help="the object: classic single-frame images (the profile's default), "
+                         "one enhanced multi-frame instance, a segmentation of a label map, a "
+                         "parametric map of a float map; auto: seg for BIDS _dseg/_mask/_probseg")
+    convert.add_argument("--source", type=Path, metavar="IMAGE",
+                         help="the image NIfTI a seg or pmap refers to (default: the one beside "
+                         "it with the same BIDS subject, session, acquisition and run)")
+    convert.add_argument("--compression", choices=["none", "rle", "jpeg-ls", "jpeg2000"],
+                         default="none", help="lossless encoding of the files (default: none)")
     _attach_options(convert)
     convert.add_argument("--to", dest="destination", metavar="DEST",
                          help="the configured destination that --study-of asks (or its "

@@ -22,8 +22,13 @@ _PROFILE_KEYS = {
     "description", "extends", "modality", "derived", "nonfinite", "deidentify",
     "pseudonym_prefix", "pseudonym_secret", "pseudonym_secret_env", "date_shift_days",
     "static", "sidecar", "filename", "fallback", "pseudonyms", "identity", "reference",
-    "same_frame_of_reference",
+    "same_frame_of_reference", "iod", "labels", "units",
 }
+#: The objects a NIfTI can become (issue "Clinical-grade objects"); "auto" makes a SEG of a
+#: BIDS _dseg/_mask/_probseg file and an image of anything else.
+IODS = ("image", "enhanced", "seg", "pmap", "auto")
+#: Lossless encodings only: a clinical archive never gets lossy pixels from us.
+COMPRESSIONS = ("none", "rle", "jpeg-ls", "jpeg2000")
 IDENTITY_MODES = ("warn", "strict")
 #: What ``reference = { query = ... }`` may query by (a C-FIND at STUDY level, PS3.4 C.6.2).
 REFERENCE_KEYS = ("AccessionNumber", "StudyInstanceUID", "PatientID")
@@ -71,6 +76,11 @@ class Profile:
     #: the NIfTI is in the reference exam's space (a segmentation drawn on its T1): the series
     #: shares the reference's FrameOfReferenceUID.
     same_frame_of_reference: bool = False
+    iod: str = "image"
+    #: segment names of a label map by value (a BIDS _dseg.tsv beside the file wins)
+    labels: dict[int, str] = field(default_factory=dict)
+    #: UCUM units of a parametric map's values (a sidecar's "Units" wins), e.g. "mm2/s"
+    units: str | None = None
 
     def secret(self) -> str | None:
         """The pseudonym key: from the environment variable if set, else from the config."""
@@ -132,6 +142,17 @@ def _build_profile(name: str, raw: dict[str, Any]) -> Profile:
     if identity not in IDENTITY_MODES:
         raise ValueError(f'{where}.identity: write "warn" or "strict", not {identity!r}')
     reference = _reference_rule(where, raw.get("reference"))
+    iod = raw.get("iod", "image")
+    if iod not in IODS:
+        raise ValueError(f"{where}.iod: write one of {', '.join(IODS)}, not {iod!r}")
+    labels = raw.get("labels", {})
+    if not isinstance(labels, dict) or not all(
+            str(k).isdigit() and int(k) > 0 and isinstance(v, str) and v.strip()
+            for k, v in labels.items()):
+        raise ValueError(f'{where}.labels: a table of label value = "name", e.g. 1 = "tumour"')
+    units = raw.get("units")
+    if units is not None and (not isinstance(units, str) or not units.strip()):
+        raise ValueError(f'{where}.units: a UCUM unit, e.g. "mm2/s" or "1"')
     for flag in ("derived", "deidentify", "same_frame_of_reference"):
         if flag in raw and not isinstance(raw[flag], bool):
             raise ValueError(f"{where}.{flag}: write true or false")
@@ -181,6 +202,9 @@ def _build_profile(name: str, raw: dict[str, Any]) -> Profile:
         identity=identity,
         reference=reference,
         same_frame_of_reference=raw.get("same_frame_of_reference", False),
+        iod=iod,
+        labels={int(k): str(v) for k, v in labels.items()},
+        units=units,
     )
 
 

@@ -8,6 +8,7 @@ conversion never leaves a half-written series that looks complete.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -22,6 +23,13 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
 
 from node import CONVERTER_NAME, __version__
 from node.convert.diffusion import VolumeWeighting, gradient_files, read_weighting
@@ -31,6 +39,7 @@ from node.convert.geometry import (
     choose_affine,
     volume_geometry,
 )
+from node.convert.iods.enhanced import ENHANCED_NAMES, ENHANCED_SOP_CLASSES, enhanced_dataset
 from node.convert.iods.image import (
     SOP_CLASS_NAMES,
     SOP_CLASSES,
@@ -41,6 +50,8 @@ from node.convert.iods.image import (
     instance_slices,
     series_template,
 )
+from node.convert.iods.pmap import parametric_map
+from node.convert.iods.seg import SEG_SUFFIXES, label_names, segmentation
 from node.convert.mapping import (
     Attributes,
     MappedValue,
@@ -52,10 +63,10 @@ from node.convert.part10 import SeriesEncoder
 from node.convert.pixels import PixelEncoding, PixelError, encode_pixels
 from node.convert.profile import Profile, builtin_profile
 from node.convert.reference import ReferenceStudy
-from node.convert.source import NiftiSource, load_source, read_failure
+from node.convert.source import NiftiSource, bids_entities, load_source, read_failure
 from node.convert.study import StudyValues, series_number
 from node.convert.study import apply as apply_study
-from node.convert.uids import SeriesUids, series_uids
+from node.convert.uids import SeriesUids, make_uid, series_uids
 from node.errors import InputError, MappingError
 
 log = logging.getLogger(__name__)
@@ -77,32 +88,121 @@ class ConvertedSeries:
     stored: np.ndarray = field(repr=False)
     warnings: list[str] = field(default_factory=list)
     weighting: tuple[VolumeWeighting, ...] | None = None
+    #: "image" (classic single-frame instances), "enhanced", "seg" or "pmap" (one instance)
+    iod: str = "image"
+    compression: str = "none"
+    #: seg/pmap: builds the one multi-frame instance (called once, on first use)
+    build: Callable[[ConvertedSeries], Dataset] | None = field(default=None, repr=False)
+    _object: Dataset | None = field(default=None, repr=False)
+    _syntax: str | None = field(default=None, repr=False)
+
+    @property
+    def single(self) -> bool:
+        """One multi-frame instance rather than one instance per slice."""
+        return self.iod != "image"
+
+    def object(self) -> Dataset:
+        """The multi-frame instance of an enhanced, seg or pmap series."""
+        if self._object is None:
+            self._object = (self.build or _enhanced)(self)
+        return self._object
 
     @property
     def sop_class_uid(self) -> str:
-        return str(self.template.SOPClassUID)
+        return str(self.object().SOPClassUID if self.single else self.template.SOPClassUID)
 
     @property
     def sop_class_name(self) -> str:
-        return SOP_CLASS_NAMES.get(self.template.SOPClassUID, str(self.template.SOPClassUID))
+        uid = UID(self.sop_class_uid)
+        return SOP_CLASS_NAMES.get(uid) or ENHANCED_NAMES.get(uid) or uid.name
 
     @property
     def n_instances(self) -> int:
-        return self.layout.n_instances
+        return 1 if self.single else self.layout.n_instances
+
+    @property
+    def object_uid(self) -> str:
+        """The SOP Instance UID of the one instance of an enhanced, seg or pmap series."""
+        return make_uid(self.uids.root, self.iod, self.uids.series)
+
+    def instance_uids(self) -> list[str]:
+        """SOP Instance UIDs in instance order."""
+        if self.single:
+            return [self.object_uid]
+        return [self.uids.instance(n) for n in range(1, self.layout.n_instances + 1)]
+
+    @property
+    def transfer_syntax(self) -> str:
+        """How the files are encoded: lossless compression applies to image and enhanced
+        objects; a SEG (1-bit) and a map (float) are always uncompressed. A codec that cannot
+        take this series (OpenJPEG refuses images smaller than its resolution levels) falls
+        back to RLE Lossless, which takes anything, with a warning."""
+        if self.compression == "none" or self.iod in ("seg", "pmap"):
+            return ExplicitVRLittleEndian
+        if self._syntax is None:
+            wanted = COMPRESSION_SYNTAXES[self.compression]
+            try:
+                part10_bytes(next(self.datasets()), wanted)
+                self._syntax = wanted
+            except Exception as exc:  # the codec's own refusal, whatever its type
+                self._syntax = RLELossless
+                self.warnings.append(f"{self.compression} cannot encode this series "
+                                     f"({str(exc).splitlines()[0][:80]}); RLE Lossless used")
+        return self._syntax
 
     def _slices(self) -> Iterator[InstanceSlice]:
         return instance_slices(self.template, self.stored, self.geometry, self.uids, self.layout,
                                self.weighting)
 
+    def classic_datasets(self) -> Iterator[Dataset]:
+        """The classic single-frame instances of the series (what ``image`` writes)."""
+        return (full_dataset(self.template, s) for s in self._slices())
+
     def datasets(self) -> Iterator[Dataset]:
         """Complete pydicom datasets, one per instance, in instance order."""
-        return (full_dataset(self.template, s) for s in self._slices())
+        return iter([self.object()]) if self.single else self.classic_datasets()
 
     def encoded(self) -> Iterator[tuple[int, str, bytes]]:
         """(instance number, SOP Instance UID, Part 10 bytes) per instance, in order."""
-        encoder = SeriesEncoder(self.template, file_meta(self.template.SOPClassUID, ""))
-        for instance in self._slices():
-            yield instance.number, instance.sop_instance_uid, encoder.encode(instance)
+        syntax = self.transfer_syntax
+        if not self.single and syntax == ExplicitVRLittleEndian:
+            encoder = SeriesEncoder(self.template, file_meta(self.template.SOPClassUID, ""))
+            for instance in self._slices():
+                yield instance.number, instance.sop_instance_uid, encoder.encode(instance)
+            return
+        for number, ds in enumerate(self.datasets(), 1):
+            yield number, str(ds.SOPInstanceUID), part10_bytes(ds, syntax)
+
+
+#: Lossless transfer syntaxes by the words a profile, destination or --compression uses.
+COMPRESSION_SYNTAXES = {"rle": RLELossless, "jpeg-ls": JPEGLSLossless,
+                        "jpeg2000": JPEG2000Lossless}
+
+
+def part10_bytes(ds: Dataset, syntax: str = ExplicitVRLittleEndian) -> bytes:
+    """A dataset as a Part 10 file, compressed losslessly when ``syntax`` says so (pydicom's
+    encoders; the SOP Instance UID is kept: an encoding is not a new instance)."""
+    from pydicom.filebase import DicomBytesIO
+
+    if syntax != ExplicitVRLittleEndian:
+        plain, ds = ds, Dataset()  # compress() sets values in place: copy the elements
+        for element in plain:
+            ds.add(copy.copy(element))
+        ds.file_meta = copy.deepcopy(plain.file_meta)
+        ds.compress(syntax, generate_instance_uid=False)
+    else:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    fp = DicomBytesIO()
+    ds.save_as(fp, enforce_file_format=True)
+    return fp.getvalue()
+
+
+def _enhanced(series: ConvertedSeries) -> Dataset:
+    """The Legacy Converted Enhanced instance of a series (MR or CT)."""
+    number = int(value_of(series.attributes, "SeriesNumber", 1) or 1)
+    return enhanced_dataset(series.modality, series.classic_datasets(), series.layout.n_slices,
+                            series.layout.n_volumes, series.uids.series, number,
+                            series.object_uid)
 
 
 def standalone_study(values: StudyValues, series_uid: str, own_number: int | None
@@ -157,6 +257,7 @@ def plan_series(
     overrides: dict[str, str] | None = None,
     modality: str | None = None,
     reference: ReferenceStudy | None = None,
+    iod: str = "image",
 ) -> SeriesPlan:
     """Read the header and the sidecar, resolve the mapping, make the UIDs."""
     profile = profile or builtin_profile()
@@ -186,6 +287,8 @@ def plan_series(
                            "FrameOfReferenceUID")
     weighting = _weighting(source) if modality == "MR" else None
     digest = _mapping_digest(attrs, modality, profile)
+    if iod != "image":  # another object is another series (an encoding is not)
+        digest = hashlib.sha256(f"{digest} {iod}".encode()).hexdigest()
     if weighting:  # other gradients make another series
         digest = hashlib.sha256((digest + repr(weighting)).encode()).hexdigest()
     uids = series_uids(
@@ -229,6 +332,9 @@ def convert_file(
     modality: str | None = None,
     reference: ReferenceStudy | None = None,
     study: StudyHook | None = None,
+    iod: str | None = None,
+    compression: str = "none",
+    source_image: str | Path | None = None,
 ) -> ConvertedSeries:
     """Read, validate and encode ``path``; raise InputError/MappingError for bad input.
 
@@ -236,10 +342,16 @@ def convert_file(
     UID root (PS3.5 9), under which every generated UID is made. ``reference`` is the clinical
     exam the series joins; ``study`` reconciles it with the other series of its study (a
     ``convert`` batch, the node's journal); without it the series stands alone.
+
+    ``iod`` (default: the profile's) chooses the object: classic ``image`` instances, one
+    ``enhanced`` multi-frame instance, a ``seg`` of a label map or a ``pmap`` of a float map
+    (both refer to ``source_image``, the image they were drawn on or computed from: given, or
+    found beside the file by its BIDS entities). ``compression`` is a lossless encoding.
     """
     profile = profile or builtin_profile()
+    iod = choose_iod(Path(path), iod or profile.iod)
     plan = plan_series(path, profile, uid_root=uid_root, sidecar=sidecar, overrides=overrides,
-                       modality=modality, reference=reference)
+                       modality=modality, reference=reference, iod=iod)
     source, modality, attrs, uids = plan.source, plan.modality, plan.attributes, plan.uids
     warnings_before = list(plan.warnings)
     affine, warnings = choose_affine(source.image.header)
@@ -258,7 +370,7 @@ def convert_file(
     if stored.ndim < 3:  # a 2D image (or one row): one slice, as its header shape says
         stored = stored.reshape(stored.shape + (1,) * (3 - stored.ndim))
     warnings += encoding.warnings
-    if not encoding.lossless:
+    if not encoding.lossless and iod not in ("seg", "pmap"):
         warnings.append(
             f"values rescaled into int16: RescaleSlope {encoding.slope_ds}, "
             f"max error {encoding.max_abs_error:.3g}"
@@ -283,6 +395,20 @@ def convert_file(
     template = series_template(
         attrs, modality, profile.derived, uids, geometry, encoding, source.shape, provenance
     )
+    build = None
+    if iod in ("seg", "pmap"):
+        if source.shape[3] > 1:
+            raise InputError(source.path, f"a {iod} is made of a 3D volume; this file is 4D")
+        image = find_source_image(source.path, source.entities, source_image)
+        if image.resolve() == source.path.resolve():
+            raise InputError(source.path, "a SEG or map cannot refer to itself: name the image "
+                             "it was made from with --source")
+        referenced = convert_file(image, profile, uid_root=uid_root, modality=modality,
+                                  reference=reference, study=study, iod="image")
+        build = _builder(iod, referenced, provenance)
+    elif iod == "enhanced" and modality not in ENHANCED_SOP_CLASSES:
+        raise InputError(source.path, "enhanced objects are MR or CT (Legacy Converted "
+                         f"Enhanced); modality {modality} stays a classic image")
     return ConvertedSeries(
         source=source,
         profile=profile,
@@ -296,7 +422,83 @@ def convert_file(
         stored=stored,
         warnings=warnings,
         weighting=plan.weighting,
+        iod=iod,
+        compression=compression,
+        build=build,
     )
+
+
+def choose_iod(path: Path, iod: str) -> str:
+    """``auto``: a SEG of a BIDS label map (_dseg, _mask, _probseg), else a classic image."""
+    if iod != "auto":
+        return iod
+    return "seg" if bids_entities(path).get("suffix") in SEG_SUFFIXES else "image"
+
+
+#: BIDS suffixes that name something computed from an image rather than an image to refer to.
+_DERIVED_SUFFIXES = set(SEG_SUFFIXES) | {"map", "FA", "MD", "ADC", "T1map", "T2map", "R1map",
+                                         "R2map", "PDmap", "T2starmap", "statmap", "boldref"}
+_SAME_SCAN = ("sub", "ses", "acq", "run", "rec", "ce")
+
+
+def find_source_image(path: Path, entities: dict[str, str], given: str | Path | None) -> Path:
+    """The image a SEG or map refers to: ``given``, else the one NIfTI beside ``path`` with the
+    same subject, session, acquisition and run entities that is not itself derived."""
+    if given is not None:
+        given = Path(given)
+        if not given.is_file():
+            raise InputError(given, "no such source image (--source)")
+        return given
+    from node.convert.source import NIFTI_SUFFIXES
+
+    same = {k: v for k, v in entities.items() if k in _SAME_SCAN}
+    candidates = []
+    if same.get("sub") and path.parent.is_dir():
+        for other in sorted(path.parent.iterdir()):
+            if other == path or not other.name.lower().endswith(NIFTI_SUFFIXES):
+                continue
+            theirs = bids_entities(other)
+            if theirs.get("suffix") in _DERIVED_SUFFIXES or "desc" in theirs:
+                continue
+            if {k: v for k, v in theirs.items() if k in _SAME_SCAN} == same:
+                candidates.append(other)
+    if len(candidates) != 1:
+        found = f"{len(candidates)} candidates beside it" if candidates else "none beside it"
+        raise InputError(path, f"a SEG or parametric map refers to the image it was made from "
+                         f"({found}): name it with --source IMAGE.nii.gz")
+    return candidates[0]
+
+
+def _builder(iod: str, referenced: ConvertedSeries, provenance: str
+             ) -> Callable[[ConvertedSeries], Dataset]:
+    """How the one SEG or parametric map instance of a series is made (on first use)."""
+
+    def build(series: ConvertedSeries) -> Dataset:
+        source_images = list(referenced.classic_datasets())
+        number = int(value_of(series.attributes, "SeriesNumber", 1) or 1)
+        volume = np.asarray(series.source.image.dataobj).reshape(series.source.shape[:3],
+                                                                  order="F")
+        if iod == "seg":
+            names = label_names(series.source.path, series.source.stem, series.profile.labels)
+            ds = segmentation(volume, series.geometry, source_images, names,
+                              series.uids.series, number, series.object_uid, series.source.path)
+        else:
+            values = np.asarray(series.source.image.get_fdata(dtype=np.float32)).reshape(
+                series.source.shape[:3], order="F")
+            values = np.where(np.isfinite(values), values, 0.0)
+            units = series.source.sidecar.get("Units") or series.profile.units
+            label = str(value_of(series.attributes, "SeriesDescription") or "values")
+            window = (series.encoding.window_center, series.encoding.window_width)
+            ds = parametric_map(values, series.geometry, source_images,
+                                units if isinstance(units, str) else None, label,
+                                series.uids.series, number, series.object_uid, window)
+        description = value_of(series.attributes, "SeriesDescription")
+        if description:
+            ds.SeriesDescription = str(description)
+        ds.DerivationDescription = provenance
+        return ds
+
+    return build
 
 
 #: Where the attributes that no mapping gives come from (see :func:`explain`).
@@ -463,11 +665,15 @@ def convert_to_folder(
     overwrite: bool = False,
     reference: ReferenceStudy | None = None,
     study: StudyHook | None = None,
+    iod: str | None = None,
+    compression: str = "none",
+    source_image: str | Path | None = None,
 ) -> SeriesSummary:
     """Convert one file and write its series atomically; a picklable result for worker pools."""
     series = convert_file(path, profile, uid_root=uid_root, sidecar=sidecar,
                           overrides=overrides, modality=modality, reference=reference,
-                          study=study)
+                          study=study, iod=iod, compression=compression,
+                          source_image=source_image)
     folder = write_series(series, out_dir, name, overwrite)
     return SeriesSummary(
         source=Path(path),

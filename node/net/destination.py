@@ -44,6 +44,8 @@ class Destination:
     transfer_syntaxes: tuple[str, ...] = ()  # extra ones to propose; uncompressed always
     tls: TlsSettings | None = None
     query_destination: str | None = None  # the destination that answers C-FIND for this one
+    iod: str | None = None  # the object this PACS takes (overrides the profile's)
+    compression: str = "none"  # lossless encoding of what is sent: none, rle, jpeg-ls, ...
 
     @property
     def address(self) -> str:

@@ -40,8 +40,6 @@ from node.net.status import FailureKind, NetworkFailure, Outcome
 from node.service.journal import Job, JobState
 from node.service.settings import Config
 
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
-
 
 @dataclass(frozen=True)
 class DeliveryResult:
@@ -79,13 +77,14 @@ class Batch:
 def prepare(
     source: Path, profile: Profile | None, uid_root: str, spool: Path,
     sidecar: Path | None = None, name: str = "series", check: bool = True,
-    study=None, reference=None,
+    study=None, reference=None, iod: str | None = None, compression: str = "none",
 ) -> Batch:
     """Turn one input into files to send: a NIfTI is converted into ``spool/name`` (written
     atomically), a DICOM file is described as it is. Raises InputError for bad input,
     ConfigError for a bad profile.
 
-    ``study`` reconciles a NIfTI's series with the other series of its study
+    ``iod`` and ``compression``: what the destination takes (its ``iod`` overrides the
+    profile's). ``study`` reconciles a NIfTI's series with the other series of its study
     (node.convert.series.StudyHook: a push batch's, or the journal's memory).
 
     ``check``: walk a DICOM file's whole structure now (the node: a malformed file is
@@ -98,13 +97,13 @@ def prepare(
     from node.convert.series import convert_file, instance_filename, write_series
 
     series = convert_file(source, profile, uid_root=uid_root, sidecar=sidecar, study=study,
-                          reference=reference)
+                          reference=reference, iod=iod, compression=compression)
     _check_room(spool, series)
     folder = write_series(series, spool, name)
     files = [
-        DicomFile(folder / instance_filename(n), series.sop_class_uid, series.uids.instance(n),
-                  EXPLICIT_LE, series.uids.study, series.uids.series)
-        for n in range(1, series.n_instances + 1)
+        DicomFile(folder / instance_filename(n), series.sop_class_uid, uid,
+                  series.transfer_syntax, series.uids.study, series.uids.series)
+        for n, uid in enumerate(series.instance_uids(), 1)
     ]
     return Batch(source, files, series.uids.series, series.uids.study, tuple(series.warnings))
 
@@ -132,7 +131,7 @@ def _check_room(spool: Path, series) -> None:
     """A series' size is known before it is written: refuse to start one that cannot fit,
     rather than fail half-way (NoSpace; the node retries, push says why)."""
     rows, columns = int(series.template.Rows), int(series.template.Columns)
-    needed = series.n_instances * (rows * columns * 2 + 8192)
+    needed = series.layout.n_instances * (rows * columns * 2 + 8192)
     folder = spool
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -236,7 +235,7 @@ def deliver(
         try:
             reference = _reference(source, sidecar, profile, config, dest)
             batch = prepare(source, profile, config.node.uid_root, spool, sidecar, study=study,
-                            reference=reference)
+                            reference=reference, iod=dest.iod, compression=dest.compression)
         except ConfigError as exc:
             return DeliveryResult(JobState.FAILED, exc.message, "config")
         except NoSpace as exc:

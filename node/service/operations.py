@@ -73,7 +73,7 @@ def _ignore_sigint() -> None:
 
 def _convert_one(path: Path, out_dir: Path, profile: Profile, uid_root: str, name: str,
                  sidecar: Path | None, overrides: dict[str, str] | None, modality: str | None,
-                 overwrite: bool = False, reference=None, study=None):
+                 overwrite: bool = False, reference=None, study=None, options=None):
     """Worker: a SeriesSummary, or the DicomNodeError to report (never raises for bad input)."""
     from node.convert.series import convert_to_folder
 
@@ -82,28 +82,31 @@ def _convert_one(path: Path, out_dir: Path, profile: Profile, uid_root: str, nam
     try:
         return convert_to_folder(path, out_dir, profile, uid_root=uid_root, name=name,
                                  sidecar=sidecar, overrides=overrides, modality=modality,
-                                 overwrite=overwrite, reference=reference, study=study)
+                                 overwrite=overwrite, reference=reference, study=study,
+                                 **(options or {}))
     except DicomNodeError as exc:
         return exc
 
 
 def reconcile_studies(inputs: Sequence[Path], profile: Profile, uid_root: str, *,
                       sidecar: Path | None = None, overrides: dict[str, str] | None = None,
-                      modality: str | None = None, reference=None) -> list:
+                      modality: str | None = None, reference=None,
+                      iod: str | None = None) -> list:
     """Per input, the study it joins (a picklable StudyHook) or the error that refuses it.
 
     Every series of one study carries one set of patient and study values, whatever the order
     of the files: the batch is planned first (headers and sidecars only), then each study is
     reconciled (node.convert.study), then converted.
     """
-    from node.convert.series import plan_series
+    from node.convert.series import choose_iod, plan_series
     from node.convert.study import Member, reconcile
 
     members, slots, out = [], [], []
     for path in inputs:
         try:
             plan = plan_series(path, profile, uid_root=uid_root, sidecar=sidecar,
-                               overrides=overrides, modality=modality, reference=reference)
+                               overrides=overrides, modality=modality, reference=reference,
+                               iod=choose_iod(Path(path), iod or profile.iod))
         except DicomNodeError as exc:
             out.append(exc)
             continue
@@ -134,7 +137,8 @@ def convert_batch(
     inputs: Sequence[Path], out_dir: Path, profile: Profile, uid_root: str, *,
     sidecar: Path | None = None, overrides: dict[str, str] | None = None,
     modality: str | None = None, jobs: int | None = None, overwrite: bool = False,
-    reference=None,
+    reference=None, iod: str | None = None, compression: str = "none",
+    source_image: Path | None = None,
 ) -> list:
     """Convert each input into ``out_dir/<name>``: a SeriesSummary or a DicomNodeError each.
 
@@ -142,9 +146,11 @@ def convert_batch(
     joins. The series of one study are reconciled first (:func:`reconcile_studies`).
     """
     studies = reconcile_studies(inputs, profile, uid_root, sidecar=sidecar,
-                                overrides=overrides, modality=modality, reference=reference)
+                                overrides=overrides, modality=modality, reference=reference,
+                                iod=iod)
+    options = {"iod": iod, "compression": compression, "source_image": source_image}
     calls = [(path, out_dir, profile, uid_root, name, sidecar, overrides, modality, overwrite,
-              reference, study)
+              reference, study, options)
              for path, name, study in zip(inputs, unique_names(inputs), studies, strict=True)]
     return in_processes(_convert_one, calls, jobs)
 
@@ -193,7 +199,8 @@ def _has_nifti_twin(sidecar: Path) -> bool:
 
 
 def _prepare_or_error(path: Path, profile: Profile | None, uid_root: str, spool: Path,
-                      name: str, study=None, reference=None):
+                      name: str, study=None, reference=None, iod: str | None = None,
+                      compression: str = "none"):
     """Worker: a delivery Batch, or the DicomNodeError to report."""
     from node.service.delivery import prepare
 
@@ -201,7 +208,7 @@ def _prepare_or_error(path: Path, profile: Profile | None, uid_root: str, spool:
         return study
     try:
         return prepare(path, profile, uid_root, spool, name=name, check=False, study=study,
-                       reference=reference)
+                       reference=reference, iod=iod, compression=compression)
     except DicomNodeError as exc:
         return exc
 
@@ -219,7 +226,8 @@ class Gathered:
 
 
 def gather(paths: Iterable[Path], spool: Path, profile: Profile | Callable[[], Profile],
-           uid_root: str, jobs: int | None = None, reference=None) -> Gathered:
+           uid_root: str, jobs: int | None = None, reference=None, iod: str | None = None,
+           compression: str = "none") -> Gathered:
     """Every input prepared for sending (NIfTI converted into ``spool`` in ``jobs`` processes,
     DICOM described as it is). Bad inputs are collected as problems, never raised.
     ``reference``: the clinical exam (ReferenceStudy) every NIfTI series joins.
@@ -240,8 +248,8 @@ def gather(paths: Iterable[Path], spool: Path, profile: Profile | Callable[[], P
     if nifti and callable(profile):
         profile = profile()
     studies = reconcile_studies([call[0] for call in nifti], profile, uid_root,
-                                reference=reference) if nifti else []
-    nifti = [(path, profile, *rest, study, reference)
+                                reference=reference, iod=iod) if nifti else []
+    nifti = [(path, profile, *rest, study, reference, iod, compression)
              for (path, *rest), study in zip(nifti, studies, strict=True)]
     for call, result in zip(nifti, in_processes(_prepare_or_error, nifti, jobs), strict=True):
         if isinstance(result, DicomNodeError):
@@ -331,7 +339,8 @@ def push(
     from node.service.delivery import send
 
     with tempfile.TemporaryDirectory(prefix="dicom-node-push-") as spool:
-        gathered = gather(paths, Path(spool), profile, uid_root, jobs, reference)
+        gathered = gather(paths, Path(spool), profile, uid_root, jobs, reference,
+                          dest.iod, dest.compression)
         progress = on_gathered(gathered) if on_gathered else None
         report, _ = send(gathered.batches, dest, calling_ae, progress=progress)
     result = PushResult(report, summarise(report), gathered.problems,

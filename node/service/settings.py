@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from node.convert.profile import (
+    COMPRESSIONS,
     DEFAULT_PROFILE,
+    IODS,
     Profile,
     builtin_profiles_raw,
     check_table,
@@ -40,7 +42,7 @@ _UID_ROOT = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*))*$")
 _DEST_KEYS = {
     "host", "port", "ae_title", "calling_ae_title", "max_pdu", "connect_timeout",
     "acse_timeout", "dimse_timeout", "network_timeout", "max_associations",
-    "transfer_syntaxes", "tls", "query_destination",
+    "transfer_syntaxes", "tls", "query_destination", "iod", "compression",
 }
 _TLS_KEYS = {"ca", "cert", "key", "key_password_env", "verify_hostname", "verify"}
 
@@ -472,7 +474,16 @@ def build_destination(name: str, raw: Any, base: Path | None = None) -> Destinat
         transfer_syntaxes=tuple(syntaxes),
         tls=tls,
         query_destination=_query_destination(where, raw.get("query_destination")),
+        iod=_choice(f"{where}.iod", raw.get("iod"), IODS),
+        compression=_choice(f"{where}.compression", raw.get("compression", "none"),
+                            COMPRESSIONS) or "none",
     )
+
+
+def _choice(where: str, value: Any, choices: tuple[str, ...]) -> str | None:
+    if value is not None and value not in choices:
+        raise ValueError(f"{where}: write one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 def _query_destination(where: str, value: Any) -> str | None:

@@ -1,0 +1,233 @@
+"""The objects a profile or destination chooses: enhanced multi-frame, SEG, parametric map and
+lossless compression, each judged by the real tools (dciodvfy, dcm2niix, highdicom, pydicom,
+Orthanc, DCMTK's storescp)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from conftest import run_node
+from judges import assert_same_image, dciodvfy, dcm2niix
+from niftigen import affine_from, ramp_data, rotation, write_nifti
+
+from node.convert.series import convert_file, write_series
+from node.errors import InputError
+
+AFFINE = affine_from(rotation(0.2, 0.1, 0.3), zooms=(1.0, 1.2, 2.0))
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _read_back(folder: Path, out: Path, compression: str) -> nib.Nifti1Image:
+    """dcm2niix's reading of a series. Debian's dcm2niix has no JPEG-LS decoder, so JPEG-LS
+    files are decoded by DCMTK's dcmdjpls first (an independent decoder, as dcm2niix itself
+    advises); RLE and JPEG 2000 go to dcm2niix as they are."""
+    if compression == "jpeg-ls":
+        plain = out / "decoded"
+        plain.mkdir(parents=True)
+        for path in sorted(folder.glob("*.dcm")):
+            subprocess.run(["dcmdjpls", str(path), str(plain / path.name)], check=True,
+                           capture_output=True, timeout=120)
+        folder = plain
+    return dcm2niix(folder, out / "nifti")
+
+
+def _no_errors(folder: Path) -> None:
+    """dciodvfy: no Error line (warnings are the IOD's DICOMDIR hints and the like)."""
+    for path in sorted(folder.glob("*.dcm"))[:2]:
+        errors, _ = dciodvfy(path)
+        assert not errors, f"dciodvfy {path}:\n" + "\n".join(errors)
+
+
+@pytest.fixture
+def session(tmp_path) -> dict[str, Path]:
+    """One subject's folder: an anatomical image, a 4D run, a label map with its table, a
+    float map with its unit."""
+    folder = tmp_path / "in"
+    out = {
+        "t1": write_nifti(folder / "sub-01_T1w.nii.gz", ramp_data((20, 16, 8), "int16"), AFFINE),
+        "bold": write_nifti(folder / "sub-01_task-rest_bold.nii.gz",
+                            ramp_data((20, 16, 8, 4), "int16", seed=2), AFFINE),
+    }
+    labels = np.zeros((20, 16, 8), np.int16)
+    labels[3:9, 4:10, 2:5] = 1
+    labels[10:15, 5:12, 3:7] = 3
+    out["dseg"] = write_nifti(folder / "sub-01_desc-tumor_dseg.nii.gz", labels, AFFINE)
+    (folder / "sub-01_desc-tumor_dseg.tsv").write_text("index\tname\n1\tnecrosis\n3\tedema\n")
+    md = (np.random.default_rng(0).random((20, 16, 8)) * 0.002 + 0.0004).astype(np.float32)
+    out["md"] = write_nifti(folder / "sub-01_MD.nii.gz", md, AFFINE, sidecar={"Units": "mm2/s"})
+    return out
+
+
+@pytest.mark.peers  # dciodvfy, dcm2niix
+@pytest.mark.parametrize("compression", ["none", "jpeg-ls"])
+@pytest.mark.parametrize("name", ["t1", "bold"])
+def test_enhanced_is_one_instance_that_dcm2niix_rebuilds(session, tmp_path, name, compression):
+    series = convert_file(session[name], iod="enhanced", compression=compression)
+    assert series.n_instances == 1 and "Legacy Converted Enhanced MR" in series.sop_class_name
+    folder = write_series(series, tmp_path / "out")
+    ds = pydicom.dcmread(folder / "IM000001.dcm")
+    source = nib.load(str(session[name]))
+    assert int(ds.NumberOfFrames) == int(np.prod(source.shape[2:]))
+    _no_errors(folder)
+    if len(source.shape) == 3:
+        assert_same_image(source, _read_back(folder, tmp_path / "back", compression), 0)
+        return
+    # 4D: Debian's dcm2niix (1.0.20220720) reads the Dimension Index only of Philips, Canon
+    # and Bruker files (nii_dicom.cpp, "if we leave the folder MREchoSequence"); others are
+    # sorted by slice position alone, which cannot order volumes. So each frame is placed
+    # here from its own functional groups, read by pydicom: Plane Position and the Temporal
+    # Position Index the Dimension Index points to.
+    pointers = [item.DimensionIndexPointer for item in ds.DimensionIndexSequence]
+    assert pointers == [0x00209057, 0x00209128]
+    data = np.asarray(source.dataobj)
+    inverse = np.linalg.inv(RAS_TO_LPS @ source.affine)
+    seen = set()
+    for frame, group in zip(ds.pixel_array, ds.PerFrameFunctionalGroupsSequence, strict=True):
+        position = [float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient]
+        k = int(round((inverse @ [*position, 1.0])[2]))
+        t = int(group.FrameContentSequence[0].TemporalPositionIndex) - 1
+        assert np.array_equal(frame, data[:, :, k, t].T), (k, t)
+        seen.add((k, t))
+    assert len(seen) == data.shape[2] * data.shape[3]
+
+
+@pytest.mark.peers  # dcm2niix
+@pytest.mark.parametrize("compression", ["rle", "jpeg-ls", "jpeg2000"])
+def test_lossless_compression_reads_back_exactly(session, tmp_path, compression):
+    series = convert_file(session["t1"], compression=compression)
+    folder = write_series(series, tmp_path / "out")
+    plain = list(convert_file(session["t1"]).datasets())
+    for path, expected in zip(sorted(folder.glob("*.dcm")), plain, strict=True):
+        ds = pydicom.dcmread(path)
+        assert ds.file_meta.TransferSyntaxUID == series.transfer_syntax
+        assert ds.SOPInstanceUID == expected.SOPInstanceUID  # an encoding, not a new instance
+        assert np.array_equal(ds.pixel_array, expected.pixel_array)
+    _no_errors(folder)
+    assert_same_image(nib.load(str(session["t1"])),
+                      _read_back(folder, tmp_path / "back", compression), 0)
+
+
+def _world_labels(nifti: Path) -> dict[tuple, int]:
+    """Label value by voxel centre in LPS mm (rounded), for labelled voxels."""
+    img = nib.load(str(nifti))
+    data = np.asarray(img.dataobj)
+    ijk = np.argwhere(data > 0)
+    world = (RAS_TO_LPS @ img.affine @ np.c_[ijk, np.ones(len(ijk))].T).T[:, :3]
+    return {tuple(np.round(w, 2)): int(data[tuple(v)]) for w, v in zip(world, ijk, strict=True)}
+
+
+@pytest.mark.peers  # dciodvfy
+def test_a_label_map_becomes_a_seg_that_highdicom_reads_back_in_world_space(session, tmp_path):
+    import highdicom as hd
+
+    image = convert_file(session["t1"])
+    series = convert_file(session["dseg"], iod="auto", source_image=session["t1"])
+    assert series.sop_class_name == "Segmentation Storage"
+    folder = write_series(series, tmp_path / "out")
+    _no_errors(folder)
+    seg = hd.seg.segread(folder / "IM000001.dcm")
+    names = {int(s.SegmentNumber): s.SegmentLabel for s in seg.SegmentSequence}
+    assert names == {1: "necrosis", 2: "edema"}  # from the BIDS dseg.tsv
+    assert seg.FrameOfReferenceUID == image.uids.frame_of_reference
+    assert seg.StudyInstanceUID == image.uids.study
+    referenced = {s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence}
+    assert referenced == {image.uids.series}
+    volume = seg.get_volume(combine_segments=True, relabel=False)
+    array = np.asarray(volume.array)
+    ijk = np.argwhere(array > 0)
+    world = (volume.affine @ np.c_[ijk, np.ones(len(ijk))].T).T[:, :3]
+    value_of_segment = {1: 1, 2: 3}
+    found = {tuple(np.round(w, 2)): value_of_segment[int(array[tuple(v)])]
+             for w, v in zip(world, ijk, strict=True)}
+    assert found == _world_labels(session["dseg"])
+
+
+@pytest.mark.peers  # dciodvfy
+def test_a_float_map_becomes_a_parametric_map_with_exact_values(session, tmp_path):
+    series = convert_file(session["md"], iod="pmap", source_image=session["t1"])
+    folder = write_series(series, tmp_path / "out")
+    _no_errors(folder)
+    ds = pydicom.dcmread(folder / "IM000001.dcm")
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30" and ds.BitsAllocated == 32
+    mapping = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "mm2/s"
+    img = nib.load(str(session["md"]))
+    source = np.asarray(img.dataobj)
+    inverse = np.linalg.inv(RAS_TO_LPS @ img.affine)
+    for frame, group in zip(ds.pixel_array, ds.PerFrameFunctionalGroupsSequence, strict=True):
+        position = [float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient]
+        k = int(round((inverse @ [*position, 1.0])[2]))
+        assert np.array_equal(frame, source[:, :, k].T)  # float32, bit for bit
+
+
+def test_objects_that_cannot_be_made_are_refused_with_the_reason(session, tmp_path):
+    with pytest.raises(InputError, match="--source"):
+        convert_file(session["dseg"], iod="seg")  # two images beside it: which one?
+    with pytest.raises(InputError, match="4D"):
+        convert_file(session["bold"], iod="pmap", source_image=session["t1"])
+    with pytest.raises(InputError, match="fractional"):
+        convert_file(session["md"], iod="seg", source_image=session["t1"]).object()
+    with pytest.raises(InputError, match="MR or CT"):
+        convert_file(session["t1"], iod="enhanced", modality="OT")
+
+
+@pytest.mark.peers  # Orthanc, storescp
+def test_orthanc_takes_every_object_in_one_push_and_storescp_gets_them_uncompressed(
+        session, tmp_path, pacs):
+    from test_network import storescp
+
+    out = tmp_path / "dicom"
+    made = [
+        convert_file(session["t1"], compression="jpeg-ls"),
+        convert_file(session["bold"], iod="enhanced", compression="rle"),
+        convert_file(session["dseg"], iod="seg", source_image=session["t1"]),
+        convert_file(session["md"], iod="pmap", source_image=session["t1"]),
+    ]
+    for series in made:
+        write_series(series, out, series.source.stem)
+    cfg = pacs.config_toml(tmp_path / "node.toml")
+    proc = run_node("push", out, "--config", cfg, "--verify", "--json")
+    assert proc.returncode == 0, proc.stderr
+    for series in made:
+        stored = pacs.series(series.uids.series)
+        assert stored is not None and len(stored["Instances"]) == series.n_instances
+        oid = stored["Instances"][0]
+        assert pacs.get_bytes(f"/instances/{oid}/metadata/SopClassUid").decode() == (
+            series.sop_class_uid)
+    received = tmp_path / "storescp"
+    with storescp(received, "PLAIN") as port:  # by default it takes uncompressed data only
+        proc = run_node("push", out / "sub-01_T1w", "--host", "127.0.0.1", "--port", port,
+                        "--called-aet", "PLAIN", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["delivered"] == made[0].n_instances
+    for path in sorted(received.rglob("*")):
+        if path.is_file():
+            ds = pydicom.dcmread(path)
+            assert not ds.file_meta.TransferSyntaxUID.is_compressed
+            expected = next(d for d in made[0].classic_datasets()
+                            if d.SOPInstanceUID == ds.SOPInstanceUID)
+            assert np.array_equal(ds.pixel_array, expected.pixel_array)
+
+
+def test_profile_and_destination_choose_the_object(tmp_path, session):
+    from node.service.settings import config_from_dict
+
+    config = config_from_dict({
+        "profiles": {"maps": {"extends": "bids-mr", "iod": "enhanced"}},
+        "destinations": {"pacs": {"host": "127.0.0.1", "port": 11112, "ae_title": "PACS",
+                                  "iod": "image", "compression": "jpeg-ls"}},
+    })
+    assert config.profile("maps").iod == "enhanced"
+    dest = config.destination("pacs")
+    assert (dest.iod, dest.compression) == ("image", "jpeg-ls")
+    from node.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="compression"):
+        config_from_dict({"destinations": {"p": {"host": "h", "port": 1, "ae_title": "A",
+                                                 "compression": "jpeg-lossy"}}})

@@ -14,7 +14,13 @@ Targets (issue "Converter core"): >= 3x faster than nii2dcm; <= 1.6x the floor; 
 2x one uncompressed volume + 150 MB per worker. Peers missing are installed when possible
 (`--no-install` to skip them instead).
 
+Objects (issue "Clinical-grade objects"): the same five volumes as `enhanced`, uncompressed and
+with each lossless codec, against classic `image` output: time, bytes on disk, compression
+ratio. Targets: enhanced conversion no slower than image; JPEG-LS at least 1.8x smaller; the
+4D file as `enhanced` under 400 MB peak RSS.
+
     .venv/bin/python scripts/bench_convert.py [--work DIR] [--no-install] [--profile]
+                                              [--objects-only]
 """
 
 from __future__ import annotations
@@ -140,6 +146,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
     parser.add_argument("--no-install", action="store_true", help="skip peers that are missing")
     parser.add_argument("--profile", action="store_true", help="print where dicom-node's time goes")
+    parser.add_argument("--objects-only", action="store_true",
+                        help="only the enhanced/compression comparison")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-convert-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -149,6 +157,8 @@ def main() -> int:
     node = [sys.executable, "-m", "node", "convert"]
     print(f"inputs: {N_VOLUMES} x {SHAPE} int16 .nii.gz ({n_inst} instances), "
           f"4D {SHAPE_4D} float32; cores: {os.cpu_count()}; work: {work}")
+    if args.objects_only:
+        return objects(work, inputs, path4d, node)
     print(f"{'':<34} {'wall':>10} {'rate':>16} {'peak RSS':>11}  vs floor")
 
     floor_s, floor_rss = measure([[sys.executable, "-c", FLOOR, str(fresh(work / "o-floor")),
@@ -205,6 +215,41 @@ def main() -> int:
             str(prof),
         )
         pstats.Stats(str(prof)).sort_stats("tottime").print_stats(12)
+    print()
+    return objects(work, inputs, path4d, node)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def objects(work: Path, inputs: list[Path], path4d: Path, node: list[str]) -> int:
+    """Enhanced and compressed output against classic images, on the same five volumes."""
+    print(f"{'objects (5 volumes, -j 1)':<34} {'wall':>10} {'bytes':>12} {'ratio':>8} "
+          f"{'peak RSS':>10}")
+    results = {}
+    for name, options in (("image", []), ("enhanced", ["--iod", "enhanced"]),
+                          *((f"image {c}", ["--compression", c])
+                            for c in ("rle", "jpeg-ls", "jpeg2000")),
+                          *((f"enhanced {c}", ["--iod", "enhanced", "--compression", c])
+                            for c in ("rle", "jpeg-ls", "jpeg2000"))):
+        out = fresh(work / ("o-" + name.replace(" ", "-")))
+        seconds, rss = measure([[*node, "-j", "1", *options, *map(str, inputs), "-o", str(out)]])
+        size = folder_bytes(out)
+        results[name] = (seconds, size)
+        ratio = results["image"][1] / size
+        print(f"{name:<34} {seconds:8.2f} s {size:12d} {ratio:7.2f}x {rss / 1024:8.0f} MB")
+    s4d, rss4d = measure([[*node, "--iod", "enhanced", str(path4d), "-o",
+                           str(fresh(work / "o-4d-enhanced"))]])
+    print(f"{'4D 64x64x40x200 as enhanced':<34} {s4d:8.2f} s {'':>12} {'':>8} "
+          f"{rss4d / 1024:8.0f} MB")
+    print()
+    image_s, image_b = results["image"]
+    print(f"enhanced vs image time:     {results['enhanced'][0] / image_s:.2f}x  "
+          "(target <= 1.0x)")
+    print(f"JPEG-LS lossless vs uncompressed bytes: {image_b / results['image jpeg-ls'][1]:.2f}x"
+          " smaller  (target >= 1.8x)")
+    print(f"4D enhanced peak RSS: {rss4d / 1024:.0f} MB  (target < 400 MB)")
     return 0
 
 

@@ -13,8 +13,13 @@ from process start to exit for both. Target (issue "DICOM networking"): >= 1.0x 
 Then the start-up case (issue "One house"): two 176-slice series, 352 instances, where the
 process start is a large part of what a user waits for; target >= 1.0x storescu, whole process.
 
+Then compressed against uncompressed delivery (issue "Clinical-grade objects"): five
+256x256x176 head phantoms converted once uncompressed and once as JPEG-LS lossless, each pushed
+to a fresh Orthanc (2 associations); target: the compressed push no slower.
+
     .venv/bin/python scripts/bench_push.py [--work DIR] [--instances 2000] [--repeat 3]
-                                           [--small-repeat 5] [--profile]
+                                           [--small-repeat 5] [--compressed-repeat 3]
+                                           [--profile]
 """
 
 from __future__ import annotations
@@ -122,6 +127,49 @@ def compare(work: Path, folder: Path, n: int, mb: float, repeat: int,
     return best
 
 
+def compressed_case(work: Path, repeat: int) -> int:
+    """The same five head phantoms pushed uncompressed and as JPEG-LS lossless."""
+    from bench_convert import SHAPE, head_phantom
+
+    src = work / "phantoms"
+    if not src.exists():
+        src.mkdir(parents=True)
+        for i in range(5):
+            nib.save(nib.Nifti1Image(head_phantom(SHAPE, i), np.eye(4)),
+                     str(src / f"sub-{i + 1:02d}_T1w.nii.gz"))
+    inputs = sorted(map(str, src.glob("*.nii.gz")))
+    n = 5 * SHAPE[2]
+    folders = {}
+    for name, options in (("uncompressed", []), ("jpeg-ls", ["--compression", "jpeg-ls"])):
+        folders[name] = work / f"phantoms-{name}"
+        if not folders[name].exists():
+            subprocess.run([sys.executable, "-m", "node", "convert", *options, *inputs, "-o",
+                            str(folders[name])], check=True, stdout=subprocess.DEVNULL)
+
+    def push(folder: Path):
+        def cmd(port: int) -> list[str]:
+            cfg = work / "node-compressed.toml"
+            cfg.write_text(
+                f'[node]\nae_title = "{NODE_AET}"\n[destinations.pacs]\nhost = "127.0.0.1"\n'
+                f'port = {port}\nae_title = "ORTHANC"\nmax_associations = 2\n')
+            return [sys.executable, "-m", "node", "push", str(folder), "--to", "pacs",
+                    "--config", str(cfg)]
+        return cmd
+
+    walls: dict[str, list[float]] = {name: [] for name in folders}
+    for _ in range(repeat):
+        for name, folder in folders.items():
+            walls[name].append(run(name, push(folder), work / "orthanc", n))
+    print(f"\ncompressed delivery: 5 x {SHAPE} head phantoms, {n} instances, 2 associations, "
+          f"median of {repeat}")
+    for name, folder in folders.items():
+        size = sum(f.stat().st_size for f in folder.rglob("*.dcm"))
+        print(f"{name:<14} {statistics.median(walls[name]):7.2f}s  {size / 1024**2:7.1f} MB")
+    ratio = statistics.median(walls["jpeg-ls"]) / statistics.median(walls["uncompressed"])
+    print(f"JPEG-LS push time / uncompressed: {ratio:.2f}x  (target <= 1.0x)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path)
@@ -129,10 +177,16 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per tool (median counts)")
     parser.add_argument("--small-repeat", type=int, default=5,
                         help="runs per tool of the 352-instance start-up case (0: skip)")
+    parser.add_argument("--compressed-repeat", type=int, default=3,
+                        help="runs per variant of the compressed-delivery case (0: skip)")
+    parser.add_argument("--only-compressed", action="store_true",
+                        help="only the compressed-delivery case")
     parser.add_argument("--profile", action="store_true", help="where dicom-node's time goes")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-push-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.only_compressed:
+        return compressed_case(work, args.compressed_repeat or 3)
     folder, total_bytes = make_dicom(work, args.instances)
     n = args.instances
     mb = total_bytes / 1024**2
@@ -146,6 +200,8 @@ def main() -> int:
               f"{small_bytes / 1024**2:.0f} MB, whole process")
         best_small = compare(work, small, 352, small_bytes / 1024**2, args.small_repeat, (2,))
         print(f"\n352-instance push vs storescu: {best_small:.2f}x  (target >= 1.0x)")
+    if args.compressed_repeat:
+        compressed_case(work, args.compressed_repeat)
 
     if args.profile:
         import cProfile

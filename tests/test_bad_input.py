@@ -106,10 +106,11 @@ def make_bad_sidecar_value(d: Path) -> Path:
     return _good(d / "sub-02_T1w.nii.gz", sidecar={"RepetitionTime": "two seconds"})
 
 
-def make_rgb(d: Path) -> Path:
-    rgb = np.zeros((4, 4, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
-    img = nib.Nifti1Image(rgb, np.eye(4))
-    p = d / "rgb.nii"
+def make_rgba(d: Path) -> Path:
+    """RGBA32: RGB24 is a colour image now (test_iods), an alpha channel is refused."""
+    rgba = np.zeros((4, 4, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1"), ("A", "u1")])
+    img = nib.Nifti1Image(rgba, np.eye(4))
+    p = d / "rgba.nii"
     nib.save(img, str(p))
     return p
 
@@ -133,7 +134,7 @@ BAD = {
     "5d": (make_5d, "5D"),
     "sidecar-invalid-json": (make_bad_json, "not valid JSON"),
     "sidecar-unmappable-value": (make_bad_sidecar_value, "RepetitionTime"),
-    "rgb": (make_rgb, "RGB"),
+    "rgba": (make_rgba, "alpha"),
     "complex": (make_complex, "complex"),
 }
 

@@ -82,3 +82,25 @@ def test_other_gradients_make_another_series(tmp_path, config):
     first = convert_file(path, config.profile()).uids.series
     (tmp_path / "sub-01_dwi.bval").write_text("0 1000 1000 3000 5\n")
     assert convert_file(path, config.profile()).uids.series != first
+
+
+@pytest.mark.peers  # dciodvfy
+def test_enhanced_output_carries_the_weighting_in_the_mr_diffusion_group(tmp_path, config):
+    from judges import dciodvfy
+
+    path, _ = _dwi(tmp_path / "in", OBLIQUE)
+    classic = convert_file(path, config.profile())
+    series = convert_file(path, config.profile(), iod="enhanced")
+    folder = write_series(series, tmp_path / "dicom")
+    errors, _ = dciodvfy(folder / "IM000001.dcm")
+    assert not errors, errors
+    ds = pydicom.dcmread(folder / "IM000001.dcm")
+    n_slices = 6
+    for i, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        weighting = classic.weighting[i // n_slices]
+        item = group.MRDiffusionSequence[0]
+        assert float(item.DiffusionBValue) == weighting.b_value
+        assert item.DiffusionDirectionality == weighting.directionality
+        if weighting.direction is not None:
+            found = item.DiffusionGradientDirectionSequence[0].DiffusionGradientOrientation
+            assert np.allclose([float(v) for v in found], weighting.direction)

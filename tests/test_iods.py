@@ -4,6 +4,7 @@ Orthanc, DCMTK's storescp)."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 from pathlib import Path
@@ -231,3 +232,64 @@ def test_profile_and_destination_choose_the_object(tmp_path, session):
     with pytest.raises(ConfigError, match="compression"):
         config_from_dict({"destinations": {"p": {"host": "h", "port": 1, "ae_title": "A",
                                                  "compression": "jpeg-lossy"}}})
+
+
+def _rgb24(path: Path) -> tuple[Path, np.ndarray]:
+    rng = np.random.default_rng(1)
+    channels = rng.integers(0, 256, (20, 16, 4, 3), dtype=np.uint8)
+    rgb = np.zeros((20, 16, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    for n, c in enumerate("RGB"):
+        rgb[c] = channels[..., n]
+    nib.save(nib.Nifti1Image(rgb, AFFINE), str(path))
+    return path, channels
+
+
+@pytest.mark.peers  # dciodvfy, dcm2niix
+def test_rgb24_becomes_colour_secondary_capture_and_reads_back(tmp_path):
+    path, channels = _rgb24(tmp_path / "sub-01_photo.nii.gz")
+    series = convert_file(path)
+    assert series.sop_class_name == "Secondary Capture Image Storage"
+    assert any("colour" in w for w in series.warnings)
+    folder = write_series(series, tmp_path / "out")
+    ds = pydicom.dcmread(folder / "IM000002.dcm")
+    assert (ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.BitsAllocated) == ("RGB", 3, 8)
+    assert np.array_equal(ds.pixel_array, channels[:, :, 1].transpose(1, 0, 2))
+    _no_errors(folder)
+    back = nib.as_closest_canonical(dcm2niix(folder, tmp_path / "back"))
+    source = nib.as_closest_canonical(nib.load(str(path)))
+    np.testing.assert_allclose(back.affine, source.affine, atol=1e-3)
+    assert all(np.array_equal(np.asarray(back.dataobj)[c], np.asarray(source.dataobj)[c])
+               for c in "RGB")
+
+
+def test_a_last_dimension_of_three_is_colour_when_the_profile_says_so(tmp_path):
+    from node.service.settings import config_from_dict
+
+    rng = np.random.default_rng(2)
+    channels = rng.integers(0, 256, (20, 16, 4, 3)).astype(np.uint8)
+    path = write_nifti(tmp_path / "sub-01_overlay.nii.gz", channels, AFFINE)
+    config = config_from_dict({"profiles": {"rgb": {"extends": "bids-mr",
+                                                    "rgb_last_dimension": True}}})
+    series = convert_file(path, config.profile("rgb"))
+    ds = next(series.datasets())
+    assert series.n_instances == 4 and ds.PhotometricInterpretation == "RGB"
+    assert np.array_equal(ds.pixel_array, channels[:, :, 0].transpose(1, 0, 2))
+    assert convert_file(path).n_instances == 12  # without the profile: three volumes
+    with pytest.raises(InputError, match="colour"):
+        convert_file(path, config.profile("rgb"), iod="enhanced")
+
+
+@pytest.mark.peers  # Orthanc
+def test_a_destination_that_takes_compression_gets_it_from_push(tmp_path, pacs, session):
+    cfg = pacs.config_toml(tmp_path / "node.toml", 'compression = "jpeg-ls"\niod = "enhanced"')
+    proc = run_node("push", session["t1"], "--config", cfg, "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["delivered"] == 1  # one enhanced instance
+    uid = summary["series"][0]["series_uid"]
+    oid = pacs.series(uid)["Instances"][0]
+    syntax = pacs.get_bytes(f"/instances/{oid}/metadata/TransferSyntax").decode()
+    assert syntax == "1.2.840.10008.1.2.4.80"  # JPEG-LS Lossless, as negotiated
+    stored = pydicom.dcmread(io.BytesIO(pacs.get_bytes(f"/instances/{oid}/file")))
+    expected = convert_file(session["t1"], iod="enhanced").object()
+    assert np.array_equal(stored.pixel_array, expected.pixel_array)

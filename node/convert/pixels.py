@@ -47,6 +47,7 @@ class PixelEncoding:
     real_min: float
     real_max: float
     warnings: list[str] = field(default_factory=list)
+    samples_per_pixel: int = 1  # 3: RGB, 8 bits per sample, stored (x, y, z, t, 3)
 
     @property
     def pixel_representation(self) -> int:
@@ -230,3 +231,26 @@ def encode_pixels(
             warnings=warnings,
         )
     return _quantize(values, lo, hi, warnings)
+
+
+def encode_rgb(image: Any, channels_last: bool = False) -> tuple[np.ndarray, PixelEncoding]:
+    """Colour voxels as 8-bit RGB samples, stored (x, y, z, t, 3): NIfTI RGB24, or (with
+    ``channels_last``, a profile's choice) a last dimension of 3 holding R, G and B as
+    integers 0..255."""
+    data = np.asanyarray(image.dataobj)
+    if data.dtype.names:
+        rgb = np.stack([data[c] for c in ("R", "G", "B")], axis=-1)
+    else:
+        if data.shape[-1] != 3 or (data.ndim > 4 and data.shape[3] != 1):
+            raise PixelError(f"a colour image needs a last dimension of 3, not {data.shape}")
+        if not np.array_equal(data, np.rint(data)) or data.min() < 0 or data.max() > 255:
+            raise PixelError("colour channels must be integers 0..255")
+        rgb = data.reshape(data.shape[:3] + (3,))
+    if rgb.ndim == 4:  # (x, y, z, 3) -> one volume
+        rgb = rgb[:, :, :, None, :]
+    while rgb.ndim < 5:  # a 2D colour image
+        rgb = rgb[:, :, None]
+    return np.asarray(rgb, dtype=np.uint8), PixelEncoding(
+        dtype=np.dtype("u1"), slope=1.0, intercept=0.0, lossless=True, max_abs_error=0.0,
+        window_center=127.5, window_width=256.0, real_min=0.0, real_max=255.0,
+        samples_per_pixel=3)

@@ -22,7 +22,7 @@ _PROFILE_KEYS = {
     "description", "extends", "modality", "derived", "nonfinite", "deidentify",
     "pseudonym_prefix", "pseudonym_secret", "pseudonym_secret_env", "date_shift_days",
     "static", "sidecar", "filename", "fallback", "pseudonyms", "identity", "reference",
-    "same_frame_of_reference", "iod", "labels", "units",
+    "same_frame_of_reference", "iod", "labels", "units", "rgb_last_dimension",
 }
 #: The objects a NIfTI can become (issue "Clinical-grade objects"); "auto" makes a SEG of a
 #: BIDS _dseg/_mask/_probseg file and an image of anything else.
@@ -81,6 +81,8 @@ class Profile:
     labels: dict[int, str] = field(default_factory=dict)
     #: UCUM units of a parametric map's values (a sidecar's "Units" wins), e.g. "mm2/s"
     units: str | None = None
+    #: a last dimension of 3 holds R, G, B (0..255): a colour image, not 3 volumes
+    rgb_last_dimension: bool = False
 
     def secret(self) -> str | None:
         """The pseudonym key: from the environment variable if set, else from the config."""
@@ -153,7 +155,7 @@ def _build_profile(name: str, raw: dict[str, Any]) -> Profile:
     units = raw.get("units")
     if units is not None and (not isinstance(units, str) or not units.strip()):
         raise ValueError(f'{where}.units: a UCUM unit, e.g. "mm2/s" or "1"')
-    for flag in ("derived", "deidentify", "same_frame_of_reference"):
+    for flag in ("derived", "deidentify", "same_frame_of_reference", "rgb_last_dimension"):
         if flag in raw and not isinstance(raw[flag], bool):
             raise ValueError(f"{where}.{flag}: write true or false")
     shift = raw.get("date_shift_days")
@@ -205,6 +207,7 @@ def _build_profile(name: str, raw: dict[str, Any]) -> Profile:
         iod=iod,
         labels={int(k): str(v) for k, v in labels.items()},
         units=units,
+        rgb_last_dimension=raw.get("rgb_last_dimension", False),
     )
 
 

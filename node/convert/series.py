@@ -60,7 +60,7 @@ from node.convert.mapping import (
     value_of,
 )
 from node.convert.part10 import SeriesEncoder
-from node.convert.pixels import PixelEncoding, PixelError, encode_pixels
+from node.convert.pixels import PixelEncoding, PixelError, encode_pixels, encode_rgb
 from node.convert.profile import Profile, builtin_profile
 from node.convert.reference import ReferenceStudy
 from node.convert.source import NiftiSource, bids_entities, load_source, read_failure
@@ -263,9 +263,13 @@ def plan_series(
     profile = profile or builtin_profile()
     source = load_source(path, sidecar)
     modality = (modality or profile.modality).upper()
+    notes: list[str] = []
+    if is_colour(source, profile) and modality != "OT":
+        notes.append(f"colour data: Secondary Capture, not {modality} (an {modality} image is "
+                     "MONOCHROME2)")
+        modality = "OT"
     if modality not in SOP_CLASSES:
         modality = "OT"
-    notes: list[str] = []
     attrs = resolve_attributes(source, profile, overrides, modality,
                                reference=reference.values if reference else None,
                                warnings=notes)
@@ -361,13 +365,20 @@ def convert_file(
     except ValueError as exc:
         raise InputError(source.path, str(exc)) from None
     warnings += geometry.warnings
+    colour = is_colour(source, profile)
+    if colour and iod != "image":
+        raise InputError(source.path, f"colour data are written as classic Secondary Capture "
+                         f"images; iod {iod!r} is not available for them")
     try:
-        stored, encoding = encode_pixels(source.image, profile.nonfinite)  # type: ignore[arg-type]
+        if colour:
+            stored, encoding = encode_rgb(source.image, channels_last=not source.rgb)
+        else:
+            stored, encoding = encode_pixels(source.image, profile.nonfinite)  # type: ignore[arg-type]
     except PixelError as exc:
         raise InputError(source.path, str(exc)) from None
     except (OSError, EOFError, ValueError, zlib.error) as exc:
         raise read_failure(source.path, exc, "cannot read the voxel data") from None
-    if stored.ndim < 3:  # a 2D image (or one row): one slice, as its header shape says
+    if stored.ndim < 3 and not colour:  # a 2D image: one slice, as its header shape says
         stored = stored.reshape(stored.shape + (1,) * (3 - stored.ndim))
     warnings += encoding.warnings
     if not encoding.lossless and iod not in ("seg", "pmap"):
@@ -387,13 +398,15 @@ def convert_file(
     )
     if not profile.deidentify:
         provenance += f"; source file {source.path.name}"
-    layout = SeriesLayout(n_slices=source.shape[2], n_volumes=source.shape[3])
+    layout = SeriesLayout(n_slices=source.shape[2],
+                          n_volumes=stored.shape[3] if colour else source.shape[3])
+    shape = (*source.shape[:3], layout.n_volumes)
     if ORIENTATION_UNKNOWN in warnings:  # the file says it; the DICOM says it too
         attrs["ImageComments"] = MappedValue(
             "Orientation unknown: the NIfTI had neither sform nor qform; position and "
             "orientation are made up from the voxel sizes", "derived from the NIfTI header")
     template = series_template(
-        attrs, modality, profile.derived, uids, geometry, encoding, source.shape, provenance
+        attrs, modality, profile.derived, uids, geometry, encoding, shape, provenance
     )
     build = None
     if iod in ("seg", "pmap"):
@@ -426,6 +439,11 @@ def convert_file(
         compression=compression,
         build=build,
     )
+
+
+def is_colour(source: NiftiSource, profile: Profile) -> bool:
+    """RGB24 voxels, or a last dimension of 3 that the profile says holds R, G, B."""
+    return source.rgb or (profile.rgb_last_dimension and source.shape[3] == 3)
 
 
 def choose_iod(path: Path, iod: str) -> str:

@@ -52,6 +52,11 @@ class NiftiSource:
     def stem(self) -> str:
         return nifti_stem(self.path)
 
+    @property
+    def rgb(self) -> bool:
+        """RGB24 voxels (NIfTI datatype 128)."""
+        return self.image.header.get_data_dtype().names == RGB_FIELDS
+
 
 def nifti_stem(path: Path) -> str:
     """File name without ``.nii`` / ``.nii.gz``."""
@@ -226,9 +231,18 @@ def _effective_shape(path: Path, header: Any) -> tuple[int, int, int, int]:
     return dims[0], dims[1], dims[2], dims[3]
 
 
+#: The field names nibabel gives NIfTI's RGB24 voxels.
+RGB_FIELDS = ("R", "G", "B")
+
+
 def _check_dtype(path: Path, dtype: np.dtype) -> None:
+    import numpy as np
+
+    if dtype.names == RGB_FIELDS and all(dtype[n] == np.dtype("u1") for n in RGB_FIELDS):
+        return  # RGB24 (NIfTI datatype 128): a colour image, Secondary Capture
     if dtype.fields is not None or dtype.names:
-        raise InputError(path, f"RGB/structured data ({dtype}) is not supported yet")
+        raise InputError(path, f"structured data ({dtype}) is not supported: only RGB24 "
+                         "(three 8-bit channels) is; drop an alpha channel first")
     if dtype.kind == "c":
         raise InputError(path, f"complex data ({dtype}) is not supported yet")
     if dtype.kind not in _SUPPORTED_KINDS:

@@ -130,8 +130,9 @@ class NoSpace(DicomNodeError):
 def _check_room(spool: Path, series) -> None:
     """A series' size is known before it is written: refuse to start one that cannot fit,
     rather than fail half-way (NoSpace; the node retries, push says why)."""
-    rows, columns = int(series.template.Rows), int(series.template.Columns)
-    needed = series.layout.n_instances * (rows * columns * 2 + 8192)
+    t = series.template
+    pixel = int(t.BitsAllocated) // 8 * int(t.SamplesPerPixel)
+    needed = series.layout.n_instances * (int(t.Rows) * int(t.Columns) * pixel + 8192)
     folder = spool
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent

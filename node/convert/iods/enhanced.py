@@ -13,8 +13,10 @@ makes to them are removed (dciodvfy: "does not reference instances").
 
 from __future__ import annotations
 
+import copy
+import itertools
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
@@ -41,8 +43,9 @@ def enhanced_dataset(modality: str, classic: Iterable[Dataset], n_slices: int,
     from highdicom.legacy import LegacyConvertedEnhancedCTImage, LegacyConvertedEnhancedMRImage
 
     cls = LegacyConvertedEnhancedMRImage if modality == "MR" else LegacyConvertedEnhancedCTImage
+    classic = iter(classic)
     frames = []
-    for ds in classic:
+    for ds in itertools.islice(classic, n_slices):  # the first volume goes through highdicom
         # value 3 is the image flavor of enhanced objects (PS3.3 C.8.16.1.3: VOLUME for a
         # converted volume) and value 4 the derived pixel contrast (C.8.16.1.4: NONE)
         ds.ImageType = [*list(ds.ImageType)[:2], "VOLUME", "NONE"]
@@ -52,6 +55,10 @@ def enhanced_dataset(modality: str, classic: Iterable[Dataset], n_slices: int,
         warnings.simplefilter("ignore", UserWarning)
         ds = cls(frames, series_instance_uid=series_uid, series_number=series_number,
                  sop_instance_uid=sop_instance_uid, instance_number=1)
+    _in_instance_order(ds, [str(f.SOPInstanceUID) for f in frames])
+    del frames
+    if n_volumes > 1:
+        _more_volumes(ds, classic, n_slices, n_volumes)
     if laterality and "Laterality" not in ds:
         ds.Laterality = ""  # Type 2C: empty is "unknown" (highdicom drops empty values)
     organization = ds.DimensionOrganizationSequence[0].DimensionOrganizationUID
@@ -75,7 +82,105 @@ def enhanced_dataset(modality: str, classic: Iterable[Dataset], n_slices: int,
         if n_volumes > 1:
             content.TemporalPositionIndex = t + 1
         content.DimensionIndexValues = [k + 1, t + 1] if n_volumes > 1 else [k + 1]
+    _diffusion_groups(ds)
     for keyword in _DANGLING:
         if keyword in ds:
             del ds[keyword]
     return ds
+
+
+def _in_instance_order(ds: Dataset, uids: list[str]) -> None:
+    """Put the frames back in the order of the classic instances they came from (highdicom
+    sorts a volume by position, which may reverse it): frame t * n_slices + k is slice k of
+    volume t, as the Dimension Index written here says."""
+    rank = {uid: n for n, uid in enumerate(uids)}
+    groups = list(ds.PerFrameFunctionalGroupsSequence)
+    order = [rank[str(g.ConversionSourceAttributesSequence[0].ReferencedSOPInstanceUID)]
+             for g in groups]
+    if order == sorted(order):
+        return
+    size = len(ds.PixelData) // len(groups)
+    pixels = [ds.PixelData[i * size:(i + 1) * size] for i in range(len(groups))]
+    by_rank = sorted(range(len(groups)), key=order.__getitem__)
+    ds.PerFrameFunctionalGroupsSequence = [groups[i] for i in by_rank]
+    ds.PixelData = b"".join(pixels[i] for i in by_rank)
+
+
+#: What differs between the classic instances of two volumes at one slice position.
+_PER_VOLUME = ("InstanceNumber", "TemporalPositionIdentifier", "DiffusionBValue",
+               "DiffusionDirectionality", "DiffusionGradientOrientation")
+
+
+def _more_volumes(ds: Dataset, classic: Iterator[Dataset], n_slices: int,
+                  n_volumes: int) -> None:
+    """Volumes 2..n of a 4D series, appended to the enhanced instance highdicom made of the
+    first: the instances of one slice position differ only in their indices, their pixels and
+    a DWI's weighting, so volume 1's functional groups are copied and those values set. This
+    keeps a 64x64x40x200 run from holding 8,000 classic datasets at once (highdicom would)."""
+    first = list(ds.PerFrameFunctionalGroupsSequence)
+    shared_groups = ds.SharedFunctionalGroupsSequence[0].get(
+        "UnassignedSharedConvertedAttributesSequence")
+    if shared_groups:  # constant within the first volume, not across volumes: per frame
+        shared = shared_groups[0]
+        for keyword in _PER_VOLUME:
+            if keyword in shared:
+                for group in first:
+                    setattr(group.UnassignedPerFrameConvertedAttributesSequence[0], keyword,
+                            shared[keyword].value)
+                del shared[keyword]
+    groups = list(first)
+    pixels = [ds.PixelData]
+    for number, instance in enumerate(classic, n_slices):
+        t, k = divmod(number, n_slices)
+        group = copy.deepcopy(first[k])
+        group.FrameContentSequence[0].FrameAcquisitionNumber = t + 1
+        unassigned = group.UnassignedPerFrameConvertedAttributesSequence[0]
+        for keyword in _PER_VOLUME:
+            if keyword in instance:
+                setattr(unassigned, keyword, instance[keyword].value)
+        source = group.get("ConversionSourceAttributesSequence")
+        if source:
+            source[0].ReferencedSOPInstanceUID = instance.SOPInstanceUID
+        groups.append(group)
+        pixels.append(instance.PixelData)
+    if len(groups) != n_slices * n_volumes:
+        raise ValueError(f"{len(groups)} frames where {n_slices * n_volumes} were due")
+    ds.PerFrameFunctionalGroupsSequence = groups
+    ds.NumberOfFrames = len(groups)
+    ds.PixelData = b"".join(pixels)
+
+
+def _diffusion_groups(ds: Dataset) -> None:
+    """A DWI's weighting into the MR Diffusion functional group of each frame (PS3.3
+    C.8.13.5.9), where enhanced readers look for it, rather than among the converted
+    attributes that have no home (highdicom puts a value shared by every frame of the volume
+    it saw among the shared ones)."""
+    keywords = ("DiffusionBValue", "DiffusionDirectionality", "DiffusionGradientOrientation")
+    shared_groups = ds.SharedFunctionalGroupsSequence[0].get(
+        "UnassignedSharedConvertedAttributesSequence")
+    shared = shared_groups[0] if shared_groups else Dataset()
+    found = False
+    for group in ds.PerFrameFunctionalGroupsSequence:
+        unassigned = group.get("UnassignedPerFrameConvertedAttributesSequence")
+        own = unassigned[0] if unassigned else Dataset()
+        values = {k: (own if k in own else shared)[k].value for k in keywords
+                  if k in own or k in shared}
+        if "DiffusionBValue" not in values:
+            continue
+        found = True
+        item = Dataset()
+        item.DiffusionBValue = values["DiffusionBValue"]
+        item.DiffusionDirectionality = values.get("DiffusionDirectionality", "NONE")
+        if item.DiffusionDirectionality == "DIRECTIONAL" and (
+                "DiffusionGradientOrientation" in values):
+            direction = Dataset()
+            direction.DiffusionGradientOrientation = values["DiffusionGradientOrientation"]
+            item.DiffusionGradientDirectionSequence = [direction]
+        group.MRDiffusionSequence = [item]
+        for keyword in keywords:
+            if keyword in own:
+                del own[keyword]
+    if found:
+        for keyword in keywords:
+            if keyword in shared:
+                del shared[keyword]

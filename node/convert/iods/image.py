@@ -178,22 +178,31 @@ def series_template(
     if shape[2] > 1:
         ds.SpacingBetweenSlices = _ds(geometry.spacing_between_slices)
 
-    # Image Pixel (C.7.6.3): always 16 bits allocated and stored
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = shape[1], shape[0]
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = encoding.pixel_representation
-    ds.RescaleIntercept = encoding.intercept_ds
-    ds.RescaleSlope = encoding.slope_ds
-    if modality == "OT":
-        ds.RescaleType = "US"  # Type 1C in SC's Modality LUT (C.11.1): unspecified units
-    ds.WindowCenter = _ds(encoding.window_center)
-    ds.WindowWidth = _ds(encoding.window_width)
-    if encoding.window_width < 1:  # a small real range (FA, ADC): LINEAR needs width >= 1
-        ds.VOILUTFunction = "LINEAR_EXACT"  # PS3.3 C.11.2.1.3.2
+    if encoding.samples_per_pixel == 3:
+        # Image Pixel (C.7.6.3) of a colour SC image: 8-bit RGB, interleaved (C.7.6.3.1.3)
+        ds.SamplesPerPixel = 3
+        ds.PhotometricInterpretation = "RGB"
+        ds.PlanarConfiguration = 0
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.PixelRepresentation = 0
+    else:
+        # Image Pixel (C.7.6.3): always 16 bits allocated and stored
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = encoding.pixel_representation
+        ds.RescaleIntercept = encoding.intercept_ds
+        ds.RescaleSlope = encoding.slope_ds
+        if modality == "OT":
+            ds.RescaleType = "US"  # Type 1C in SC's Modality LUT (C.11.1): unspecified units
+        ds.WindowCenter = _ds(encoding.window_center)
+        ds.WindowWidth = _ds(encoding.window_width)
+        if encoding.window_width < 1:  # a small real range (FA, ADC): LINEAR needs width >= 1
+            ds.VOILUTFunction = "LINEAR_EXACT"  # PS3.3 C.11.2.1.3.2
 
     # 4D: one series whose instances carry the volume index (C.7.6.1, C.8.3.1)
     if shape[3] > 1:
@@ -231,6 +240,7 @@ class InstanceSlice:
     temporal_position: int | None
     pixel_data: bytes
     diffusion: VolumeWeighting | None = None
+    pixel_vr: str = "OW"  # 16-bit native pixel data is OW, 8-bit OB (PS3.5 8.2)
 
     def elements(self) -> list[tuple[int, str, str | bytes | tuple[float, ...]]]:
         """(tag, VR, value) in ascending tag order; text values are already VR-formatted,
@@ -249,8 +259,7 @@ class InstanceSlice:
         if self.temporal_position is not None:
             out.append((0x00200100, "IS", str(self.temporal_position)))
         out.append((0x00201041, "DS", self.location))
-        # 16-bit native pixel data is OW (PS3.5 8.2)
-        out.append((0x7FE00010, "OW", self.pixel_data))
+        out.append((0x7FE00010, self.pixel_vr, self.pixel_data))
         return out
 
 
@@ -266,7 +275,9 @@ def instance_slices(
 
     Slice k of volume t is the pixel matrix ``data[:, :, k, t].T`` (rows run along j).
     """
-    volumes = stored.reshape(stored.shape[:3] + (layout.n_volumes,), order="F")
+    colour = template.SamplesPerPixel == 3
+    volumes = stored if colour else stored.reshape(stored.shape[:3] + (layout.n_volumes,),
+                                                   order="F")
     dtype = template_dtype(template)
     positions = [tuple(_ds(v) for v in p) for p in geometry.positions]
     locations = [_ds(geometry.slice_location(k)) for k in range(layout.n_slices)]
@@ -283,8 +294,11 @@ def instance_slices(
                 location=locations[k],
                 acquisition_number=t + 1 if four_d else single_acquisition,
                 temporal_position=t + 1 if four_d else None,
-                pixel_data=np.ascontiguousarray(volumes[:, :, k, t].T, dtype=dtype).tobytes(),
+                pixel_data=np.ascontiguousarray(
+                    volumes[:, :, k, t].transpose(1, 0, 2) if colour else volumes[:, :, k, t].T,
+                    dtype=dtype).tobytes(),
                 diffusion=weighting[t] if weighting else None,
+                pixel_vr="OB" if colour else "OW",
             )
 
 
@@ -299,6 +313,8 @@ def full_dataset(template: Dataset, instance: InstanceSlice) -> Dataset:
 
 
 def template_dtype(template: Dataset) -> np.dtype:
+    if template.BitsAllocated == 8:
+        return np.dtype("u1")
     return np.dtype("<i2") if template.PixelRepresentation == 1 else np.dtype("<u2")
 
 

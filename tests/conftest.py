@@ -7,7 +7,8 @@ import pytest
 
 from node.service.settings import config_from_dict
 
-JUDGES = ("dciodvfy", "dcm2niix", "dcmdump", "storescp", "echoscu", "storescu", "Orthanc")
+JUDGES = ("dciodvfy", "dcm2niix", "dcmdump", "dcmdjpls", "storescp", "echoscu", "storescu",
+          "Orthanc", "chromium", "chromedriver")
 
 
 def pytest_configure(config):

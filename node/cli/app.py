@@ -86,7 +86,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         args.inputs, args.output, profile, config.node.uid_root, sidecar=args.sidecar,
         overrides=overrides, modality=args.modality, jobs=args.jobs or None,
         overwrite=args.overwrite, reference=reference, iod=args.iod,
-        compression=args.compression, source_image=args.source))
+        compression=args.compression, source_image=args.source, preview=args.preview))
 
 
 def _reference(args: argparse.Namespace, config, dest):
@@ -413,11 +413,18 @@ def cmd_watch(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     setup_service_logging(config.node.log_format, args.verbose)
     log.info("config: %s", config.path or "built-in defaults")
+    from node.web.auth import ConsoleStartError
+
     try:
         node = Node(config)
         node.install_signals()
+        if config.console.enabled:
+            try:
+                _start_console(config, node)
+            except OSError as exc:  # the console's port is taken
+                raise ConsoleStartError(str(exc)) from None
         return node.run()
-    except NodeStartError as exc:
+    except (NodeStartError, ConsoleStartError) as exc:
         _error(str(exc))
         return EXIT_USAGE
 
@@ -502,9 +509,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if not args.jobs and not args.failed:
         _error("name JOB ids or give --failed")
         return EXIT_USAGE
+    from node.service.operations import audited, operator_name
+
     config = _config(args, profiles=False)
+    target = "every failed job" if args.failed else ", ".join(map(str, args.jobs))
     with closing(_journal(config)) as journal:
-        ids, refused = retry(journal, None if args.failed else args.jobs)
+        ids, refused = audited(journal, operator_name(), "cli", "retry", target,
+                               lambda: retry(journal, None if args.failed else args.jobs))
     for job_id in refused:
         _error(f"job {job_id}: not failed or waiting (see dicom-node jobs)")
     print(f"requeued {len(ids)} job(s)" + (f": {', '.join(map(str, ids))}" if ids else ""))
@@ -531,20 +542,102 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         _error(f"quarantine {args.action} ITEM: name the job id (see dicom-node quarantine "
                "list)")
         return EXIT_USAGE
-    from node.service.operations import OperationError, delete_quarantined, release
+    from node.service.operations import (
+        OperationError,
+        audited,
+        delete_quarantined,
+        operator_name,
+        release,
+    )
 
     with closing(_journal(config)) as journal:
         try:
+            act = delete_quarantined if args.action == "delete" else release
+            job = audited(journal, operator_name(), "cli", f"quarantine {args.action}",
+                          f"job {args.item}", lambda: act(journal, args.item))
             if args.action == "delete":
-                job = delete_quarantined(journal, args.item)
                 print(f"deleted job {job.id}: {safe(job.source)} and its reason are gone")
                 return EXIT_OK
-            job = release(journal, args.item)
         except OperationError as exc:
             _error(exc.message)
             return EXIT_USAGE
     print(f"released job {job.id}: {safe(job.source)} is queued again")
     return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """cancel JOB...: waiting, failed or quarantined jobs are cancelled (audited)."""
+    from node.service.operations import OperationError, audited, cancel, operator_name
+
+    config = _config(args, profiles=False)
+    status = EXIT_OK
+    with closing(_journal(config)) as journal:
+        for job_id in args.jobs:
+            try:
+                audited(journal, operator_name(), "cli", "cancel", f"job {job_id}",
+                        lambda job_id=job_id: cancel(journal, job_id))
+                print(f"cancelled job {job_id}")
+            except OperationError as exc:
+                _error(exc.message)
+                status = EXIT_USAGE
+    return status
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    """pause DEST / resume DEST: the node stops (starts again) sending to it (audited)."""
+    from node.service.operations import audited, operator_name, pause, resume
+
+    config = _config(args, profiles=False)
+    with closing(_journal(config)) as journal:
+        if args.command == "pause":
+            said = audited(journal, operator_name(), "cli", "pause", args.destination,
+                           lambda: pause(journal, config, args.destination, operator_name()))
+        else:
+            said = audited(journal, operator_name(), "cli", "resume", args.destination,
+                           lambda: resume(journal, config, args.destination))
+    print(f"{args.destination}: {said}")
+    return EXIT_OK
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    """console: the web console alone, against the journal of --config's node."""
+    import dataclasses
+
+    from node.web.app import create_app, serve
+    from node.web.auth import ConsoleStartError
+
+    config = _config(args, profiles=False)
+    settings = dataclasses.replace(
+        config.console, host=args.host or config.console.host,
+        port=args.port or config.console.port)
+    config = dataclasses.replace(config, console=settings)
+    try:
+        app = create_app(config)
+    except ConsoleStartError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    print(f"dicom-node console on http://{settings.host}:{settings.port}/ "
+          f"(journal {config.node.state_dir}/journal.sqlite)", file=sys.stderr, flush=True)
+    try:
+        serve(app, settings.host, settings.port)
+    except OSError as exc:
+        _error(f"the console cannot listen on {settings.host}:{settings.port} ({exc})")
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _start_console(config, node) -> None:
+    """[console] enabled: the web console inside `dicom-node watch`, with the node's own
+    health and metrics."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from node.web.app import create_app, serve
+
+    app = create_app(config, health=node.health,
+                     metrics_source=lambda: (generate_latest(node.metrics.registry),
+                                             CONTENT_TYPE_LATEST))
+    serve(app, config.console.host, config.console.port, block=False)
+    log.info("console on http://%s:%d/", config.console.host, config.console.port)
 
 
 def cmd_journal(args: argparse.Namespace) -> int:

@@ -8,12 +8,15 @@ from pathlib import Path
 
 from node import __version__
 from node.cli.app import (
+    cmd_cancel,
     cmd_check_config,
+    cmd_console,
     cmd_convert,
     cmd_echo,
     cmd_ingest,
     cmd_jobs,
     cmd_journal,
+    cmd_pause,
     cmd_push,
     cmd_quarantine,
     cmd_retry,
@@ -82,6 +85,9 @@ def _convert(sub, common: argparse.ArgumentParser) -> None:
     convert.add_argument("--source", type=Path, metavar="IMAGE",
                          help="the image NIfTI a seg or pmap refers to (default: the one beside "
                          "it with the same BIDS subject, session, acquisition and run)")
+    convert.add_argument("--preview", action="store_true",
+                         help="write preview.png into each series folder: three planes of the "
+                         "DICOM beside the same planes of the NIfTI, with orientation letters")
     convert.add_argument("--compression", choices=["none", "rle", "jpeg-ls", "jpeg2000"],
                          default="none", help="lossless encoding of the files (default: none)")
     _attach_options(convert)
@@ -197,6 +203,22 @@ def _node_commands(sub, common: argparse.ArgumentParser) -> None:
     quarantine.add_argument("item", nargs="?", type=int, metavar="ITEM", help="job id")
     quarantine.add_argument("--json", action="store_true", help="list as JSON")
     quarantine.set_defaults(func=cmd_quarantine)
+
+    cancel = sub.add_parser("cancel", parents=[common],
+                            help="cancel waiting, failed or quarantined jobs")
+    cancel.add_argument("jobs", nargs="+", type=int, metavar="JOB", help="job ids")
+    cancel.set_defaults(func=cmd_cancel)
+    for verb, text in (("pause", "stop sending to a destination (its jobs wait)"),
+                       ("resume", "send to a paused destination again")):
+        p = sub.add_parser(verb, parents=[common], help=text)
+        p.add_argument("destination", metavar="DEST", help="a configured destination")
+        p.set_defaults(func=cmd_pause)
+
+    console = sub.add_parser("console", parents=[common],
+                             help="the web console, alone, against the node's journal")
+    console.add_argument("--host", help="address to bind (default [console].host, 127.0.0.1)")
+    console.add_argument("--port", type=int, help="port (default [console].port, 8080)")
+    console.set_defaults(func=cmd_console)
 
     journal = sub.add_parser("journal", parents=[common],
                              help="check or back up the journal")

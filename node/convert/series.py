@@ -630,6 +630,8 @@ def write_series(series: ConvertedSeries, out_dir: str | Path, name: str | None 
 
 
 _OURS = re.compile(r"^IM\d{6}\.dcm$")
+#: The QA picture ``convert --preview`` writes into the series folder.
+PREVIEW_NAME = "preview.png"
 _PROVENANCE = re.compile(r"source SHA-256 ([0-9a-f]{64})")
 
 
@@ -641,7 +643,7 @@ def _earlier_output_of(folder: Path) -> str | None:
     try:
         if folder.is_symlink() or not folder.is_dir():
             return None
-        names = sorted(e.name for e in os.scandir(folder))
+        names = sorted(e.name for e in os.scandir(folder) if e.name != PREVIEW_NAME)
         if not names or not all(_OURS.match(n) for n in names):
             return None
         ds = dcmread(folder / names[0], stop_before_pixels=True,
@@ -686,13 +688,17 @@ def convert_to_folder(
     iod: str | None = None,
     compression: str = "none",
     source_image: str | Path | None = None,
+    preview: bool = False,
 ) -> SeriesSummary:
-    """Convert one file and write its series atomically; a picklable result for worker pools."""
+    """Convert one file and write its series atomically; a picklable result for worker pools.
+    ``preview``: write the QA picture (:mod:`node.convert.preview`) into the series folder."""
     series = convert_file(path, profile, uid_root=uid_root, sidecar=sidecar,
                           overrides=overrides, modality=modality, reference=reference,
                           study=study, iod=iod, compression=compression,
                           source_image=source_image)
     folder = write_series(series, out_dir, name, overwrite)
+    if preview:
+        write_preview(folder, series.source.image, folder / PREVIEW_NAME, series.warnings)
     return SeriesSummary(
         source=Path(path),
         series_uid=series.uids.series,
@@ -701,6 +707,23 @@ def convert_to_folder(
         folder=folder,
         warnings=tuple(series.warnings),
     )
+
+
+def write_preview(folder: Path, nifti_image, target: Path, warnings: list[str]) -> bool:
+    """The QA picture of the series in ``folder`` (its DICOM files as written) beside its
+    source; a picture that cannot be made is a warning, never a failed conversion."""
+    from node.convert.preview import preview_png
+
+    try:
+        data = preview_png(sorted(folder.glob("IM*.dcm")), nifti_image)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.partial")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+        return True
+    except Exception as exc:  # a QA picture is a help, not a condition of delivery
+        warnings.append(f"no preview picture: {type(exc).__name__}: {str(exc)[:120]}")
+        return False
 
 
 def _fsync_dir(path: Path) -> None:

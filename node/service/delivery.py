@@ -37,7 +37,7 @@ from node.net.destination import Destination
 from node.net.files import DicomFile, read_dicom_file
 from node.net.scu import InstanceResult, StoreReport, store
 from node.net.status import FailureKind, NetworkFailure, Outcome
-from node.service.journal import Job, JobState
+from node.service.journal import Job, JobState, StateDirs
 from node.service.settings import Config
 
 
@@ -121,6 +121,21 @@ def _reference(source: Path, sidecar: Path | None, profile: Profile, config: Con
     keys = profile_query(profile, source, raw, bids_entities(source))
     calling = dest.calling_ae_title or config.node.ae_title
     return study_of(config.query_destination(dest), calling, keys or {}, source)
+
+
+def _preview(batch: Batch, source: Path, target: Path) -> None:
+    """The job's QA picture, from the files about to be sent (kept with the job: the console
+    shows it). Never a reason to fail a delivery."""
+    import logging
+
+    import nibabel as nib
+
+    from node.convert.series import write_preview
+
+    notes: list[str] = []
+    if batch.files and not write_preview(batch.files[0].path.parent, nib.load(str(source)),
+                                         target, notes):
+        logging.getLogger(__name__).warning("%s: %s", source.name, notes[-1])
 
 
 class NoSpace(DicomNodeError):
@@ -247,6 +262,8 @@ def deliver(
             return DeliveryResult(JobState.RETRY_WAIT, f"finding the exam to attach to: "
                                   f"{exc.message}", "network")
         t1 = time.monotonic()
+        if config.node.previews and is_nifti(source):
+            _preview(batch, source, StateDirs(spool_root.parent).preview(job.id))
         if on_stage is not None:
             on_stage("sending")
         one = dataclasses.replace(dest, max_associations=1)

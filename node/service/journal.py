@@ -103,6 +103,21 @@ CREATE TABLE IF NOT EXISTS study_series (
     series_number INTEGER,
     PRIMARY KEY (study_uid, series_uid)
 );
+CREATE TABLE IF NOT EXISTS paused (
+    name TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    who TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    who TEXT NOT NULL,
+    via TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    result TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_done ON history(to_state, at);
 CREATE TABLE IF NOT EXISTS destinations (
     name TEXT PRIMARY KEY,
     checked REAL NOT NULL,
@@ -211,6 +226,10 @@ class Journal:
                 if column not in have:
                     self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
             self.db.execute("CREATE INDEX IF NOT EXISTS jobs_key ON jobs(key)")
+            self.db.execute("CREATE INDEX IF NOT EXISTS jobs_updated ON jobs(updated)")
+            have = {row[1] for row in self.db.execute("PRAGMA table_info(destinations)")}
+            if "latency_ms" not in have:
+                self.db.execute("ALTER TABLE destinations ADD COLUMN latency_ms REAL")
         except sqlite3.DatabaseError as exc:
             if "disk is full" in str(exc) or "disk I/O" in str(exc):
                 raise
@@ -318,7 +337,8 @@ class Journal:
         with self._tx() as db:
             row = db.execute(
                 "SELECT id, state, attempts, memory FROM jobs WHERE state IN ('queued', "
-                "'retry-wait') AND next_attempt <= ? ORDER BY next_attempt, id LIMIT 1", (now,),
+                "'retry-wait') AND next_attempt <= ? AND destination NOT IN "
+                "(SELECT name FROM paused) ORDER BY next_attempt, id LIMIT 1", (now,),
             ).fetchone()
             if row is None or (memory is not None and row[3] > memory):
                 return None
@@ -509,12 +529,73 @@ class Journal:
                 db.execute("INSERT INTO study_series VALUES (?, ?, ?)", (uid, series_uid, number))
         return merged, number
 
-    def record_echo(self, name: str, ok: bool, message: str) -> None:
+    def record_echo(self, name: str, ok: bool, message: str,
+                    latency_ms: float | None = None) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO destinations (name, checked, ok, message) "
-                "VALUES (?, ?, ?, ?)", (name, time.time(), int(ok), message),
+                "INSERT OR REPLACE INTO destinations (name, checked, ok, message, latency_ms) "
+                "VALUES (?, ?, ?, ?, ?)", (name, time.time(), int(ok), message, latency_ms),
             )
+
+    # --- operators: paused destinations, the audit log -----------------------------------
+
+    def pause(self, name: str, who: str) -> bool:
+        """Stop claiming jobs for ``name`` (they wait); False when it was paused already."""
+        with self._tx() as db:
+            cur = db.execute("INSERT OR IGNORE INTO paused VALUES (?, ?, ?)",
+                             (name, time.time(), who))
+            return cur.rowcount == 1
+
+    def resume(self, name: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM paused WHERE name = ?", (name,)).rowcount == 1
+
+    def paused(self) -> dict[str, tuple[float, str]]:
+        rows = self.db.execute("SELECT name, at, who FROM paused").fetchall()
+        return {name: (at, who) for name, at, who in rows}
+
+    def audit(self, who: str, via: str, action: str, target: str, result: str) -> None:
+        """One operator action (console or CLI), kept with the jobs it touched."""
+        with self._tx() as db:
+            db.execute("INSERT INTO audit (at, who, via, action, target, result) "
+                       "VALUES (?, ?, ?, ?, ?, ?)",
+                       (time.time(), who[:200], via, action, target[:500], result[:1000]))
+
+    def audit_log(self, limit: int = 100, offset: int = 0) -> list[dict]:
+        rows = self.db.execute("SELECT id, at, who, via, action, target, result FROM audit "
+                               "ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+        keys = ("id", "at", "who", "via", "action", "target", "result")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def find_jobs(self, state: str | None = None, destination: str | None = None,
+                  text: str | None = None, limit: int = 50, offset: int = 0
+                  ) -> tuple[list[Job], int]:
+        """A page of jobs, newest first, and how many match: by state, destination, and a
+        text found in the source path or the series UID."""
+        where, args = [], []
+        if state:
+            where.append("state = ?")
+            args.append(state)
+        if destination:
+            where.append("destination = ?")
+            args.append(destination)
+        if text:
+            where.append("(instr(source, ?) > 0 OR instr(coalesce(series_uid, ''), ?) > 0)")
+            args += [text, text]
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        total = self.db.execute(f"SELECT count(*) FROM jobs {clause}", args).fetchone()[0]
+        jobs = self._jobs(f"{clause} ORDER BY id DESC LIMIT ? OFFSET ?", [*args, limit, offset])
+        return jobs, int(total)
+
+    def done_per_bucket(self, since: float, bucket: float = 300.0) -> list[int]:
+        """Jobs done in each ``bucket`` seconds since ``since`` (the dashboard's chart)."""
+        n = max(1, int((time.time() - since) // bucket) + 1)
+        counts = [0] * n
+        rows = self.db.execute("SELECT at FROM history WHERE to_state = 'done' AND at >= ?",
+                               (since,)).fetchall()
+        for (at,) in rows:
+            counts[min(n - 1, int((at - since) // bucket))] += 1
+        return counts
 
     # --- nodes -------------------------------------------------------------------------------
 
@@ -539,10 +620,10 @@ class Journal:
 
     def last_outcomes(self) -> dict[str, tuple[float, str, str | None]]:
         """Per destination, its latest delivery outcome: (time, state, error)."""
+        # SQLite takes the bare columns from the row holding the MAX (one pass, not n^2)
         rows = self.db.execute(
-            "SELECT destination, updated, state, last_error FROM jobs j WHERE updated = "
-            "(SELECT MAX(updated) FROM jobs k WHERE k.destination = j.destination AND "
-            "k.state IN ('done', 'retry-wait', 'failed'))").fetchall()
+            "SELECT destination, MAX(updated), state, last_error FROM jobs "
+            "WHERE state IN ('done', 'retry-wait', 'failed') GROUP BY destination").fetchall()
         return {d: (u, s, e) for d, u, s, e in rows}
 
     # --- maintenance ---------------------------------------------------------------------
@@ -567,6 +648,10 @@ class Journal:
         rows = self.db.execute("SELECT name, checked, ok, message FROM destinations ORDER BY name")
         return [(n, c, bool(o), m) for n, c, o, m in rows.fetchall()]
 
+    def echo_latencies(self) -> dict[str, float | None]:
+        rows = self.db.execute("SELECT name, latency_ms FROM destinations").fetchall()
+        return dict(rows)
+
 
 @dataclass(frozen=True)
 class StateDirs:
@@ -587,6 +672,14 @@ class StateDirs:
     @property
     def done(self) -> Path:
         return self.root / "done"
+
+    @property
+    def previews(self) -> Path:
+        """Each job's QA picture, job-N.png (made at conversion, beside the spool)."""
+        return self.root / "previews"
+
+    def preview(self, job_id: int) -> Path:
+        return self.previews / f"job-{int(job_id)}.png"
 
     def create(self) -> None:
         for folder in (self.root, self.spool, self.quarantine, self.done):

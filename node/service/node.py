@@ -481,7 +481,7 @@ class Node:
                 for name, dest in self.config.destinations.items():
                     try:
                         r = echo(dest, self.config.node.ae_title)
-                        journal.record_echo(name, True, f"{r.echo_ms:.1f} ms")
+                        journal.record_echo(name, True, f"{r.echo_ms:.1f} ms", r.echo_ms)
                     except NetworkFailure as exc:
                         journal.record_echo(name, False, exc.message)
                         log.warning("echo %s: %s", name, exc.message)

@@ -138,7 +138,7 @@ def convert_batch(
     sidecar: Path | None = None, overrides: dict[str, str] | None = None,
     modality: str | None = None, jobs: int | None = None, overwrite: bool = False,
     reference=None, iod: str | None = None, compression: str = "none",
-    source_image: Path | None = None,
+    source_image: Path | None = None, preview: bool = False,
 ) -> list:
     """Convert each input into ``out_dir/<name>``: a SeriesSummary or a DicomNodeError each.
 
@@ -148,7 +148,8 @@ def convert_batch(
     studies = reconcile_studies(inputs, profile, uid_root, sidecar=sidecar,
                                 overrides=overrides, modality=modality, reference=reference,
                                 iod=iod)
-    options = {"iod": iod, "compression": compression, "source_image": source_image}
+    options = {"iod": iod, "compression": compression, "source_image": source_image,
+               "preview": preview}
     calls = [(path, out_dir, profile, uid_root, name, sidecar, overrides, modality, overwrite,
               reference, study, options)
              for path, name, study in zip(inputs, unique_names(inputs), studies, strict=True)]
@@ -386,6 +387,8 @@ def status_report(journal: Journal, config, now: float | None = None) -> dict:
     outcomes = journal.last_outcomes()
     destinations = []
     echoes = {n: (c, ok, m) for n, c, ok, m in journal.echoes()}
+    paused = journal.paused()
+    latencies = journal.echo_latencies()
     for name in sorted(set(echoes) | set(outcomes) | set(config.destinations)):
         checked, echo_ok, message = echoes.get(name, (None, None, None))
         last = outcomes.get(name)
@@ -396,6 +399,7 @@ def status_report(journal: Journal, config, now: float | None = None) -> dict:
             "checked": checked, "echo_ok": echo_ok, "message": message,
             "last_delivery": None if last is None else {
                 "at": last[0], "state": last[1], "error": last[2]},
+            "paused": name in paused, "latency_ms": latencies.get(name),
         })
     nodes = journal.running_nodes()
     return {
@@ -540,3 +544,75 @@ def ingest(
         journal.close()
     result.states = {s: states.count(s) for s in sorted(set(states))}
     return result
+
+
+# --- operator actions, audited (the CLI and the web console alike) ------------------------
+
+def operator_name() -> str:
+    """Who acts at the command line: the OS user (the console uses its login)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no name for this uid (a container): its number
+        return f"uid {os.getuid()}"
+
+
+def audited(journal: Journal, who: str, via: str, action: str, target: str,
+            act: Callable[[], Any]) -> Any:
+    """Run one operator action and record it (who, what, when, the result) in the journal's
+    audit log, whether it succeeds or not."""
+    try:
+        result = act()
+    except DicomNodeError as exc:
+        journal.audit(who, via, action, target, f"refused: {exc.reason}")
+        raise
+    journal.audit(who, via, action, target, "ok" if result is None else _describe(result))
+    return result
+
+
+def _describe(result: Any) -> str:
+    if hasattr(result, "state") and hasattr(result, "id"):  # a journal Job
+        return f"job {result.id} is {result.state}"
+    if isinstance(result, tuple) and len(result) == 2:
+        done, refused = result
+        return f"requeued {list(done)}" + (f", refused {list(refused)}" if refused else "")
+    return str(result)
+
+
+def cancel(journal: Journal, job_id: int) -> Job:
+    """Cancel a job that is waiting (queued, retry-wait), failed or quarantined; a job being
+    converted or sent finishes first. ``retry`` or ``release`` bring it back."""
+    job = journal.get(job_id)
+    if job is None:
+        raise OperationError(None, f"job {job_id}: no such job")
+    if job.state not in ("queued", "retry-wait", "failed", "quarantined"):
+        raise OperationError(None, f"job {job_id} is {job.state}: only a waiting, failed or "
+                             "quarantined job can be cancelled")
+    return journal.transition(job.id, "cancelled", last_error="cancelled by an operator")
+
+
+def pause(journal: Journal, config, name: str, who: str) -> str:
+    """Stop sending to a destination: its jobs wait (queued) until it is resumed."""
+    config.destination(name)  # a ConfigError for a name that is not configured
+    return "paused" if journal.pause(name, who) else "was paused already"
+
+
+def resume(journal: Journal, config, name: str) -> str:
+    config.destination(name)
+    return "resumed" if journal.resume(name) else "was not paused"
+
+
+def echo_now(journal: Journal, config, name: str) -> str:
+    """C-ECHO a destination now and record it as the node's own echoes are recorded."""
+    from node.net.scu import echo
+    from node.net.status import NetworkFailure
+
+    dest = config.destination(name)
+    try:
+        result = echo(dest, config.node.ae_title)
+    except NetworkFailure as exc:
+        journal.record_echo(name, False, exc.message)
+        raise OperationError(None, f"echo {name}: {exc.message}") from None
+    journal.record_echo(name, True, f"{result.echo_ms:.1f} ms", result.echo_ms)
+    return f"echo {name}: ok in {result.echo_ms:.1f} ms"

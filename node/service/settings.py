@@ -75,6 +75,8 @@ class NodeSettings:
     log_format: str = setting("plain", "log lines as text or JSON", choices=("plain", "json"))
     metrics_port: int = setting(0, "/healthz and /metrics port; 0 = off", minimum=0,
                                 maximum=65535)
+    previews: bool = setting(True, "make each job's QA picture (three planes, DICOM beside "
+                             "NIfTI) at conversion time, for the console")
     metrics_host: str = setting("127.0.0.1", "address /healthz and /metrics listen on "
                                 "(0.0.0.0 in a container, for Prometheus)")
     echo_interval_seconds: float = setting(60.0, "how often destinations are C-ECHOed",
@@ -117,6 +119,26 @@ class WatchSettings:
                             choices=("auto", "expected", "optional"))
     follow_symlinks: bool = setting(False, "take symbolic links that point outside the "
                                     "watched folder")
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    """[console]: the web console (in `dicom-node watch`, or alone: `dicom-node console`)."""
+
+    enabled: bool = setting(False, "serve the console inside `dicom-node watch`")
+    host: str = setting("127.0.0.1", "address to bind; another than loopback needs auth")
+    port: int = setting(8080, "TCP port", minimum=1, maximum=65535)
+    auth: str = setting("none", "none (loopback only), token (tokens from the environment) or "
+                        "proxy (a reverse proxy's user and role headers)",
+                        choices=("none", "token", "proxy"))
+    operator_token_env: str = setting("DICOM_NODE_CONSOLE_OPERATOR_TOKEN",
+                                      "environment variable holding the operators' token")
+    viewer_token_env: str = setting("DICOM_NODE_CONSOLE_VIEWER_TOKEN",
+                                    "environment variable holding the viewers' token")
+    proxy_user_header: str = setting("X-Forwarded-User", "auth = proxy: the user's name")
+    proxy_role_header: str = setting("X-Forwarded-Role", "auth = proxy: operator or viewer")
+    show_phi: bool = setting(False, "reserved: the console keeps and shows no patient names or "
+                             "birth dates (paths, UIDs and states only)")
 
 
 def _keys(cls) -> set[str]:
@@ -175,6 +197,7 @@ class Config:
     path: Path | None = None
     destinations: dict[str, Destination] = field(default_factory=dict)
     watches: tuple[WatchSettings, ...] = ()
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     def query_destination(self, dest: Destination) -> Destination:
         """Where the studies a series joins are looked up for ``dest``: its
@@ -350,6 +373,11 @@ def config_from_dict(
         raise ConfigError(
             path, f"[node].default_destination {node.default_destination!r} is not a destination"
         )
+    try:
+        console = ConsoleSettings(**read_table(ConsoleSettings, "[console]",
+                                               raw.get("console", {})))
+    except ValueError as exc:
+        raise ConfigError(path, str(exc)) from None
     watches_raw = raw.get("watch", [])
     if not isinstance(watches_raw, list):
         raise ConfigError(path, "watch folders are [[watch]] tables (an array of tables)")
@@ -360,7 +388,7 @@ def config_from_dict(
         except ValueError as exc:
             raise ConfigError(path, str(exc)) from None
     return Config(node=node, profiles=built or {}, path=path, destinations=destinations,
-                  watches=tuple(watches))
+                  watches=tuple(watches), console=console)
 
 
 def _node_settings(raw: dict[str, Any], base: Path) -> NodeSettings:

@@ -9,7 +9,11 @@ series, converted once by `dicom-node convert`, are sent by DCMTK's storescu to 
 (send only). Target (issue "The node"): node end-to-end rate >= 0.6x storescu's send-only rate,
 peak RSS under 1 GB.
 
-    .venv/bin/python scripts/bench_ingest.py [--work DIR] [--workers N]
+With ``--console`` the node phase runs twice, with the web console off and on (and a client
+polling its dashboard every second, as a person watching it would): target (issue "A web
+console"), no measurable cost to the delivery rate.
+
+    .venv/bin/python scripts/bench_ingest.py [--work DIR] [--workers N] [--console]
 """
 
 from __future__ import annotations
@@ -69,19 +73,13 @@ def tree_rss_kib(pid: int) -> int:
     return total
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path)
-    parser.add_argument("--workers", type=int, default=4, help="[node].workers (default 4)")
-    parser.add_argument("--verbose-pacs", action="store_true", help="Orthanc --verbose")
-    args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    work.mkdir(parents=True, exist_ok=True)
-    inputs, n_inst = make_inputs(work / "inputs")
-    print(f"50 volumes (40 x 128x128x40, 10 x 64x64x8x5), {n_inst} instances; "
-          f"cores: {os.cpu_count()}; workers: {args.workers}; work: {work}")
+def node_phase(work: Path, inputs: list[Path], n_inst: int, args, console: bool
+               ) -> tuple[float, int]:
+    """Drop the inputs into a running node's inbox; (seconds to the last instance in Orthanc,
+    peak RSS in KiB). ``console``: with the web console on and a client polling it."""
+    import threading
+    import urllib.request
 
-    # --- the node, end to end
     storage, state, inbox = work / "orthanc", work / "var", work / "inbox"
     for folder in (storage, state, inbox):
         shutil.rmtree(folder, ignore_errors=True)
@@ -96,6 +94,20 @@ def main() -> int:
         f'ae_title = "ORTHANC"\n[[watch]]\npath = "{inbox}"\nsettle_seconds = 0.5\n'
         'after = "delete"\n'
     )
+    console_port = free_port()
+    if console:
+        cfg.write_text(cfg.read_text() + f"[console]\nenabled = true\nport = {console_port}\n")
+    polling = threading.Event()
+
+    def poll() -> None:  # a person watching the dashboard
+        while not polling.is_set():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{console_port}/", timeout=5) as r:
+                    r.read()
+            except OSError:
+                pass
+            polling.wait(1.0)
+
     node = subprocess.Popen([sys.executable, "-m", "node", "watch", "--config", str(cfg)],
                             stdout=open(work / "node.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
     try:
@@ -105,6 +117,8 @@ def main() -> int:
         staging.mkdir()
         for p in inputs:
             shutil.copy(p, staging / p.name)
+        if console:
+            threading.Thread(target=poll, daemon=True).start()
         t0 = time.perf_counter()
         for p in inputs:  # dropped at once: renamed into place
             os.replace(staging / p.name, inbox / p.name)
@@ -116,14 +130,40 @@ def main() -> int:
             time.sleep(0.1)
         node_s = time.perf_counter() - t0
     finally:
+        polling.set()
         node.send_signal(signal.SIGTERM)
         node.wait(timeout=60)
         orthanc.stop(storage)
         shutil.copy(storage / "orthanc.log", work / "orthanc-node-run.log")
     if stored < n_inst:
         raise SystemExit(f"only {stored}/{n_inst} instances arrived")
+    return node_s, peak
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path)
+    parser.add_argument("--workers", type=int, default=4, help="[node].workers (default 4)")
+    parser.add_argument("--verbose-pacs", action="store_true", help="Orthanc --verbose")
+    parser.add_argument("--console", action="store_true",
+                        help="run the node phase with the web console off, then on")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    work.mkdir(parents=True, exist_ok=True)
+    inputs, n_inst = make_inputs(work / "inputs")
+    print(f"50 volumes (40 x 128x128x40, 10 x 64x64x8x5), {n_inst} instances; "
+          f"cores: {os.cpu_count()}; workers: {args.workers}; work: {work}")
+
+    node_s, peak = node_phase(work, inputs, n_inst, args, console=False)
+    if args.console:
+        with_s, with_peak = node_phase(work, inputs, n_inst, args, console=True)
+        print(f"node with the console off: {node_s:6.2f} s ({n_inst / node_s:.0f} inst/s), "
+              f"on and watched: {with_s:6.2f} s ({n_inst / with_s:.0f} inst/s): "
+              f"{with_s / node_s:.2f}x the time (target: no measurable cost); peak RSS "
+              f"{peak / 1024:.0f} / {with_peak / 1024:.0f} MB")
 
     # --- storescu, send only, the same series
+    storage = work / "orthanc"
     dicom = work / "dicom"
     if not dicom.exists():
         subprocess.run([sys.executable, "-m", "node", "convert", *map(str, inputs), "-o",

@@ -145,3 +145,13 @@ def node_factory(tmp_path):
         if node.proc is not None and node.proc.poll() is None:
             node.proc.kill()
             node.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One private PostgreSQL for the session (Debian's postgresql, a free loopback port)."""
+    from pgserver import Cluster
+
+    cluster = Cluster()
+    yield cluster
+    cluster.destroy()

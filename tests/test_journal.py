@@ -1,5 +1,6 @@
 """The journal's state machine: every allowed and every forbidden move, claim order, recovery
-after a crash, operator requeue and duplicate content."""
+after a crash, operator requeue and duplicate content; on both backends, SQLite and a real
+PostgreSQL (started by the tests, tests/pgserver.py)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,26 @@ from pathlib import Path
 import pytest
 
 from node.service.journal import ALLOWED, InvalidTransition, JobState, Journal, owner_id
+from node.service.pgjournal import close_pool, open_journal_at
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.peers)]
+
+
+@pytest.fixture(params=BACKENDS)
+def location(request, tmp_path):
+    """Where a fresh journal lives: a SQLite file, or an empty PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "journal.sqlite"
+    cluster = request.getfixturevalue("pg_cluster")
+    return cluster.fresh_database(f"j{abs(hash(str(tmp_path))) % 10**9}")
 
 
 @pytest.fixture
-def journal(tmp_path):
-    j = Journal(tmp_path / "journal.sqlite")
+def journal(location):
+    j = open_journal_at(location)
     yield j
     j.close()
+    close_pool(str(location))
 
 
 def _job(journal: Journal, n: int = 0, **kw):
@@ -152,10 +166,9 @@ def test_enqueue_same_content_once_and_requeues_a_failed_one(journal):
                                                               "/in/again.nii")
 
 
-def test_a_second_handle_sees_committed_transitions(tmp_path):
+def test_a_second_handle_sees_committed_transitions(location):
     """Every transition is committed before it returns (workers use their own handles)."""
-    path = tmp_path / "journal.sqlite"
-    first, second = Journal(path), Journal(path)
+    first, second = open_journal_at(location), open_journal_at(location)
     try:
         job = _job(first)
         first.claim()
@@ -165,6 +178,7 @@ def test_a_second_handle_sees_committed_transitions(tmp_path):
     finally:
         first.close()
         second.close()
+        close_pool(str(location))
 
 
 def test_claim_keeps_the_turn_of_a_job_that_does_not_fit_the_memory_left(journal):

@@ -356,10 +356,10 @@ def _config(args: argparse.Namespace, profiles: bool = True):
 def _journal(config, create: bool = False):
     """The config's journal. Read-only commands never create one: JournalError names the
     config and the path they looked at."""
-    from node.service.journal import JournalError, open_journal
+    from node.service.journal import JournalError
 
     try:
-        return open_journal(config.node.state_dir, create=create)
+        return config.open_journal(create=create)
     except JournalError as exc:
         where = config.path or "built-in defaults (no config file found)"
         raise JournalError(f"{exc} [config: {where}]") from None
@@ -429,6 +429,29 @@ def cmd_watch(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
+def cmd_work(args: argparse.Namespace) -> int:
+    """work: deliver the journal's jobs, watch no folder (a cluster's extra hands, fed by
+    `ingest --enqueue-only` or by the nodes that watch)."""
+    from node.errors import DicomNodeError
+    from node.service.node import Node, NodeStartError
+    from node.service.observability import setup_service_logging
+    from node.service.settings import load_config
+
+    try:
+        config = load_config(args.config)
+    except (DicomNodeError, ValueError) as exc:
+        _error(getattr(exc, "message", str(exc)))
+        return EXIT_USAGE
+    setup_service_logging(config.node.log_format, args.verbose)
+    try:
+        node = Node(config, watch=False)
+        node.install_signals()
+        return node.run()
+    except NodeStartError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+
+
 def _age(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -491,8 +514,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         jobs = journal.jobs(args.state)
     if args.limit:
         jobs = jobs[-args.limit:]
-    if args.json:
-        print(json.dumps([j.as_json() for j in jobs], indent=2))
+    if args.json:  # "node": the id of the node that holds (or last worked) the job
+        print(json.dumps([{**j.as_json(), "node": (j.owner or "").rpartition(":")[0] or None}
+                          for j in jobs], indent=2))
         return EXIT_OK
     print(f"{'JOB':>6}  {'STATE':<11} {'TRY':>3}  {'SENT':<11} {'DEST':<10} SOURCE")
     for j in jobs:
@@ -642,6 +666,18 @@ def _start_console(config, node) -> None:
 
 def cmd_journal(args: argparse.Namespace) -> int:
     config = _config(args, profiles=False)
+    if args.action == "migrate":
+        from node.service.pgjournal import migrate
+
+        if not args.url:
+            _error("journal migrate --to postgresql://user@host:5432/dbname")
+            return EXIT_USAGE
+        source = config.node.state_dir / "journal.sqlite"
+        counts = migrate(source, args.url)
+        print(f"copied {source} into {args.url}: " + ", ".join(
+            f"{n} {table}" for table, n in counts.items()))
+        print(f'now set [node] journal = "{args.url}" on every node')
+        return EXIT_OK
     with closing(_journal(config)) as journal:
         if args.action == "check":
             problems = journal.integrity_check()
@@ -658,6 +694,28 @@ def cmd_journal(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         journal.backup(args.target)
     print(f"{args.target}: a copy of {config.node.state_dir / 'journal.sqlite'}")
+    return EXIT_OK
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    """nodes: who shares the journal, and which are gone."""
+    import json
+    import time
+
+    from node.service.operations import node_report
+
+    config = _config(args, profiles=False)
+    with closing(_journal(config)) as journal:
+        nodes = node_report(journal, config, time.time())
+    if args.json:
+        print(json.dumps(nodes, indent=2))
+        return EXIT_OK
+    if not nodes:
+        print("no node has used this journal")
+    for n in nodes:
+        flag = "GONE" if n["gone"] else ("stopped" if n["stopped"] else "live")
+        print(f"{n['node']:<24} pid {n['pid']:<8} {n['version']:<10} heartbeat "
+              f"{_age(n['heartbeat_age'])} ago  {n['jobs_in_hand']} job(s) in hand  {flag}")
     return EXIT_OK
 
 

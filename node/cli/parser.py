@@ -16,12 +16,14 @@ from node.cli.app import (
     cmd_ingest,
     cmd_jobs,
     cmd_journal,
+    cmd_nodes,
     cmd_pause,
     cmd_push,
     cmd_quarantine,
     cmd_retry,
     cmd_status,
     cmd_watch,
+    cmd_work,
 )
 from node.service.states import STATES  # no sqlite3: the console starts fast
 
@@ -222,12 +224,24 @@ def _node_commands(sub, common: argparse.ArgumentParser) -> None:
 
     journal = sub.add_parser("journal", parents=[common],
                              help="check or back up the journal")
-    journal.add_argument("action", choices=["check", "backup"],
+    journal.add_argument("action", choices=["check", "backup", "migrate"],
                          help="check: SQLite's integrity check; backup: a consistent copy "
-                         "while nodes run")
+                         "while nodes run; migrate: copy this SQLite journal into PostgreSQL")
     journal.add_argument("target", nargs="?", type=Path, metavar="FILE",
                          help="backup: the new file")
+    journal.add_argument("--to", dest="url", metavar="URL",
+                         help="migrate: postgresql://user@host:5432/dbname (an empty database)")
     journal.set_defaults(func=cmd_journal)
+
+    work = sub.add_parser("work", parents=[common],
+                          help="deliver the journal's jobs without watching folders (a "
+                          "cluster node fed by ingest --enqueue-only or other nodes)")
+    work.set_defaults(func=cmd_work)
+
+    nodes = sub.add_parser("nodes", parents=[common],
+                           help="the nodes that share the journal: id, version, heartbeat, jobs")
+    nodes.add_argument("--json", action="store_true", help="print them as JSON")
+    nodes.set_defaults(func=cmd_nodes)
 
 
 def _ingest(sub, common: argparse.ArgumentParser) -> None:

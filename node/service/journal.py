@@ -174,9 +174,10 @@ class JournalError(DicomNodeError):
         super().__init__(None, reason)
 
 
-def owner_id(pid: int | None = None) -> str:
-    """This process as a lease owner: "host:pid"."""
-    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+def owner_id(pid: int | None = None, node_id: str | None = None) -> str:
+    """This process as a lease owner: "node:pid" (the node id is the host name unless
+    [node].node_id names it)."""
+    return f"{node_id or socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
 def owner_alive(owner: str | None) -> bool:
@@ -197,7 +198,20 @@ def owner_alive(owner: str | None) -> bool:
 
 
 class Journal:
-    """A handle on the journal database; safe to open from several processes at once."""
+    """A handle on the journal database; safe to open from several processes at once.
+
+    SQLite here; :class:`node.service.pgjournal.PgJournal` is the same journal in PostgreSQL
+    for several nodes (its connection translates the few SQLite-only spellings below).
+    """
+
+    #: Row locking of a claim: none in SQLite (BEGIN IMMEDIATE serializes the writers),
+    #: FOR UPDATE SKIP LOCKED in PostgreSQL (nodes claim different jobs at once).
+    _LOCK_ROW = ""
+    #: Per destination, its latest outcome: SQLite takes the bare columns from the row that
+    #: holds the MAX (one pass).
+    _LATEST_OUTCOMES = (
+        "SELECT destination, MAX(updated), state, last_error FROM jobs "
+        "WHERE state IN ('done', 'retry-wait', 'failed') GROUP BY destination")
 
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
         """Open (and with ``create``, make) the journal at ``path``.
@@ -300,15 +314,21 @@ class Journal:
                 )
                 self._history(db, row[0], row[1], "queued", 0, None, "enqueued again")
                 return self.get(row[0]), True  # type: ignore[return-value]
-            cur = db.execute(
+            new_id = self._insert_id(
+                db,
                 "INSERT INTO jobs (source, sidecar, sha256, size, profile, destination, after, "
                 "state, created, updated, key, memory) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, "
                 "?, ?, ?)",
                 (str(source), str(sidecar) if sidecar else None, sha256, size, profile,
                  destination, after, now, now, key, memory),
             )
-            self._history(db, int(cur.lastrowid), None, "queued", 0, None, None)
-            return self.get(int(cur.lastrowid)), True  # type: ignore[arg-type, return-value]
+            self._history(db, new_id, None, "queued", 0, None, None)
+            return self.get(new_id), True  # type: ignore[return-value]
+
+    @staticmethod
+    def _insert_id(db, sql: str, args: tuple) -> int:
+        """Insert one row; its id."""
+        return int(db.execute(sql, args).lastrowid)
 
     @staticmethod
     def _history(db, job_id: int, old: str | None, new: str, attempt: int, owner: str | None,
@@ -323,7 +343,7 @@ class Journal:
         """A job's timeline: (time, from, to, attempt, owner, detail), oldest first."""
         return self.db.execute(
             "SELECT at, from_state, to_state, attempt, owner, detail FROM history "
-            "WHERE job_id = ? ORDER BY at, rowid", (job_id,)).fetchall()
+            "WHERE job_id = ? ORDER BY at, rowid", (job_id,)).fetchall()  # id in PostgreSQL
 
     def claim(self, now: float | None = None, owner: str | None = None,
               lease_seconds: float = 60.0, memory: int | None = None) -> Job | None:
@@ -338,7 +358,8 @@ class Journal:
             row = db.execute(
                 "SELECT id, state, attempts, memory FROM jobs WHERE state IN ('queued', "
                 "'retry-wait') AND next_attempt <= ? AND destination NOT IN "
-                "(SELECT name FROM paused) ORDER BY next_attempt, id LIMIT 1", (now,),
+                "(SELECT name FROM paused) ORDER BY next_attempt, id LIMIT 1" + self._LOCK_ROW,
+                (now,),
             ).fetchone()
             if row is None or (memory is not None and row[3] > memory):
                 return None
@@ -620,10 +641,7 @@ class Journal:
 
     def last_outcomes(self) -> dict[str, tuple[float, str, str | None]]:
         """Per destination, its latest delivery outcome: (time, state, error)."""
-        # SQLite takes the bare columns from the row holding the MAX (one pass, not n^2)
-        rows = self.db.execute(
-            "SELECT destination, MAX(updated), state, last_error FROM jobs "
-            "WHERE state IN ('done', 'retry-wait', 'failed') GROUP BY destination").fetchall()
+        rows = self.db.execute(self._LATEST_OUTCOMES).fetchall()  # one pass, not n^2
         return {d: (u, s, e) for d, u, s, e in rows}
 
     # --- maintenance ---------------------------------------------------------------------

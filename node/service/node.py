@@ -39,12 +39,12 @@ from node.service.journal import (
     InvalidTransition,
     Job,
     JobState,
-    Journal,
     NodeLock,
     StateDirs,
     owner_id,
 )
 from node.service.observability import Metrics, log_transition, safe, setup_service_logging
+from node.service.pgjournal import JournalUnavailable
 from node.service.settings import Config, WatchSettings
 
 log = logging.getLogger("node.service")
@@ -100,7 +100,7 @@ def _deliver_in_worker(job: Job, config: Config, state_root: str, already: set[s
     dirs = StateDirs(Path(state_root))
 
     def on_stage(stage: str) -> None:
-        journal = Journal(dirs.journal)
+        journal = config.open_journal()
         try:
             moved = journal.transition(job.id, stage, owner=owner)
         finally:
@@ -109,7 +109,7 @@ def _deliver_in_worker(job: Job, config: Config, state_root: str, already: set[s
 
     def study(values, series_uid: str, own_number):
         """The journal remembers each study's values across jobs (one set per study)."""
-        journal = Journal(dirs.journal)
+        journal = config.open_journal()
         try:
             return journal.reconcile_study(values, series_uid, own_number)
         finally:
@@ -119,6 +119,8 @@ def _deliver_in_worker(job: Job, config: Config, state_root: str, already: set[s
         return deliver(job, config, dirs.spool, already, on_stage, study)
     except InvalidTransition as exc:  # the lease was lost: another process has the job
         return DeliveryResult(JobState.RETRY_WAIT, str(exc), "lease")
+    except JournalUnavailable as exc:  # the shared journal is away: try again later
+        return DeliveryResult(JobState.RETRY_WAIT, str(exc), "journal")
     except (OSError, sqlite3.OperationalError) as exc:
         if not _disk_full(exc):
             raise
@@ -199,8 +201,8 @@ class Node:
             holder = self.lock.acquire()
             if holder is not None:
                 raise NodeBusy(holder, config.node.state_dir)
-        self.journal = Journal(self.dirs.journal)
-        self.owner = owner_id()
+        self.journal = config.open_journal()
+        self.owner = owner_id(node_id=config.node.node_id or None)
         self.stopping = threading.Event()
         self.metrics = Metrics()
         self.watching = watch
@@ -473,7 +475,7 @@ class Node:
 
         def run() -> None:
             try:
-                journal = Journal(self.dirs.journal)
+                journal = self.config.open_journal()
             except (sqlite3.Error, OSError) as exc:
                 log.warning("echo: the journal cannot be opened now (%s)", exc)
                 return
@@ -508,6 +510,15 @@ class Node:
         signal.signal(signal.SIGINT, stop)
 
     def start(self) -> None:
+        node_id = self.owner.rpartition(":")[0]
+        gone = time.time() - self.config.node.node_gone_seconds
+        twins = [n for n in self.journal.running_nodes() if n["host"] == node_id
+                 and n["owner"] != self.owner and n["heartbeat"] > gone]
+        if twins:  # two live nodes with one id could not tell their leases apart
+            raise NodeStartError(
+                f"node id {node_id!r} is in use by a live node ({twins[0]['owner']}, heartbeat "
+                f"{time.time() - twins[0]['heartbeat']:.0f} s ago) in the shared journal; give "
+                "this node its own [node].node_id")
         self.journal.register_node(self.owner, __version__)
         for job in self.journal.recover():
             log_transition(job, job.state, "queued", "resumed after an interruption")
@@ -602,6 +613,14 @@ class Node:
         Every committed state is kept; the node resumes by itself when space returns."""
         try:
             self.step()
+        except JournalUnavailable as exc:  # PostgreSQL restarting, a partition: back off
+            if self.degraded is None:
+                log.error("degraded: %s; intake and sending pause until it is back", exc)
+            self.degraded = f"the journal database is unreachable ({exc})"
+            self._journal_backoff = min(30.0, max(1.0, getattr(self, "_journal_backoff", 0.5)
+                                              * 2))
+            self.stopping.wait(self._journal_backoff)
+            return
         except (sqlite3.OperationalError, OSError) as exc:
             if not _disk_full(exc):
                 raise
@@ -611,6 +630,9 @@ class Node:
             self.degraded = f"no space left on the state folder's disk ({exc})"
             self.stopping.wait(2.0)
             return
+        if self.degraded is not None and self.degraded.startswith("the journal database"):
+            log.warning("recovered: the journal database is back")
+            self.degraded, self._journal_backoff = None, 0.5
         if self.degraded is not None and not self._low_on_space() and (
                 self._free_bytes() > max(self.config.node.min_free_bytes, self._margin())):
             log.warning("recovered: space is back, intake and sending resume")

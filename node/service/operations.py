@@ -535,9 +535,7 @@ def ingest(
             node.shutdown()
     else:
         node.run(until=lambda: count() == len(job_ids))
-    from node.service.journal import Journal
-
-    journal = Journal(node.dirs.journal)
+    journal = node.config.open_journal()
     try:
         states = [journal.get(i).state for i in job_ids]
     finally:
@@ -616,3 +614,22 @@ def echo_now(journal: Journal, config, name: str) -> str:
         raise OperationError(None, f"echo {name}: {exc.message}") from None
     journal.record_echo(name, True, f"{result.echo_ms:.1f} ms", result.echo_ms)
     return f"echo {name}: ok in {result.echo_ms:.1f} ms"
+
+
+def node_report(journal: Journal, config, now: float) -> list[dict]:
+    """Every node that has used the journal: its id, pid, version, heartbeat age, the jobs it
+    holds now, and whether it is gone (silent longer than [node].node_gone_seconds)."""
+    rows = journal.db.execute(
+        "SELECT owner, pid, host, version, started, heartbeat, stopped FROM nodes "
+        "ORDER BY heartbeat DESC").fetchall()
+    held = dict(journal.db.execute(
+        "SELECT owner, count(*) FROM jobs WHERE state IN ('converting', 'sending') "
+        "GROUP BY owner").fetchall())
+    out = []
+    for owner, pid, host, version, started, heartbeat, stopped in rows:
+        age = now - heartbeat
+        out.append({"node": host, "owner": owner, "pid": pid, "version": version,
+                    "started": started, "heartbeat_age": round(age, 1),
+                    "stopped": stopped is not None, "jobs_in_hand": held.get(owner, 0),
+                    "gone": stopped is None and age > config.node.node_gone_seconds})
+    return out

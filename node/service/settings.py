@@ -75,6 +75,13 @@ class NodeSettings:
     log_format: str = setting("plain", "log lines as text or JSON", choices=("plain", "json"))
     metrics_port: int = setting(0, "/healthz and /metrics port; 0 = off", minimum=0,
                                 maximum=65535)
+    journal: str = setting("", "the journal: empty for state_dir/journal.sqlite (one machine), "
+                           "or postgresql://user@host:5432/dbname shared by several nodes "
+                           "(password from $PGPASSWORD or ~/.pgpass)")
+    node_id: str = setting("", "this node's name in a shared journal (default: the host name); "
+                           "unique among live nodes")
+    node_gone_seconds: float = setting(120.0, "a node silent this long is flagged as gone",
+                                       minimum=1)
     previews: bool = setting(True, "make each job's QA picture (three planes, DICOM beside "
                              "NIfTI) at conversion time, for the console")
     metrics_host: str = setting("127.0.0.1", "address /healthz and /metrics listen on "
@@ -198,6 +205,17 @@ class Config:
     destinations: dict[str, Destination] = field(default_factory=dict)
     watches: tuple[WatchSettings, ...] = ()
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+
+    @property
+    def journal_location(self) -> str | Path:
+        """A postgresql:// URL, or the SQLite file in the state folder."""
+        return self.node.journal or self.node.state_dir / "journal.sqlite"
+
+    def open_journal(self, create: bool = True):
+        """The node's journal, whichever backend ([node].journal)."""
+        from node.service.pgjournal import open_journal_at
+
+        return open_journal_at(self.journal_location, create=create)
 
     def query_destination(self, dest: Destination) -> Destination:
         """Where the studies a series joins are looked up for ``dest``: its

@@ -90,7 +90,7 @@ class Console:
                                           states=STATES)
 
     def journal(self) -> Journal:
-        return Journal(self.dirs.journal)
+        return self.config.open_journal()
 
     def _journal_health(self) -> dict:
         try:

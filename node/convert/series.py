@@ -59,7 +59,7 @@ from node.convert.mapping import (
     resolve_attributes,
     value_of,
 )
-from node.convert.part10 import SeriesEncoder
+from node.convert.part10 import SeriesEncoder, multiframe_bytes
 from node.convert.pixels import PixelEncoding, PixelError, encode_pixels, encode_rgb
 from node.convert.profile import Profile, builtin_profile
 from node.convert.reference import ReferenceStudy
@@ -171,6 +171,12 @@ class ConvertedSeries:
                 yield instance.number, instance.sop_instance_uid, encoder.encode(instance)
             return
         for number, ds in enumerate(self.datasets(), 1):
+            if syntax == ExplicitVRLittleEndian and "PerFrameFunctionalGroupsSequence" in ds:
+                try:  # thousands of functional-group items: encoded without pydicom's writer
+                    yield number, str(ds.SOPInstanceUID), multiframe_bytes(ds)
+                    continue
+                except ValueError:
+                    pass
             yield number, str(ds.SOPInstanceUID), part10_bytes(ds, syntax)
 
 
@@ -200,9 +206,9 @@ def part10_bytes(ds: Dataset, syntax: str = ExplicitVRLittleEndian) -> bytes:
 def _enhanced(series: ConvertedSeries) -> Dataset:
     """The Legacy Converted Enhanced instance of a series (MR or CT)."""
     number = int(value_of(series.attributes, "SeriesNumber", 1) or 1)
-    return enhanced_dataset(series.modality, series.classic_datasets(), series.layout.n_slices,
-                            series.layout.n_volumes, series.uids.series, number,
-                            series.object_uid)
+    return enhanced_dataset(series.modality, series.template, series._slices(),
+                            series.layout.n_slices, series.layout.n_volumes, series.uids.series,
+                            number, series.object_uid)
 
 
 def standalone_study(values: StudyValues, series_uid: str, own_number: int | None

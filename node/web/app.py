@@ -88,6 +88,8 @@ class Console:
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals.update(time=_time, age=_age, version=__version__,
                                           states=STATES)
+        for template in (HERE / "templates").glob("*.html"):  # compiled now, not on the first
+            self.templates.get_template(template.name)      # request in the node's process
 
     def journal(self) -> Journal:
         return self.config.open_journal()

@@ -17,7 +17,7 @@ from conftest import run_node
 from niftigen import affine_from, ramp_data, write_nifti
 from test_node import drop, nifti_bytes, wait_until
 
-pytestmark = pytest.mark.peers  # PostgreSQL, Orthanc
+pytestmark = pytest.mark.peers  # PostgreSQL, Orthanc (the last test needs neither)
 
 LEASE = 10.0
 
@@ -226,3 +226,46 @@ def test_node_ids_are_unique_and_passwords_stay_out_of_the_url(tmp_path, pacs, p
     proc = run_node("jobs", "--config", cfg)
     assert proc.returncode == 2 and "no password in the URL" in proc.stderr
     assert "hunter2" not in proc.stderr
+
+
+def test_a_node_reaches_shared_storage_through_its_path_map(tmp_path, pacs, pg_cluster):
+    """The journal names files as the enqueuing node mounts them; this node mounts the
+    share elsewhere and maps the prefix."""
+    from node.convert.source import content_digest
+
+    url = pg_cluster.fresh_database("path_map")
+    real = tmp_path / "mounted-here"
+    path = write_nifti(real / "sub-pm_T1w.nii.gz", ramp_data((16, 12, 4), "int16", seed=77),
+                       affine_from(np.eye(3)))
+    journal = _journal(url)
+    try:
+        job, _ = journal.enqueue(Path("/shared/archive/sub-pm_T1w.nii.gz"),
+                                 content_digest(path), path.stat().st_size, "bids-mr", "pacs",
+                                 after="keep")
+    finally:
+        journal.close()
+    cfg = _config(tmp_path, "mapper", url, pacs.port,
+                  "").read_text().replace("[destinations.pacs]",
+                                          f'path_map = ["/shared/archive={real}"]\n'
+                                          "[destinations.pacs]")
+    (tmp_path / "mapper" / "node.toml").write_text(cfg)
+    proc = _start(tmp_path / "mapper" / "node.toml")
+    try:
+        wait_until(lambda: _jobs(url)[0].state == "done", 60, "the mapped job")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert len(pacs.series(_jobs(url)[0].series_uid)["Instances"]) == 4
+    assert path.exists()  # after = "keep": the share is not touched
+
+
+def test_path_map_rules_are_checked():
+    from node.errors import ConfigError
+    from node.service.settings import config_from_dict
+
+    config = config_from_dict({"node": {"path_map": ["/mnt/a=/data/a", "/x=/y/z"]}})
+    assert config.local_path("/mnt/a/sub-01/f.nii") == Path("/data/a/sub-01/f.nii")
+    assert config.local_path("/mnt/ab/f.nii") == Path("/mnt/ab/f.nii")  # not a prefix match
+    assert config.local_path("/x") == Path("/y/z")
+    with pytest.raises(ConfigError, match="path_map"):
+        config_from_dict({"node": {"path_map": ["relative=/data"]}})

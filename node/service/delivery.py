@@ -227,10 +227,10 @@ def deliver(
     memory of the series' study (a StudyHook); a series that conflicts with it is
     quarantined with the reason.
     """
-    source = Path(job.source)
+    source = config.local_path(job.source)  # another node may have queued it
     if not source.is_file():
         return DeliveryResult(JobState.FAILED, f"{source}: the source file is gone", "input")
-    sidecar = Path(job.sidecar) if job.sidecar else None
+    sidecar = config.local_path(job.sidecar) if job.sidecar else None
     if sidecar is not None and not sidecar.is_file():
         return DeliveryResult(JobState.FAILED, f"{sidecar}: the sidecar file is gone", "input")
     if content_digest(source, sidecar) != job.sha256:

@@ -341,8 +341,9 @@ class Node:
                                            delivered=result.delivered,
                                            last_error=None, error_class=None, alert=0, **ident)
             log_transition(done, job.state, "done", f"{result.delivered} instances")
-            self._after_action(done, Path(done.source),
-                               Path(done.sidecar) if done.sidecar else None, done.after)
+            self._after_action(done, self.config.local_path(done.source),
+                               self.config.local_path(done.sidecar) if done.sidecar else None,
+                               done.after)
             return
         self.metrics.failures.labels(result.error_class or "unknown").inc()
         if result.verdict == JobState.QUARANTINED:
@@ -393,8 +394,9 @@ class Node:
         folder = self.dirs.quarantine / f"job-{job.id}"
         folder.mkdir(parents=True, exist_ok=True)
         stayed = []
-        for path in (Path(job.source), Path(job.sidecar) if job.sidecar else None,
-                     *gradient_paths(Path(job.source))):
+        source = self.config.local_path(job.source)
+        for path in (source, self.config.local_path(job.sidecar) if job.sidecar else None,
+                     *gradient_paths(source)):
             if path is not None and job.after == "keep":  # an archive is never changed
                 stayed.append(f"{path} stays where it is (after = \"keep\")")
             elif path is not None and (path.exists() or path.is_symlink()):

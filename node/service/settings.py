@@ -80,6 +80,9 @@ class NodeSettings:
                            "(password from $PGPASSWORD or ~/.pgpass)")
     node_id: str = setting("", "this node's name in a shared journal (default: the host name); "
                            "unique among live nodes")
+    path_map: tuple[str, ...] = setting((), "a shared journal's paths as this node mounts "
+                                        'them: ["/mnt/archive=/data/archive"] (journal '
+                                        "prefix = local prefix)")
     node_gone_seconds: float = setting(120.0, "a node silent this long is flagged as gone",
                                        minimum=1)
     previews: bool = setting(True, "make each job's QA picture (three planes, DICOM beside "
@@ -205,6 +208,17 @@ class Config:
     destinations: dict[str, Destination] = field(default_factory=dict)
     watches: tuple[WatchSettings, ...] = ()
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+
+    def local_path(self, path: str | Path) -> Path:
+        """A path recorded in the journal as this node reaches it ([node].path_map: shared
+        storage mounted at another path here)."""
+        text = str(path)
+        for rule in self.node.path_map:
+            shared, _, local = rule.partition("=")
+            shared = shared.rstrip("/")
+            if text == shared or text.startswith(shared + "/"):
+                return Path(local.rstrip("/") + text[len(shared):])
+        return Path(text)
 
     @property
     def journal_location(self) -> str | Path:
@@ -411,6 +425,11 @@ def config_from_dict(
 
 def _node_settings(raw: dict[str, Any], base: Path) -> NodeSettings:
     values = read_table(NodeSettings, "[node]", raw)
+    for rule in values.get("path_map", ()):
+        shared, sep, local = rule.partition("=")
+        if not sep or not shared.startswith("/") or not local.startswith("/"):
+            raise ValueError(f'[node].path_map: {rule!r}: write "/shared/prefix=/local/prefix" '
+                             "(absolute paths)")
     node = NodeSettings(**values)
     state_dir = node.state_dir if node.state_dir.is_absolute() else base / node.state_dir
     return dataclasses.replace(node, state_dir=state_dir)

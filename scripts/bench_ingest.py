@@ -13,7 +13,12 @@ With ``--console`` the node phase runs twice, with the web console off and on (a
 polling its dashboard every 5 s, as the open page does): target (issue "A web
 console"), no measurable cost to the delivery rate.
 
-    .venv/bin/python scripts/bench_ingest.py [--work DIR] [--workers N] [--console]
+With ``--nodes N`` (issue "Past one machine") the same inputs are enqueued once into a
+PostgreSQL journal (a private cluster started here, fsync on) and delivered by 1, then N
+``dicom-node work`` processes sharing it: the total rate of each, and whether this machine's
+cores, not the journal, are the limit.
+
+    .venv/bin/python scripts/bench_ingest.py [--work DIR] [--workers N] [--console] [--nodes N]
 """
 
 from __future__ import annotations
@@ -140,6 +145,54 @@ def node_phase(work: Path, inputs: list[Path], n_inst: int, args, console: bool
     return node_s, peak
 
 
+def cluster_phase(work: Path, inputs: list[Path], n_inst: int, nodes: int, url: str
+                  ) -> tuple[float, float]:
+    """Enqueue the inputs into the PostgreSQL journal at ``url``, then time ``nodes`` `work`
+    processes delivering them to a fresh Orthanc; (seconds, mean load of the machine)."""
+    storage = work / "orthanc-cluster"
+    shutil.rmtree(storage, ignore_errors=True)
+    server = orthanc.start(storage, http_port=free_port(), dicom_port=free_port(),
+                           node_aet=NODE_AET)
+    procs = []
+    try:
+        configs = []
+        for k in range(nodes + 1):  # config 0 feeds, 1..N work
+            folder = work / f"cluster-{nodes}-{k}"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            cfg = folder / "node.toml"
+            cfg.write_text(
+                f'[node]\nae_title = "{NODE_AET}"\ndefault_destination = "pacs"\n'
+                f'journal = "{url}"\nnode_id = "bench{nodes}-{k}"\nstate_dir = "{folder / "var"}"\n'
+                "workers = 2\n[destinations.pacs]\nhost = \"127.0.0.1\"\n"
+                f'port = {server.dicom_port}\nae_title = "ORTHANC"\n')
+            configs.append(cfg)
+        subprocess.run([sys.executable, "-m", "node", "ingest", str(inputs[0].parent), "--to",
+                        "pacs", "--enqueue-only", "--config", str(configs[0])], check=True,
+                       capture_output=True)
+        load0 = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        for cfg in configs[1:]:
+            procs.append(subprocess.Popen([sys.executable, "-m", "node", "work", "--config",
+                                           str(cfg)], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+        stored, deadline = 0, time.monotonic() + 1800
+        while stored < n_inst and time.monotonic() < deadline:
+            stored = int(server.get("/statistics")["CountInstances"])
+            time.sleep(0.1)
+        seconds = time.perf_counter() - t0
+        load = max(os.getloadavg()[0], load0)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=60)
+        orthanc.stop(storage)
+    if stored < n_inst:
+        raise SystemExit(f"cluster of {nodes}: only {stored}/{n_inst} instances arrived")
+    return seconds, load
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path)
@@ -147,6 +200,8 @@ def main() -> int:
     parser.add_argument("--verbose-pacs", action="store_true", help="Orthanc --verbose")
     parser.add_argument("--console", action="store_true",
                         help="run the node phase with the web console off, then on")
+    parser.add_argument("--nodes", type=int, default=0,
+                        help="also: 1 and N nodes sharing a PostgreSQL journal")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -171,6 +226,22 @@ def main() -> int:
               f"{', '.join(f'{x:.2f}' for x in runs[True])}): {on / off:.2f}x the time "
               f"(target: no measurable cost); peak RSS {peak / 1024:.0f} / "
               f"{with_peak / 1024:.0f} MB")
+
+    if args.nodes:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from pgserver import Cluster
+
+        cluster = Cluster(fsync=True)
+        try:
+            one_s, _ = cluster_phase(work, inputs, n_inst, 1, cluster.fresh_database("one"))
+            many_s, load = cluster_phase(work, inputs, n_inst, args.nodes,
+                                         cluster.fresh_database("many"))
+        finally:
+            cluster.destroy()
+        print(f"PostgreSQL journal, 1 node: {one_s:6.2f} s ({n_inst / one_s:.0f} inst/s); "
+              f"{args.nodes} nodes: {many_s:6.2f} s ({n_inst / many_s:.0f} inst/s), "
+              f"{one_s / many_s:.2f}x the rate of one; load average {load:.1f} on "
+              f"{os.cpu_count()} cores")
 
     # --- storescu, send only, the same series
     storage = work / "orthanc"

@@ -188,3 +188,18 @@ def test_claim_keeps_the_turn_of_a_job_that_does_not_fit_the_memory_left(journal
     assert journal.claim(memory=500) is None  # the oldest does not fit: nobody overtakes it
     assert journal.claim(memory=1000).id == big.id
     assert journal.claim(memory=10).id == small.id
+
+
+def test_a_journal_from_a_newer_dicom_node_is_refused(tmp_path):
+    import sqlite3
+
+    from node.service.journal import SCHEMA_VERSION, JournalError
+
+    path = tmp_path / "journal.sqlite"
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(JournalError, match="newer than this dicom-node"):
+        Journal(path)

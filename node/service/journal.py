@@ -30,6 +30,10 @@ from pathlib import Path
 from node.errors import DicomNodeError
 from node.service.states import ALLOWED, STATES, JobState  # noqa: F401 - the vocabulary
 
+#: The journal's schema, in both backends: the tables above with every added column. Older
+#: journals are brought to it when opened; a newer one is refused.
+SCHEMA_VERSION = 1
+
 
 class InvalidTransition(ValueError):
     """A move the state table does not allow (or a job that does not exist)."""
@@ -244,6 +248,14 @@ class Journal:
             have = {row[1] for row in self.db.execute("PRAGMA table_info(destinations)")}
             if "latency_ms" not in have:
                 self.db.execute("ALTER TABLE destinations ADD COLUMN latency_ms REAL")
+            # the schema's version, as the PostgreSQL journal records it (schema_version)
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise JournalError(f"{self.path}: the journal's schema is version {version}, "
+                                   f"newer than this dicom-node's ({SCHEMA_VERSION}): "
+                                   "upgrade dicom-node")
+            if version < SCHEMA_VERSION:
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             if "disk is full" in str(exc) or "disk I/O" in str(exc):
                 raise

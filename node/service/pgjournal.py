@@ -23,9 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
-from node.service.journal import Journal, JournalError
-
-SCHEMA_VERSION = 1
+from node.service.journal import SCHEMA_VERSION, Journal, JournalError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);

@@ -293,3 +293,21 @@ def test_a_destination_that_takes_compression_gets_it_from_push(tmp_path, pacs, 
     stored = pydicom.dcmread(io.BytesIO(pacs.get_bytes(f"/instances/{oid}/file")))
     expected = convert_file(session["t1"], iod="enhanced").object()
     assert np.array_equal(stored.pixel_array, expected.pixel_array)
+
+
+def test_segment_names_from_a_freesurfer_lookup_table(tmp_path, session):
+    import highdicom as hd
+
+    from node.service.settings import config_from_dict
+
+    lut = tmp_path / "FreeSurferColorLUT.txt"
+    lut.write_text("#No. Label Name:  R G B A\n0 Unknown 0 0 0 0\n1 Left-Cerebral-Exterior "
+                   "70 130 180 0\n3 Left-Cerebral-Cortex 205 62 78 0\n")
+    (session["dseg"].parent / "sub-01_desc-tumor_dseg.tsv").unlink()  # no BIDS table
+    config = config_from_dict({"profiles": {"fs": {"extends": "bids-mr", "labels": str(lut)}}})
+    series = convert_file(session["dseg"], config.profile("fs"), iod="seg",
+                          source_image=session["t1"])
+    folder = write_series(series, tmp_path / "out")
+    seg = hd.seg.segread(folder / "IM000001.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Left-Cerebral-Exterior",
+                                                             "Left-Cerebral-Cortex"]

@@ -148,10 +148,13 @@ def _build_profile(name: str, raw: dict[str, Any]) -> Profile:
     if iod not in IODS:
         raise ValueError(f"{where}.iod: write one of {', '.join(IODS)}, not {iod!r}")
     labels = raw.get("labels", {})
+    if isinstance(labels, str):  # a FreeSurfer-style colour table (FreeSurferColorLUT.txt)
+        labels = freesurfer_lut(labels, where)
     if not isinstance(labels, dict) or not all(
             str(k).isdigit() and int(k) > 0 and isinstance(v, str) and v.strip()
             for k, v in labels.items()):
-        raise ValueError(f'{where}.labels: a table of label value = "name", e.g. 1 = "tumour"')
+        raise ValueError(f'{where}.labels: a table of label value = "name", e.g. 1 = "tumour", '
+                         "or the path of a FreeSurfer-style lookup table")
     units = raw.get("units")
     if units is not None and (not isinstance(units, str) or not units.strip()):
         raise ValueError(f'{where}.units: a UCUM unit, e.g. "mm2/s" or "1"')
@@ -209,6 +212,27 @@ def _build_profile(name: str, raw: dict[str, Any]) -> Profile:
         units=units,
         rgb_last_dimension=raw.get("rgb_last_dimension", False),
     )
+
+
+def freesurfer_lut(path: str, where: str = "labels") -> dict[int, str]:
+    """Label names from a FreeSurfer-style lookup table: lines of ``index name R G B A``,
+    ``#`` comments (FreeSurferColorLUT.txt); label 0 (unknown) is the background."""
+    lut = os.path.expanduser(path)
+    try:
+        if os.path.getsize(lut) > 4 * 1024**2:
+            raise ValueError(f"{where}: {path} is too large for a lookup table")
+        with open(lut, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot read the lookup table {path} ({exc.strerror})") from None
+    names: dict[int, str] = {}
+    for line in lines:
+        parts = line.split("#", 1)[0].split()
+        if len(parts) >= 2 and parts[0].isdigit() and int(parts[0]) > 0:
+            names[int(parts[0])] = parts[1]
+    if not names:
+        raise ValueError(f"{where}: {path} has no 'index name R G B A' lines")
+    return names
 
 
 def _reference_rule(where: str, raw: Any) -> ReferenceRule | None:

@@ -183,6 +183,10 @@ def test_tokens_roles_and_csrf_guard_every_action(tmp_path):
         viewer = {"Authorization": f"Bearer {VIEWER}"}
         code, body = _request(url + "/api/jobs", headers=viewer)
         assert code == 200 and json.loads(body)["jobs"][0]["id"] == job.id
+        today = time.strftime("%Y-%m-%d")
+        for date, expected in ((today, 1), ("2000-01-01", 0), ("not-a-date", 1)):
+            code, body = _request(f"{url}/api/jobs?date={date}", headers=viewer)
+            assert code == 200 and json.loads(body)["total"] == expected, date
         assert _request(action, "POST", viewer)[0] == 403  # a viewer cannot act
         # a browser's cookie login: every action needs the CSRF token too
         cookie = {"Cookie": f"dn_token={OPERATOR}; dn_csrf=abc123abc123"}

@@ -601,11 +601,18 @@ class Journal:
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def find_jobs(self, state: str | None = None, destination: str | None = None,
-                  text: str | None = None, limit: int = 50, offset: int = 0
+                  text: str | None = None, limit: int = 50, offset: int = 0,
+                  since: float | None = None, until: float | None = None
                   ) -> tuple[list[Job], int]:
-        """A page of jobs, newest first, and how many match: by state, destination, and a
-        text found in the source path or the series UID."""
+        """A page of jobs, newest first, and how many match: by state, destination, a text
+        found in the source path or the series UID, and when they were queued."""
         where, args = [], []
+        if since is not None:
+            where.append("created >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("created < ?")
+            args.append(until)
         if state:
             where.append("state = ?")
             args.append(state)

@@ -236,17 +236,36 @@ def _filters(request: Request) -> dict:
         page = max(1, min(int(q.get("page", "1")), 10**6))
     except ValueError:
         page = 1
-    return {"state": state, "destination": destination, "text": text, "page": page}
+    return {"state": state, "destination": destination, "text": text, "page": page,
+            "date": _day(q.get("date"))}
+
+
+def _day(value: str | None) -> str | None:
+    """A YYYY-MM-DD filter, or None for anything else."""
+    if not value:
+        return None
+    try:
+        time.strptime(value[:10], "%Y-%m-%d")
+    except ValueError:
+        return None
+    return value[:10]
+
+
+def _day_range(day: str | None) -> dict:
+    if day is None:
+        return {}
+    start = time.mktime(time.strptime(day, "%Y-%m-%d"))
+    return {"since": start, "until": start + 86400}
 
 
 def jobs_page(console: Console, request: Request, who: Principal, _form) -> Response:
     f = _filters(request)
     with closing(console.journal()) as journal:
         jobs, total = journal.find_jobs(f["state"], f["destination"], f["text"], PAGE_SIZE,
-                                        (f["page"] - 1) * PAGE_SIZE)
+                                        (f["page"] - 1) * PAGE_SIZE, **_day_range(f["date"]))
     pages = max(1, -(-total // PAGE_SIZE))
     keep = {k: v for k, v in (("state", f["state"]), ("destination", f["destination"]),
-                              ("q", f["text"])) if v}
+                              ("q", f["text"]), ("date", f["date"])) if v}
     return console.page(request, "jobs.html", who, jobs=jobs, total=total, pages=pages,
                         filters=f, query=urlencode(keep),
                         destinations=sorted(console.config.destinations))
@@ -317,7 +336,7 @@ def api_jobs(console: Console, request: Request, who: Principal, _form) -> Respo
     f = _filters(request)
     with closing(console.journal()) as journal:
         jobs, total = journal.find_jobs(f["state"], f["destination"], f["text"], PAGE_SIZE,
-                                        (f["page"] - 1) * PAGE_SIZE)
+                                        (f["page"] - 1) * PAGE_SIZE, **_day_range(f["date"]))
     return JSONResponse({"jobs": [_job_json(j) for j in jobs], "total": total,
                          "page": f["page"], "page_size": PAGE_SIZE})
 

@@ -177,3 +177,14 @@ def test_the_node_keeps_one_set_of_study_values_across_jobs(pacs, node_factory, 
     for keyword in ("PatientID", "PatientName", "AccessionNumber", "StudyDate", "StudyTime"):
         assert tags[0].get(keyword) == tags[1].get(keyword) != None, keyword  # noqa: E711
     assert node.stop() == 0
+
+
+def test_a_sent_stand_in_stays_the_studys_value():
+    """Once a stand-in (a profile default) has been sent, a later series with a real value
+    takes the sent one: the PACS shows one value per study."""
+    sent = StudyValues("1.2", {"PatientID": "P", "StudyDescription": "Research imaging"},
+                       frozenset({"StudyDescription"}), 3, sent=True)
+    later = StudyValues("1.2", {"PatientID": "P", "StudyDescription": "MR HEAD"}, frozenset(), 3)
+    assert merge(sent, later).values["StudyDescription"] == "Research imaging"
+    unsent = StudyValues("1.2", sent.values, sent.weak, 3)
+    assert merge(unsent, later).values["StudyDescription"] == "MR HEAD"

@@ -9,8 +9,8 @@ remembers of the study). The rules:
 
 * a series lacking a value takes the study's (a later series with fewer values takes them);
 * a stand-in value (a profile default, AcquisitionTime standing in for StudyTime: ``weak``)
-  yields to a real one; between two stand-ins the smaller wins, so the outcome does not
-  depend on the order of the files;
+  yields to a real one, unless it was already sent; between two stand-ins the smaller wins,
+  so the outcome does not depend on the order of the files;
 * the identity group moves as a whole: a more authoritative source (reference DICOM, then
   sidecar, profile, file name; :data:`node.convert.mapping.IDENTITY_SOURCES`) wins over a
   less authoritative one, except over values already *sent*, which cannot be taken back;
@@ -128,7 +128,11 @@ def merge(known: StudyValues, new: StudyValues, where=None) -> StudyValues:
             if a_weak and b_weak:
                 weak.add(k)
         elif a_weak and not b_weak:
-            values[k] = b
+            if known.sent:  # the PACS has the stand-in already: the study keeps it
+                values[k] = a
+                weak.add(k)
+            else:
+                values[k] = b
         elif b_weak and not a_weak:
             values[k] = a
         elif a_weak and b_weak:

@@ -262,13 +262,13 @@ def deliver(
             return DeliveryResult(JobState.RETRY_WAIT, f"finding the exam to attach to: "
                                   f"{exc.message}", "network")
         t1 = time.monotonic()
-        if config.node.previews and is_nifti(source):
-            _preview(batch, source, StateDirs(spool_root.parent).preview(job.id))
         if on_stage is not None:
             on_stage("sending")
         one = dataclasses.replace(dest, max_associations=1)
         _, (result,) = send([batch], one, config.node.ae_title, already or set())
+        t2 = time.monotonic()
+        if config.node.previews and is_nifti(source):  # after the send: never delays it
+            _preview(batch, source, StateDirs(spool_root.parent).preview(job.id))
     finally:
         shutil.rmtree(spool, ignore_errors=True)
-    return dataclasses.replace(result, convert_seconds=t1 - t0,
-                               send_seconds=time.monotonic() - t1)
+    return dataclasses.replace(result, convert_seconds=t1 - t0, send_seconds=t2 - t1)

@@ -206,7 +206,11 @@ def part10_bytes(ds: Dataset, syntax: str = ExplicitVRLittleEndian) -> bytes:
 def _enhanced(series: ConvertedSeries) -> Dataset:
     """The Legacy Converted Enhanced instance of a series (MR or CT)."""
     number = int(value_of(series.attributes, "SeriesNumber", 1) or 1)
-    return enhanced_dataset(series.modality, series.template, series._slices(),
+    slices = series._slices()
+    # the frames go into the one instance: the stored array is not needed once they are read
+    # (a 4D run's 64 MB freed before its Pixel Data is assembled, not after)
+    series.stored = None  # type: ignore[assignment]
+    return enhanced_dataset(series.modality, series.template, slices,
                             series.layout.n_slices, series.layout.n_volumes, series.uids.series,
                             number, series.object_uid)
 

@@ -43,14 +43,16 @@ def browser():
 
 
 def _click(driver, action: str, within: str = "main") -> None:
-    """Press a button and wait for the page it leads to."""
+    """Press a button and wait for the page it leads to: every action redirects back with
+    what happened (``?said=...``), and the test reaches each button from a clean URL."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    old = driver.find_element(By.TAG_NAME, "html")
+    assert "said=" not in driver.current_url
     driver.find_element(By.CSS_SELECTOR, f"{within} button[data-action='{action}']").click()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, 20).until(
+        lambda d: "said=" in d.current_url
+        and d.execute_script("return document.readyState") == "complete")
 
 
 def _text(driver, css: str) -> str:

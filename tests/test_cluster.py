@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_node
+from conftest import free_port, run_node
 from niftigen import affine_from, ramp_data, write_nifti
 from test_node import drop, nifti_bytes, wait_until
 
@@ -269,3 +269,15 @@ def test_path_map_rules_are_checked():
     assert config.local_path("/x") == Path("/y/z")
     with pytest.raises(ConfigError, match="path_map"):
         config_from_dict({"node": {"path_map": ["relative=/data"]}})
+
+
+def test_an_unreachable_journal_database_is_one_line_not_a_traceback(tmp_path):
+    port = free_port()  # nothing listens there (loopback only)
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[node]\nstate_dir = "{tmp_path / "var"}"\n'
+                   f'journal = "postgresql://dicom_node@127.0.0.1:{port}/x"\n')
+    for command in (["jobs"], ["status"], ["nodes"]):
+        proc = run_node(*command, "--config", cfg, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+        assert "the journal database is unreachable" in proc.stderr

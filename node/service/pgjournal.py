@@ -163,8 +163,12 @@ def translate(sql: str) -> str:
     return out
 
 
-class JournalUnavailable(OSError):
-    """The database cannot be reached now (restarting, a partition): retried, never lost."""
+class JournalUnavailable(JournalError, OSError):
+    """The database cannot be reached now (restarting, a partition): a running node retries
+    with backoff and loses nothing; a command says so in one line (a JournalError)."""
+
+    def __reduce__(self):
+        return (self.__class__, (self.reason,))
 
 
 class _Connection:
@@ -185,9 +189,9 @@ class _Connection:
             self.conn = None
         try:
             self.conn = _pool(self.url).getconn(timeout=5)
-        except psycopg_pool.PoolTimeout as exc:
-            raise JournalUnavailable(f"the journal database is unreachable: "
-                                     f"{str(exc).strip().splitlines()[0][:200]}") from None
+        except psycopg_pool.PoolTimeout:
+            raise JournalUnavailable(f"{self.url}: the journal database is unreachable "
+                                     "(is PostgreSQL running there, and the URL right?)") from None
 
     def execute(self, sql: str, args: tuple | list = ()):
         import psycopg
@@ -226,7 +230,12 @@ def _pool(url: str):
     journal handles borrow connections instead of opening one each time."""
     pool = _POOLS.get(url)
     if pool is None:
+        import logging
+
         from psycopg_pool import ConnectionPool
+
+        # its connection attempts would each log a warning; JournalUnavailable says it once
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
         pool = ConnectionPool(url, min_size=0, max_size=8, open=True, timeout=5, max_idle=60,
                               kwargs={"autocommit": True, "connect_timeout": 5},

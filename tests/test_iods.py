@@ -188,6 +188,8 @@ def test_orthanc_takes_every_object_in_one_push_and_storescp_gets_them_uncompres
         convert_file(session["bold"], iod="enhanced", compression="rle"),
         convert_file(session["dseg"], iod="seg", source_image=session["t1"]),
         convert_file(session["md"], iod="pmap", source_image=session["t1"]),
+        convert_file(_rgb24(tmp_path / "sub-01_photo.nii.gz")[0], iod="enhanced",
+                     compression="jpeg-ls"),  # Multi-frame True Color SC
     ]
     for series in made:
         write_series(series, out, series.source.stem)
@@ -275,7 +277,36 @@ def test_a_last_dimension_of_three_is_colour_when_the_profile_says_so(tmp_path):
     assert np.array_equal(ds.pixel_array, channels[:, :, 0].transpose(1, 0, 2))
     assert convert_file(path).n_instances == 12  # without the profile: three volumes
     with pytest.raises(InputError, match="colour"):
-        convert_file(path, config.profile("rgb"), iod="enhanced")
+        convert_file(path, config.profile("rgb"), iod="seg")
+    enhanced = convert_file(path, config.profile("rgb"), iod="enhanced")
+    assert enhanced.object().pixel_array.shape == (4, 16, 20, 3)
+
+
+@pytest.mark.peers  # dciodvfy, dcm2niix
+@pytest.mark.parametrize("compression", ["none", "rle"])
+def test_rgb24_as_enhanced_is_one_multiframe_true_colour_instance(tmp_path, compression):
+    path, channels = _rgb24(tmp_path / "sub-01_photo.nii.gz")
+    series = convert_file(path, iod="enhanced", compression=compression)
+    assert series.n_instances == 1
+    assert series.sop_class_name == "Multi-frame True Color Secondary Capture Image Storage"
+    folder = write_series(series, tmp_path / "out")
+    ds = pydicom.dcmread(folder / "IM000001.dcm")
+    assert ds.file_meta.TransferSyntaxUID == series.transfer_syntax
+    assert (ds.PhotometricInterpretation, ds.SamplesPerPixel, int(ds.NumberOfFrames)) == (
+        "RGB", 3, 4)
+    assert np.array_equal(ds.pixel_array, channels.transpose(2, 1, 0, 3))  # frame = slice
+    # each frame placed in the patient: frame k's position is voxel (0, 0, k) of the NIfTI
+    lps = RAS_TO_LPS @ AFFINE
+    for k, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        position = [float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient]
+        np.testing.assert_allclose(position, (lps @ [0, 0, k, 1])[:3], atol=1e-4)
+    _no_errors(folder)
+    if compression == "none":  # dcm2niix: the same RGB voxels, in the same place
+        back = nib.as_closest_canonical(dcm2niix(folder, tmp_path / "back"))
+        source = nib.as_closest_canonical(nib.load(str(path)))
+        np.testing.assert_allclose(back.affine, source.affine, atol=1e-3)
+        assert all(np.array_equal(np.asarray(back.dataobj)[c], np.asarray(source.dataobj)[c])
+                   for c in "RGB")
 
 
 @pytest.mark.peers  # Orthanc

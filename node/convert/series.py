@@ -39,6 +39,7 @@ from node.convert.geometry import (
     choose_affine,
     volume_geometry,
 )
+from node.convert.iods.colour import true_colour_dataset
 from node.convert.iods.enhanced import ENHANCED_NAMES, ENHANCED_SOP_CLASSES, enhanced_dataset
 from node.convert.iods.image import (
     SOP_CLASS_NAMES,
@@ -215,6 +216,14 @@ def _enhanced(series: ConvertedSeries) -> Dataset:
                             number, series.object_uid)
 
 
+def _true_colour(series: ConvertedSeries) -> Dataset:
+    """The Multi-frame True Color SC instance of a colour series."""
+    slices = series._slices()
+    series.stored = None  # type: ignore[assignment]
+    return true_colour_dataset(series.template, slices, series.layout.n_slices,
+                               series.layout.n_volumes, series.object_uid)
+
+
 def standalone_study(values: StudyValues, series_uid: str, own_number: int | None
                      ) -> tuple[StudyValues, int | None]:
     """A series alone in its study: it carries its own values, and a SeriesNumber from its
@@ -376,9 +385,9 @@ def convert_file(
         raise InputError(source.path, str(exc)) from None
     warnings += geometry.warnings
     colour = is_colour(source, profile)
-    if colour and iod != "image":
-        raise InputError(source.path, f"colour data are written as classic Secondary Capture "
-                         f"images; iod {iod!r} is not available for them")
+    if colour and iod not in ("image", "enhanced"):
+        raise InputError(source.path, f"colour data are Secondary Capture images (classic, or "
+                         f"multi-frame with enhanced); iod {iod!r} is not available for them")
     try:
         if colour:
             stored, encoding = encode_rgb(source.image, channels_last=not source.rgb)
@@ -429,6 +438,8 @@ def convert_file(
         referenced = convert_file(image, profile, uid_root=uid_root, modality=modality,
                                   reference=reference, study=study, iod="image")
         build = _builder(iod, referenced, provenance)
+    elif iod == "enhanced" and colour:
+        build = _true_colour
     elif iod == "enhanced" and modality not in ENHANCED_SOP_CLASSES:
         raise InputError(source.path, "enhanced objects are MR or CT (Legacy Converted "
                          f"Enhanced); modality {modality} stays a classic image")

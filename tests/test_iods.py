@@ -341,3 +341,32 @@ def test_segment_names_from_a_freesurfer_lookup_table(tmp_path, session):
     seg = hd.seg.segread(folder / "IM000001.dcm")
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Left-Cerebral-Exterior",
                                                              "Left-Cerebral-Cortex"]
+
+
+@pytest.mark.peers  # dciodvfy
+@pytest.mark.parametrize("iod", ["image", "enhanced"])
+def test_body_part_and_side_are_valid_or_refused(tmp_path, iod):
+    """Frame Anatomy carries an Annex L body part's code; a paired part needs its side in an
+    enhanced object (Frame Laterality, Type 1), and a term Annex L does not define gets an
+    empty Laterality (it may be paired): dciodvfy finds no error in any of them."""
+    source = write_nifti(tmp_path / "ct.nii.gz", ramp_data((12, 10, 3), "int16"), AFFINE)
+    cases = {"head": {"BodyPartExamined": "HEAD"},
+             "knee-left": {"BodyPartExamined": "KNEE", "Laterality": "L"},
+             "unknown-term": {"BodyPartExamined": "FOO"},
+             "knee": {"BodyPartExamined": "KNEE"}}
+    for name, values in cases.items():
+        overrides = {"PatientID": "P1", **values}
+        if iod == "enhanced" and name == "knee":
+            with pytest.raises(InputError, match="paired body part"):
+                convert_file(source, iod=iod, modality="CT", overrides=overrides)
+            continue
+        series = convert_file(source, iod=iod, modality="CT", overrides=overrides)
+        folder = write_series(series, tmp_path / name)
+        _no_errors(folder)
+        ds = pydicom.dcmread(sorted(folder.glob("*.dcm"))[0])
+        if iod == "enhanced" and name != "unknown-term":
+            anatomy = ds.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0]
+            assert anatomy.FrameLaterality == ("U" if name == "head" else "L")
+            assert "Laterality" not in ds  # Frame Laterality says it (C.7.3.1)
+        if name == "unknown-term":
+            assert ds.Laterality == ""

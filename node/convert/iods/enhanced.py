@@ -1,29 +1,45 @@
 """One multi-frame instance per series: Legacy Converted Enhanced MR/CT Image (PS3.3 A.51, A.70).
 
-The standard's route for data converted from elsewhere: the classic instances we would write
-are handed to highdicom's legacy converter, which builds the shared and per-frame functional
-groups (pixel measures, plane position, plane orientation, frame content). Its automatic
-dimension is spatial only (or the instance number when positions repeat), so the Dimension
-Index is written here: In-Stack Position Number for a 3D volume, and In-Stack Position Number
-plus Temporal Position Index for 4D (fMRI, DWI), which is what lets dcm2niix rebuild 4D.
+The standard's route for data converted from elsewhere. The instance is what highdicom's
+legacy converter (``highdicom.legacy``) makes of the classic instances we would write,
+attribute for attribute (``tests/test_iods.py`` converts the same series with highdicom and
+compares every element), but built here directly from the series template and its slices:
+highdicom needs the classic datasets of every frame and its 22 MB table of the standard in
+each process, which made ``enhanced`` twice as slow as ``image``. Where the two differ, on
+purpose:
 
-The classic instances that served as input are never stored, so the references highdicom
-makes to them are removed (dciodvfy: "does not reference instances").
+- Plane Orientation is written per frame (see :func:`_frame_groups`), the frames stay in
+  instance order (slice fastest) and the Dimension Index says so: In-Stack Position Number,
+  and for 4D (fMRI, DWI) Temporal Position Index, in a ``3D_TEMPORAL`` organisation;
+- a DWI's weighting is in each frame's MR Diffusion functional group (C.8.13.5.9), where
+  enhanced readers look for it;
+- the contributing equipment is dicom-node, and the classic instances are not referenced as
+  a series (they are never stored); each frame still names its classic source instance
+  (Conversion Source Attributes, C.7.6.16.2.25), whose UID ``image`` output would carry;
+- Body Part Examined stays in General Series beside its Frame Anatomy code.
+
+The per-frame functional groups, thousands of small items, are encoded straight to bytes
+(Explicit VR Little Endian, PS3.5 7.1.2, 7.5); the rest is a pydicom dataset.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
-import warnings
-from collections.abc import Iterable, Iterator
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from io import BytesIO
 
-from pydicom.dataelem import DataElement
+from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
-from pydicom.uid import UID
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import UID, generate_uid
 
-from node.convert.iods.image import InstanceSlice, full_dataset
+from node import CONVERTER_NAME, __version__
+from node.convert.anatomy import anatomic_regions
+from node.convert.iods.image import InstanceSlice, file_meta
+from node.convert.iods.legacy_iod import IOD_KEYWORDS
 
 LEGACY_ENHANCED_MR = UID("1.2.840.10008.5.1.4.1.1.4.4")
 LEGACY_ENHANCED_CT = UID("1.2.840.10008.5.1.4.1.1.2.2")
@@ -31,230 +47,296 @@ ENHANCED_SOP_CLASSES = {"MR": LEGACY_ENHANCED_MR, "CT": LEGACY_ENHANCED_CT}
 ENHANCED_NAMES = {LEGACY_ENHANCED_MR: "Legacy Converted Enhanced MR Image Storage",
                   LEGACY_ENHANCED_CT: "Legacy Converted Enhanced CT Image Storage"}
 
-_FRAME_CONTENT = Tag(0x00209111)
-_IN_STACK_POSITION = Tag(0x00209057)
-_TEMPORAL_POSITION_INDEX = Tag(0x00209128)
-#: References to the classic instances highdicom converted; we never store those.
-_DANGLING = ("ReferencedSeriesSequence", "SourceImageSequence", "ReferencedImageSequence")
+#: Classic attributes with a functional group of their own (or a value per frame): never
+#: copied as they are to the top level or the Unassigned Shared Converted Attributes.
+_IN_GROUPS = frozenset({
+    "PixelSpacing", "SliceThickness", "SpacingBetweenSlices", "ImageOrientationPatient",
+    "ImagePositionPatient", "WindowCenter", "WindowWidth", "VOILUTFunction",
+    "WindowCenterWidthExplanation", "RescaleIntercept", "RescaleSlope", "RescaleType",
+    "SliceLocation", "InstanceNumber", "AcquisitionNumber", "AcquisitionDate",
+    "AcquisitionTime", "AcquisitionDateTime", "TemporalPositionIdentifier", "ImageType",
+    "DiffusionBValue", "DiffusionDirectionality", "DiffusionGradientOrientation",
+    "SOPInstanceUID", "SOPClassUID", "PixelData", "ContentDate", "ContentTime"})
+#: The Image Frame Type values of a converted volume (C.8.16.1: VOLUME, NONE; C.8.13.3).
+_FRAME_TYPE = {"PixelPresentation": "MONOCHROME", "VolumetricProperties": "VOLUME",
+               "VolumeBasedCalculationTechnique": "NONE"}
+_FRAME_TYPE_SEQUENCE = {"MR": "MRImageFrameTypeSequence", "CT": "CTImageFrameTypeSequence"}
+_SUFFIX = " (enhanced conversion)"  # as highdicom names the series
+_RESCALE_TYPE = {"MR": "US", "CT": "HU"}  # C.7.6.16.2.9: CT values are Hounsfield units
 
 
-def enhanced_dataset(modality: str, template: Dataset, slices: Iterable[InstanceSlice],
-                     n_slices: int, n_volumes: int, series_uid: str, series_number: int,
-                     sop_instance_uid: str) -> Dataset:
-    """The Legacy Converted Enhanced instance of a series, from its template and its slices in
-    instance order (slice k of volume t is frame t * n_slices + k + 1).
+@dataclass
+class EnhancedInstance:
+    """A Legacy Converted Enhanced instance: its dataset without the per-frame groups and the
+    pixels, each frame's functional groups already encoded, and the frames' pixels."""
 
-    highdicom converts the first two classic instances: two frames are enough for it to tell
-    what every frame shares from what each frame has of its own (position, instance number,
-    slice location). The other frames are made here from that prototype and each slice's own
-    values, without building their classic datasets: as fast as classic output, and a 4D run
-    of 8,000 frames is never 8,000 datasets in memory.
-    """
-    from highdicom.legacy import LegacyConvertedEnhancedCTImage, LegacyConvertedEnhancedMRImage
+    head: Dataset
+    frame_groups: list[bytes]
+    pixels: bytes | bytearray | memoryview
+    _dataset: Dataset | None = field(default=None, repr=False)
 
-    cls = LegacyConvertedEnhancedMRImage if modality == "MR" else LegacyConvertedEnhancedCTImage
-    slices = iter(slices)
-    head = list(itertools.islice(slices, 2))
-    frames = []
-    for instance in head:
-        ds = full_dataset(template, instance)
-        # value 3 is the image flavor of enhanced objects (PS3.3 C.8.16.1.3: VOLUME for a
-        # converted volume) and value 4 the derived pixel contrast (C.8.16.1.4: NONE)
-        ds.ImageType = [*list(ds.ImageType)[:2], "VOLUME", "NONE"]
-        frames.append(ds)
-    laterality = "Laterality" in frames[0]
-    with warnings.catch_warnings():  # highdicom's advice on single-component names
-        warnings.simplefilter("ignore", UserWarning)
-        ds = cls(frames, series_instance_uid=series_uid, series_number=series_number,
-                 sop_instance_uid=sop_instance_uid, instance_number=1)
-    del frames
-    _in_instance_order(ds, [s.sop_instance_uid for s in head])
-    _orientation_per_frame(ds)
-    _more_frames(ds, len(head), slices, n_slices * n_volumes)
-    if laterality and "Laterality" not in ds:
-        ds.Laterality = ""  # Type 2C: empty is "unknown" (highdicom drops empty values)
-    organization = ds.DimensionOrganizationSequence[0].DimensionOrganizationUID
-    dimensions = [(_IN_STACK_POSITION, "In-Stack Position Number")]
+    def pieces(self) -> list[bytes | bytearray | memoryview]:
+        """The Part 10 file, Explicit VR Little Endian, in pieces to be written one after
+        the other (the pixels are not copied once more to join them)."""
+        fp = DicomBytesIO()
+        self.head.save_as(fp, enforce_file_format=True)
+        items = b"".join(struct.pack("<HHI", 0xFFFE, 0xE000, len(g)) + g
+                         for g in self.frame_groups)
+        size = len(self.pixels)
+        vr = b"OB" if self.head.BitsAllocated <= 8 else b"OW"  # PS3.5 8.2
+        return [fp.getvalue(), struct.pack("<HH2s2xI", 0x5200, 0x9230, b"SQ", len(items)),
+                items, struct.pack("<HH2s2xI", 0x7FE0, 0x0010, vr, size + size % 2),
+                self.pixels, b"\x00" * (size % 2)]
+
+    def part10(self) -> bytes:
+        return b"".join(self.pieces())
+
+    def dataset(self) -> Dataset:
+        """The whole instance as pydicom reads it back (for compression, previews, tests)."""
+        if self._dataset is None:
+            self._dataset = dcmread(BytesIO(self.part10()))
+        return self._dataset
+
+
+def enhanced_instance(modality: str, template: Dataset, slices: Iterable[InstanceSlice],
+                      pixels: bytes | bytearray | memoryview, n_slices: int, n_volumes: int,
+                      sop_instance_uid: str) -> EnhancedInstance:
+    """The Legacy Converted Enhanced instance of a series, from its classic template, its
+    slices in instance order (slice k of volume t is frame t * n_slices + k + 1) and their
+    pixels, frame after frame."""
+    head = _head(modality, template, n_slices, n_volumes, sop_instance_uid)
+    groups = []
+    orientation = _sequence(0x00209116, _element(0x00200037, "DS", _text(
+        template.ImageOrientationPatient)))
+    acquired = _acquisition_datetime(template)
+    for instance in slices:
+        groups.append(_frame_groups(instance, n_slices, n_volumes, orientation, acquired,
+                                    template.SOPClassUID))
+    if len(groups) != n_slices * n_volumes:
+        raise ValueError(f"{len(groups)} frames where {n_slices * n_volumes} were due")
+    head.NumberOfFrames = len(groups)
+    return EnhancedInstance(head, groups, pixels)
+
+
+def _head(modality: str, template: Dataset, n_slices: int, n_volumes: int,
+          sop_instance_uid: str) -> Dataset:
+    """Everything but the per-frame functional groups and the pixels."""
+    in_iod = IOD_KEYWORDS[modality]
+    ds, unassigned = Dataset(), Dataset()
+    for element in template:
+        keyword = element.keyword
+        if keyword in _IN_GROUPS or not keyword:
+            continue
+        # a copy: values set here must not change the classic template
+        (ds if keyword in in_iod else unassigned).add(copy.copy(element))
+    sop_class = ENHANCED_SOP_CLASSES[modality]
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.InstanceNumber = sop_class, sop_instance_uid, 1
+    # enhanced Image Type (PS3.3 C.8.16.1): value 2 is PRIMARY only, value 3 the image
+    # flavor (VOLUME for a converted volume), value 4 the derived pixel contrast (NONE)
+    image_type = [str(template.ImageType[0]), "PRIMARY", "VOLUME", "NONE"]
+    ds.ImageType = image_type
+    for keyword, value in _FRAME_TYPE.items():
+        setattr(ds, keyword, value)
+    ds.ContentDate, ds.ContentTime = _content_datetime(template)
+    description = str(template.get("SeriesDescription") or "")
+    if description and len(description) + len(_SUFFIX) <= 64:  # LO: 64 characters
+        ds.SeriesDescription = description + _SUFFIX  # told apart from the classic series
+    acquired = _acquisition_datetime(template)
+    if acquired:
+        ds.AcquisitionDateTime = acquired
+    if "ContentQualification" not in ds:
+        ds.ContentQualification = "RESEARCH"  # C.8.13.1: converted research data
+    ds.ContributingEquipmentSequence = [_conversion_equipment()]
+    ds.AcquisitionContextSequence = []  # Type 2 (C.7.6.14): nothing known of it
+    if ds.PhotometricInterpretation == "MONOCHROME2":
+        ds.PresentationLUTShape = "IDENTITY"  # Type 1C (C.8.13.1, C.8.15.2)
+    _dimensions(ds, n_volumes)
+    ds.SharedFunctionalGroupsSequence = [_shared_groups(modality, template, image_type,
+                                                         unassigned)]
+    if "FrameAnatomySequence" in ds.SharedFunctionalGroupsSequence[0]:
+        ds.pop("Laterality", None)
+    ds.NumberOfFrames = n_slices * n_volumes
+    ds.file_meta = file_meta(sop_class, sop_instance_uid)
+    return ds
+
+
+def _shared_groups(modality: str, template: Dataset, image_type: list[str],
+                   unassigned: Dataset) -> Dataset:
+    shared = Dataset()
+    frame_type = Dataset()
+    frame_type.FrameType = image_type
+    for keyword, value in _FRAME_TYPE.items():
+        setattr(frame_type, keyword, value)
+    setattr(shared, _FRAME_TYPE_SEQUENCE[modality], [frame_type])
+    anatomy = _frame_anatomy(template)
+    if anatomy is not None:
+        shared.FrameAnatomySequence = [anatomy]
+        # General Series Laterality is for when no Frame Laterality is sent (C.7.3.1, 2C)
+        unassigned.pop("Laterality", None)
+    if len(unassigned):
+        shared.UnassignedSharedConvertedAttributesSequence = [unassigned]
+    measures = Dataset()
+    for keyword in ("SliceThickness", "SpacingBetweenSlices", "PixelSpacing"):
+        if keyword in template:
+            measures[keyword] = template[keyword]
+    shared.PixelMeasuresSequence = [measures]
+    if "WindowCenter" in template:
+        voi = Dataset()
+        for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation",
+                        "VOILUTFunction"):
+            if keyword in template:
+                voi[keyword] = template[keyword]
+        shared.FrameVOILUTSequence = [voi]
+    if "RescaleSlope" in template:
+        transform = Dataset()
+        transform.RescaleIntercept = template.RescaleIntercept
+        transform.RescaleSlope = template.RescaleSlope
+        transform.RescaleType = template.get("RescaleType") or _RESCALE_TYPE[modality]
+        shared.PixelValueTransformationSequence = [transform]
+    return shared
+
+
+def _dimensions(ds: Dataset, n_volumes: int) -> None:
+    """The Dimension Index (C.7.6.17): In-Stack Position Number, and Temporal Position Index
+    for 4D, both in the Frame Content of each frame."""
+    organization = generate_uid(entropy_srcs=[str(ds.SOPInstanceUID), "dimensions"])
+    item = Dataset()
+    item.DimensionOrganizationUID = organization
+    ds.DimensionOrganizationSequence = [item]
+    dimensions = [(0x00209057, "In-Stack Position Number")]
     if n_volumes > 1:
-        dimensions.append((_TEMPORAL_POSITION_INDEX, "Temporal Position Index"))
+        dimensions.append((0x00209128, "Temporal Position Index"))
     index = []
     for pointer, label in dimensions:
         item = Dataset()
         item.DimensionOrganizationUID = organization
         item.DimensionIndexPointer = pointer
-        item.FunctionalGroupPointer = _FRAME_CONTENT
+        item.FunctionalGroupPointer = 0x00209111  # Frame Content Sequence
         item.DimensionDescriptionLabel = label
         index.append(item)
     ds.DimensionIndexSequence = index
-    for i, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        t, k = divmod(i, n_slices)
-        content = group.FrameContentSequence[0]
-        content.StackID = "1"
-        content.InStackPositionNumber = k + 1
-        if n_volumes > 1:
-            content.TemporalPositionIndex = t + 1
-        content.DimensionIndexValues = [k + 1, t + 1] if n_volumes > 1 else [k + 1]
-    _diffusion_groups(ds)
-    for keyword in _DANGLING:
-        if keyword in ds:
-            del ds[keyword]
-    return ds
+    ds.DimensionOrganizationType = "3D_TEMPORAL" if n_volumes > 1 else "3D"
 
 
-def _orientation_per_frame(ds: Dataset) -> None:
-    """Plane Orientation in every frame's functional groups rather than the shared ones.
+def _frame_groups(instance: InstanceSlice, n_slices: int, n_volumes: int, orientation: bytes,
+                  acquired: str, classic_sop_class: str) -> bytes:
+    """One frame's functional groups, encoded, in tag order.
 
-    Both places are valid (PS3.3 C.7.6.16: a macro is shared or per frame), and per frame is
-    what Philips scanners write, so every enhanced reader takes it. It matters to dcm2niix
-    (1.0.20220720, Debian's): when it has the orientation before the first frame's position it
-    re-sorts the frames of a file by position alone (a vendor's Dimension Index is read only
+    Plane Orientation is per frame although every frame has the same (valid either way,
+    PS3.3 C.7.6.16, and what Philips writes, so enhanced readers take it). It matters to
+    dcm2niix (1.0.20220720, Debian's): when it has the orientation before the first frame's
+    position it re-sorts a file's frames by position alone (it reads a Dimension Index only
     from Philips, Canon and Bruker files), which scrambles the volumes of a 4D run; with the
-    orientation per frame it keeps the stored order, slice fastest, as our Dimension Index
-    says (tested: 3D and 4D, every orientation, read back voxel for voxel). The item is one
-    object for all frames, so 8,000 frames cost no extra memory.
+    orientation per frame it keeps the stored order, slice fastest, as the Dimension Index
+    says (tested: 3D and 4D, several orientations, voxel for voxel).
     """
-    shared = ds.SharedFunctionalGroupsSequence[0]
-    orientation = shared.get("PlaneOrientationSequence")
-    if orientation is None:
-        return
-    del shared.PlaneOrientationSequence
-    for group in ds.PerFrameFunctionalGroupsSequence:
-        group.PlaneOrientationSequence = orientation
+    t, k = divmod(instance.number - 1, n_slices)
+    out = []
+    weighting = instance.diffusion
+    if weighting is not None:  # MR Diffusion (C.8.13.5.9)
+        diffusion = [_element(0x00189075, "CS", weighting.directionality.encode())]
+        if weighting.directionality == "DIRECTIONAL" and weighting.direction is not None:
+            diffusion.append(_sequence(0x00189076, _element(
+                0x00189089, "FD", struct.pack("<3d", *weighting.direction))))
+        diffusion.append(_element(0x00189087, "FD", struct.pack("<d", weighting.b_value)))
+        out.append(_sequence(0x00189117, b"".join(diffusion)))
+    indices = struct.pack("<2L", k + 1, t + 1) if n_volumes > 1 else struct.pack("<L", k + 1)
+    content = [
+        _element(0x00189074, "DT", acquired.encode()) if acquired else b"",
+        _element(0x00209056, "SH", b"1"),  # Stack ID
+        _element(0x00209057, "UL", struct.pack("<L", k + 1)),  # In-Stack Position Number
+        _element(0x00209128, "UL", struct.pack("<L", t + 1)) if n_volumes > 1 else b"",
+        _element(0x00209156, "US", struct.pack("<H", instance.acquisition_number or 1)),
+        _element(0x00209157, "UL", indices),  # Dimension Index Values
+    ]
+    out.append(_sequence(0x00209111, b"".join(content)))
+    out.append(_sequence(0x00209113, _element(0x00200032, "DS",
+                                              "\\".join(instance.position).encode())))
+    out.append(orientation)
+    unassigned = [_element(0x00200013, "IS", str(instance.number).encode())]
+    if instance.temporal_position is not None:
+        unassigned.append(_element(0x00200100, "IS", str(instance.temporal_position).encode()))
+    unassigned.append(_element(0x00201041, "DS", instance.location.encode()))
+    out.append(_sequence(0x00209171, b"".join(unassigned)))
+    out.append(_sequence(0x00209172, _element(0x00081150, "UI", classic_sop_class.encode())
+                         + _element(0x00081155, "UI", instance.sop_instance_uid.encode())))
+    return b"".join(out)
 
 
-def _in_instance_order(ds: Dataset, uids: list[str]) -> None:
-    """Put the frames back in the order of the classic instances they came from (highdicom
-    sorts a volume by position, which may reverse it): frame t * n_slices + k is slice k of
-    volume t, as the Dimension Index written here says."""
-    rank = {uid: n for n, uid in enumerate(uids)}
-    groups = list(ds.PerFrameFunctionalGroupsSequence)
-    order = [rank[str(g.ConversionSourceAttributesSequence[0].ReferencedSOPInstanceUID)]
-             for g in groups]
-    if order == sorted(order):
-        return
-    size = len(ds.PixelData) // len(groups)
-    pixels = [ds.PixelData[i * size:(i + 1) * size] for i in range(len(groups))]
-    by_rank = sorted(range(len(groups)), key=order.__getitem__)
-    ds.PerFrameFunctionalGroupsSequence = [groups[i] for i in by_rank]
-    ds.PixelData = b"".join(pixels[i] for i in by_rank)
+def _element(tag: int, vr: str, data: bytes) -> bytes:
+    """One short-length Explicit VR Little Endian element, padded to even length (PS3.5 7.1.2,
+    6.2: UI with NUL, text with a space)."""
+    if len(data) % 2:
+        data += b"\x00" if vr == "UI" else b" "
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(data)) + data
 
 
-#: Converted attributes that differ from frame to frame (or from volume to volume): highdicom
-#: may call one shared when the two prototype frames agree on it.
-_PER_FRAME = ("InstanceNumber", "SliceLocation", "TemporalPositionIdentifier",
-              "DiffusionBValue", "DiffusionDirectionality", "DiffusionGradientOrientation")
+def _sequence(tag: int, *items: bytes) -> bytes:
+    """A sequence of defined length whose items have defined lengths (PS3.5 7.5)."""
+    body = b"".join(struct.pack("<HHI", 0xFFFE, 0xE000, len(i)) + i for i in items)
+    return struct.pack("<HH2s2xI", tag >> 16, tag & 0xFFFF, b"SQ", len(body)) + body
 
 
-def _more_frames(ds: Dataset, made: int, slices: Iterator[InstanceSlice], total: int) -> None:
-    """Frames ``made + 1 .. total``: the last prototype frame's functional groups, copied, with
-    each slice's own position, indices, weighting and pixels."""
-    proto = list(ds.PerFrameFunctionalGroupsSequence)
-    shared_groups = ds.SharedFunctionalGroupsSequence[0].get(
-        "UnassignedSharedConvertedAttributesSequence")
-    if shared_groups and total > made:
-        shared = shared_groups[0]
-        for keyword in _PER_FRAME:
-            if keyword in shared:
-                for group in proto:
-                    setattr(group.UnassignedPerFrameConvertedAttributesSequence[0], keyword,
-                            shared[keyword].value)
-                del shared[keyword]
-    frame_bytes = len(ds.PixelData) // made
-    pixels = bytearray(frame_bytes * total)  # filled in place: no second copy
-    pixels[:len(ds.PixelData)] = ds.PixelData
-    ds.PixelData = b""
-    groups = list(proto)
-    template = proto[-1]
-    for number, instance in enumerate(slices, made):
-        group = _frame_copy(template)
-        content = group.FrameContentSequence[0]
-        content.FrameAcquisitionNumber = instance.acquisition_number or 1
-        position = group.get("PlanePositionSequence")
-        if position:  # per frame (a single-slice run keeps it shared: all frames alike)
-            position[0].ImagePositionPatient = list(instance.position)
-        unassigned = group.UnassignedPerFrameConvertedAttributesSequence[0]
-        unassigned.InstanceNumber = instance.number
-        if "SliceLocation" in unassigned:
-            unassigned.SliceLocation = instance.location
-        if instance.temporal_position is not None:
-            unassigned.TemporalPositionIdentifier = instance.temporal_position
-        weighting = instance.diffusion
-        if weighting is not None:
-            unassigned.DiffusionDirectionality = weighting.directionality
-            unassigned.DiffusionBValue = weighting.b_value
-            if weighting.direction is not None:
-                unassigned.DiffusionGradientOrientation = list(weighting.direction)
-            elif "DiffusionGradientOrientation" in unassigned:
-                del unassigned.DiffusionGradientOrientation
-        source = group.get("ConversionSourceAttributesSequence")
-        if source:
-            source[0].ReferencedSOPInstanceUID = instance.sop_instance_uid
-        groups.append(group)
-        pixels[number * frame_bytes:(number + 1) * frame_bytes] = instance.pixel_data
-    if len(groups) != total:
-        raise ValueError(f"{len(groups)} frames where {total} were due")
-    ds.PerFrameFunctionalGroupsSequence = groups
-    ds.NumberOfFrames = len(groups)
-    ds.PixelData = bytes(pixels)
+def _text(values) -> bytes:
+    return "\\".join(str(v) for v in values).encode()
 
 
-#: Functional groups of a frame of its own; the others are the same objects in every frame:
-#: 8,000 frames of a 4D run then cost a few dozen MB, not hundreds.
-_COPIED = ("FrameContentSequence", "UnassignedPerFrameConvertedAttributesSequence",
-           "ConversionSourceAttributesSequence", "PlanePositionSequence")
+def _content_datetime(template: Dataset) -> tuple[str, str]:
+    """Content Date and Time, Type 1 here (C.7.6.16): the classic images' when they have both,
+    else the acquisition's, else now (when these pixels were made, as highdicom says)."""
+    for date, time in (("ContentDate", "ContentTime"), ("AcquisitionDate", "AcquisitionTime")):
+        if template.get(date) and template.get(time):
+            return str(template[date].value), str(template[time].value)
+    now = datetime.now()
+    return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
 
 
-def _frame_copy(group: Dataset) -> Dataset:
-    """A frame's functional groups: its own copies of the groups that differ per frame (one
-    level of items, element by element: far cheaper than deepcopy), the others shared."""
-    out = Dataset()
-    for element in group:
-        if element.keyword in _COPIED:
-            out[element.tag] = DataElement(element.tag, "SQ",
-                                           [_item_copy(item) for item in element.value])
-        else:
-            out[element.tag] = element
-    return out
+def _acquisition_datetime(template: Dataset) -> str:
+    if template.get("AcquisitionDateTime"):
+        return str(template.AcquisitionDateTime)
+    if template.get("AcquisitionDate"):
+        return str(template.AcquisitionDate) + str(template.get("AcquisitionTime") or "")
+    return ""
 
 
-def _item_copy(item: Dataset) -> Dataset:
-    out = Dataset()
-    for element in item:
-        out.add(copy.copy(element))
-    return out
+def _conversion_equipment() -> Dataset:
+    """Who made the enhanced object (C.7.5.1 Contributing Equipment; DCM 109106)."""
+    purpose = Dataset()
+    purpose.CodeValue, purpose.CodingSchemeDesignator = "109106", "DCM"
+    purpose.CodeMeaning = "Enhanced Multi-frame Conversion Equipment"
+    item = Dataset()
+    item.Manufacturer = CONVERTER_NAME
+    item.ManufacturerModelName = CONVERTER_NAME
+    item.SoftwareVersions = __version__
+    item.ContributionDescription = "Legacy Converted Enhanced instance made from NIfTI"
+    item.PurposeOfReferenceCodeSequence = [purpose]
+    return item
 
 
-def _diffusion_groups(ds: Dataset) -> None:
-    """A DWI's weighting into the MR Diffusion functional group of each frame (PS3.3
-    C.8.13.5.9), where enhanced readers look for it, rather than among the converted
-    attributes that have no home (highdicom puts a value shared by every frame of the volume
-    it saw among the shared ones)."""
-    keywords = ("DiffusionBValue", "DiffusionDirectionality", "DiffusionGradientOrientation")
-    shared_groups = ds.SharedFunctionalGroupsSequence[0].get(
-        "UnassignedSharedConvertedAttributesSequence")
-    shared = shared_groups[0] if shared_groups else Dataset()
-    found = False
-    for group in ds.PerFrameFunctionalGroupsSequence:
-        unassigned = group.get("UnassignedPerFrameConvertedAttributesSequence")
-        own = unassigned[0] if unassigned else Dataset()
-        values = {k: (own if k in own else shared)[k].value for k in keywords
-                  if k in own or k in shared}
-        if "DiffusionBValue" not in values:
-            continue
-        found = True
-        item = Dataset()
-        item.DiffusionBValue = values["DiffusionBValue"]
-        item.DiffusionDirectionality = values.get("DiffusionDirectionality", "NONE")
-        if item.DiffusionDirectionality == "DIRECTIONAL" and (
-                "DiffusionGradientOrientation" in values):
-            direction = Dataset()
-            direction.DiffusionGradientOrientation = values["DiffusionGradientOrientation"]
-            item.DiffusionGradientDirectionSequence = [direction]
-        group.MRDiffusionSequence = [item]
-        for keyword in keywords:
-            if keyword in own:
-                del own[keyword]
-    if found:
-        for keyword in keywords:
-            if keyword in shared:
-                del shared[keyword]
+def unknown_side(template: Dataset) -> str | None:
+    """Why the series cannot be an enhanced object, or None: a paired body part (KNEE,
+    BREAST) with no Laterality has no valid Frame Laterality (Type 1: R, L, U or B)."""
+    part = str(template.get("BodyPartExamined") or "").upper()
+    code = anatomic_regions().get(part)
+    if code is not None and code[3] and not template.get("Laterality"):
+        return (f"{part} is a paired body part and an enhanced object must say which side "
+                "(Frame Laterality, PS3.3 C.7.6.16.2.8): set Laterality (R, L or B), or use "
+                "iod image")
+    return None
+
+
+def _frame_anatomy(template: Dataset) -> Dataset | None:
+    """Frame Anatomy (C.7.6.16.2.8), required when Body Part Examined has a code in PS3.16
+    Annex L: that code, and the laterality (U for an unpaired part)."""
+    part = str(template.get("BodyPartExamined") or "").upper()
+    code = anatomic_regions().get(part)
+    if code is None:
+        return None
+    scheme, value, meaning, paired = code
+    region = Dataset()
+    region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = value, scheme, meaning
+    anatomy = Dataset()
+    anatomy.AnatomicRegionSequence = [region]
+    anatomy.FrameLaterality = str(template.get("Laterality") or "") or (
+        "U" if not paired else "")
+    return anatomy

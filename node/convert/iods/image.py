@@ -22,6 +22,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 from node import CONVERTER_NAME, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, __version__
+from node.convert.anatomy import may_be_paired
 from node.convert.diffusion import VolumeWeighting
 from node.convert.geometry import VolumeGeometry
 from node.convert.mapping import Attributes
@@ -55,15 +56,6 @@ _TYPE2_BY_MODALITY = {
     # SC: Patient Orientation (2C, required without Image Plane) is set from the geometry
     "OT": ("PositionReferenceIndicator",),
 }
-
-
-#: Body parts that come in pairs: Laterality (Type 2C, C.7.3.1) is required for these and for
-#: an unknown body part (then empty = unknown), and must be absent for unpaired parts.
-PAIRED_BODY_PARTS = frozenset({
-    "BREAST", "EYE", "EAR", "KNEE", "HIP", "ANKLE", "FOOT", "HAND", "WRIST", "ELBOW",
-    "SHOULDER", "ARM", "LEG", "FOREARM", "THIGH", "KIDNEY", "LUNG", "OVARY", "TESTIS",
-    "FEMUR", "TIBIA", "FIBULA", "HUMERUS", "RADIUS", "ULNA", "CLAVICLE", "SCAPULA",
-})
 
 
 def _ds(value: float) -> str:
@@ -153,7 +145,7 @@ def series_template(
         ds.DeidentificationMethodCodeSequence = _deidentification_codes(
             str(ds.get("LongitudinalTemporalInformationModified", "")) == "MODIFIED")
     body_part = str(ds.get("BodyPartExamined", "") or "").upper()
-    if "Laterality" not in ds and (not body_part or body_part in PAIRED_BODY_PARTS):
+    if "Laterality" not in ds and may_be_paired(body_part):
         ds.Laterality = ""
     if not ds.ContentDate and ds.StudyDate:
         ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
@@ -270,8 +262,10 @@ def instance_slices(
     uids: SeriesUids,
     layout: SeriesLayout,
     weighting: Sequence[VolumeWeighting] | None = None,
+    pixels: bool = True,
 ) -> Iterator[InstanceSlice]:
-    """Yield, per slice, only what differs from the template.
+    """Yield, per slice, only what differs from the template (without its pixels when
+    ``pixels`` is false: a multi-frame instance takes them all at once, :func:`frame_array`).
 
     Slice k of volume t is the pixel matrix ``data[:, :, k, t].T`` (rows run along j).
     """
@@ -296,10 +290,18 @@ def instance_slices(
                 temporal_position=t + 1 if four_d else None,
                 pixel_data=np.ascontiguousarray(
                     volumes[:, :, k, t].transpose(1, 0, 2) if colour else volumes[:, :, k, t].T,
-                    dtype=dtype).tobytes(),
+                    dtype=dtype).tobytes() if pixels else b"",
                 diffusion=weighting[t] if weighting else None,
                 pixel_vr="OB" if colour else "OW",
             )
+
+
+def frame_array(template: Dataset, stored: np.ndarray, layout: SeriesLayout) -> np.ndarray:
+    """Every slice's pixels as frames in instance order, (t * n_slices + k, rows, columns):
+    the same matrices :func:`instance_slices` gives one by one, in one transposing copy."""
+    volumes = stored.reshape(stored.shape[:3] + (layout.n_volumes,), order="F")
+    frames = np.ascontiguousarray(volumes.transpose(3, 2, 1, 0), dtype=template_dtype(template))
+    return frames.reshape((-1, *frames.shape[2:]))
 
 
 def full_dataset(template: Dataset, instance: InstanceSlice) -> Dataset:

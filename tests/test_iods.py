@@ -123,16 +123,23 @@ def _world_labels(nifti: Path) -> dict[tuple, int]:
 
 
 @pytest.mark.peers  # dciodvfy
-def test_a_label_map_becomes_a_seg_that_highdicom_reads_back_in_world_space(session, tmp_path):
+@pytest.mark.parametrize("labelmap", [False, True], ids=["binary", "labelmap"])
+def test_a_label_map_becomes_a_seg_that_highdicom_reads_back_in_world_space(session, tmp_path,
+                                                                             labelmap):
     import highdicom as hd
 
     image = convert_file(session["t1"])
-    series = convert_file(session["dseg"], iod="auto", source_image=session["t1"])
-    assert series.sop_class_name == "Segmentation Storage"
+    series = convert_file(session["dseg"], iod="auto", source_image=session["t1"],
+                          labelmap=labelmap)
+    assert series.sop_class_name == ("Label Map Segmentation Storage" if labelmap
+                                     else "Segmentation Storage")
     folder = write_series(series, tmp_path / "out")
-    _no_errors(folder)
+    if not labelmap:  # Debian's dciodvfy (2022) predates the LABELMAP IOD (2024)
+        _no_errors(folder)
     seg = hd.seg.segread(folder / "IM000001.dcm")
-    names = {int(s.SegmentNumber): s.SegmentLabel for s in seg.SegmentSequence}
+    assert seg.segmentation_type.value == ("LABELMAP" if labelmap else "BINARY")
+    names = {int(s.SegmentNumber): s.SegmentLabel for s in seg.SegmentSequence
+             if int(s.SegmentNumber) > 0}  # a LABELMAP also describes its background, 0
     assert names == {1: "necrosis", 2: "edema"}  # from the BIDS dseg.tsv
     assert seg.FrameOfReferenceUID == image.uids.frame_of_reference
     assert seg.StudyInstanceUID == image.uids.study
@@ -190,6 +197,11 @@ def test_orthanc_takes_every_object_in_one_push_and_storescp_gets_them_uncompres
         convert_file(session["md"], iod="pmap", source_image=session["t1"]),
         convert_file(_rgb24(tmp_path / "sub-01_photo.nii.gz")[0], iod="enhanced",
                      compression="jpeg-ls"),  # Multi-frame True Color SC
+        convert_file(write_nifti(tmp_path / "in" / "sub-01_desc-lesion_dseg.nii.gz",
+                                 (np.asarray(nib.load(str(session["dseg"])).dataobj) > 0
+                                  ).astype(np.uint8), AFFINE),
+                     iod="seg", source_image=session["t1"],
+                     labelmap=True),  # Label Map Segmentation (UnknownSopClassAccepted)
     ]
     for series in made:
         write_series(series, out, series.source.stem)
@@ -233,6 +245,10 @@ def test_profile_and_destination_choose_the_object(tmp_path, session):
     with pytest.raises(ConfigError, match="compression"):
         config_from_dict({"destinations": {"p": {"host": "h", "port": 1, "ae_title": "A",
                                                  "compression": "jpeg-lossy"}}})
+    assert dest.labelmap is False  # BINARY SEGs unless the destination says it takes LABELMAP
+    with pytest.raises(ConfigError, match="labelmap: write true or false"):
+        config_from_dict({"destinations": {"p": {"host": "h", "port": 1, "ae_title": "A",
+                                                 "labelmap": "yes"}}})
 
 
 def _rgb24(path: Path) -> tuple[Path, np.ndarray]:
@@ -325,6 +341,29 @@ def test_a_destination_that_takes_compression_gets_it_from_push(tmp_path, pacs, 
     assert np.array_equal(stored.pixel_array, expected.pixel_array)
 
 
+@pytest.mark.peers  # Orthanc
+def test_a_destination_that_takes_labelmap_gets_labelmap_segs(tmp_path, pacs, session):
+    """labelmap = true on the destination: the node's SEGs for it are LABELMAP; the image
+    they refer to goes as it is."""
+    import shutil
+
+    folder = tmp_path / "exam"  # a label map of its own and the one image it was drawn on
+    folder.mkdir()
+    shutil.copy(session["t1"], folder)
+    labels = np.asarray(nib.load(str(session["dseg"])).dataobj).copy()
+    labels[labels == 3] = 7  # not the label map other tests send: a series of its own
+    write_nifti(folder / "sub-01_desc-atlas_dseg.nii.gz", labels, AFFINE)
+    cfg = pacs.config_toml(tmp_path / "node.toml", 'iod = "auto"\nlabelmap = true')
+    proc = run_node("push", folder, "--config", cfg, "--json")
+    assert proc.returncode == 0, proc.stderr
+    classes = set()
+    for series in json.loads(proc.stdout)["series"]:
+        oid = pacs.series(series["series_uid"])["Instances"][0]
+        classes.add(pacs.get_bytes(f"/instances/{oid}/metadata/SopClassUid").decode())
+    assert classes == {"1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
+                       "1.2.840.10008.5.1.4.1.1.66.7"}  # Label Map Segmentation Storage
+
+
 def test_segment_names_from_a_freesurfer_lookup_table(tmp_path, session):
     import highdicom as hd
 
@@ -370,3 +409,14 @@ def test_body_part_and_side_are_valid_or_refused(tmp_path, iod):
             assert "Laterality" not in ds  # Frame Laterality says it (C.7.3.1)
         if name == "unknown-term":
             assert ds.Laterality == ""
+
+
+def test_convert_labelmap_option(tmp_path, session):
+    out = tmp_path / "out"
+    proc = run_node("convert", session["dseg"], "--iod", "seg", "--labelmap", "--source",
+                    session["t1"], "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "Label Map Segmentation Storage" in proc.stdout
+    ds = pydicom.dcmread(next(out.rglob("IM000001.dcm")), stop_before_pixels=True)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
+    assert ds.SegmentationType == "LABELMAP"

@@ -86,7 +86,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         args.inputs, args.output, profile, config.node.uid_root, sidecar=args.sidecar,
         overrides=overrides, modality=args.modality, jobs=args.jobs or None,
         overwrite=args.overwrite, reference=reference, iod=args.iod,
-        compression=args.compression, source_image=args.source, preview=args.preview))
+        compression=args.compression, source_image=args.source, preview=args.preview,
+        labelmap=args.labelmap))
 
 
 def _reference(args: argparse.Namespace, config, dest):

@@ -92,6 +92,9 @@ def _convert(sub, common: argparse.ArgumentParser) -> None:
                          "DICOM beside the same planes of the NIfTI, with orientation letters")
     convert.add_argument("--compression", choices=["none", "rle", "jpeg-ls", "jpeg2000"],
                          default="none", help="lossless encoding of the files (default: none)")
+    convert.add_argument("--labelmap", action="store_true",
+                         help="a seg is a LABELMAP segmentation (Label Map Segmentation "
+                         "Storage, for an archive that takes it), not BINARY")
     _attach_options(convert)
     convert.add_argument("--to", dest="destination", metavar="DEST",
                          help="the configured destination that --study-of asks (or its "

@@ -59,7 +59,7 @@ from node.convert.iods.image import (
     series_template,
 )
 from node.convert.iods.pmap import parametric_map
-from node.convert.iods.seg import SEG_SUFFIXES, label_names, segmentation
+from node.convert.iods.seg import SEG_NAMES, SEG_SUFFIXES, label_names, segmentation
 from node.convert.mapping import (
     Attributes,
     MappedValue,
@@ -104,6 +104,7 @@ class ConvertedSeries:
     _object: Dataset | None = field(default=None, repr=False)
     _syntax: str | None = field(default=None, repr=False)
     _enhanced: EnhancedInstance | None = field(default=None, repr=False)
+    labelmap: bool = False  # a SEG is LABELMAP (Label Map Segmentation Storage)
 
     @property
     def single(self) -> bool:
@@ -139,7 +140,8 @@ class ConvertedSeries:
     @property
     def sop_class_name(self) -> str:
         uid = UID(self.sop_class_uid)
-        return SOP_CLASS_NAMES.get(uid) or ENHANCED_NAMES.get(uid) or uid.name
+        return (SOP_CLASS_NAMES.get(uid) or ENHANCED_NAMES.get(uid) or SEG_NAMES.get(uid)
+                or uid.name)
 
     @property
     def n_instances(self) -> int:
@@ -148,7 +150,9 @@ class ConvertedSeries:
     @property
     def object_uid(self) -> str:
         """The SOP Instance UID of the one instance of an enhanced, seg or pmap series."""
-        return make_uid(self.uids.root, self.iod, self.uids.series)
+        # a LABELMAP SEG is another SOP class than the BINARY one: another instance
+        kind = "seg-labelmap" if self.labelmap and self.iod == "seg" else self.iod
+        return make_uid(self.uids.root, kind, self.uids.series)
 
     def instance_uids(self) -> list[str]:
         """SOP Instance UIDs in instance order."""
@@ -377,6 +381,7 @@ def convert_file(
     iod: str | None = None,
     compression: str = "none",
     source_image: str | Path | None = None,
+    labelmap: bool = False,
 ) -> ConvertedSeries:
     """Read, validate and encode ``path``; raise InputError/MappingError for bad input.
 
@@ -389,6 +394,7 @@ def convert_file(
     ``enhanced`` multi-frame instance, a ``seg`` of a label map or a ``pmap`` of a float map
     (both refer to ``source_image``, the image they were drawn on or computed from: given, or
     found beside the file by its BIDS entities). ``compression`` is a lossless encoding.
+    ``labelmap``: a SEG is LABELMAP rather than BINARY (for a destination that takes it).
     """
     profile = profile or builtin_profile()
     iod = choose_iod(Path(path), iod or profile.iod)
@@ -456,7 +462,7 @@ def convert_file(
                              "it was made from with --source")
         referenced = convert_file(image, profile, uid_root=uid_root, modality=modality,
                                   reference=reference, study=study, iod="image")
-        build = _builder(iod, referenced, provenance)
+        build = _builder(iod, referenced, provenance, labelmap)
     elif iod == "enhanced" and colour:
         build = _true_colour
     elif iod == "enhanced" and modality not in ENHANCED_SOP_CLASSES:
@@ -480,6 +486,7 @@ def convert_file(
         iod=iod,
         compression=compression,
         build=build,
+        labelmap=labelmap,
     )
 
 
@@ -529,7 +536,7 @@ def find_source_image(path: Path, entities: dict[str, str], given: str | Path | 
     return candidates[0]
 
 
-def _builder(iod: str, referenced: ConvertedSeries, provenance: str
+def _builder(iod: str, referenced: ConvertedSeries, provenance: str, labelmap: bool = False
              ) -> Callable[[ConvertedSeries], Dataset]:
     """How the one SEG or parametric map instance of a series is made (on first use)."""
 
@@ -541,7 +548,8 @@ def _builder(iod: str, referenced: ConvertedSeries, provenance: str
         if iod == "seg":
             names = label_names(series.source.path, series.source.stem, series.profile.labels)
             ds = segmentation(volume, series.geometry, source_images, names,
-                              series.uids.series, number, series.object_uid, series.source.path)
+                              series.uids.series, number, series.object_uid, series.source.path,
+                              labelmap)
         else:
             values = np.asarray(series.source.image.get_fdata(dtype=np.float32)).reshape(
                 series.source.shape[:3], order="F")
@@ -731,13 +739,14 @@ def convert_to_folder(
     compression: str = "none",
     source_image: str | Path | None = None,
     preview: bool = False,
+    labelmap: bool = False,
 ) -> SeriesSummary:
     """Convert one file and write its series atomically; a picklable result for worker pools.
     ``preview``: write the QA picture (:mod:`node.convert.preview`) into the series folder."""
     series = convert_file(path, profile, uid_root=uid_root, sidecar=sidecar,
                           overrides=overrides, modality=modality, reference=reference,
                           study=study, iod=iod, compression=compression,
-                          source_image=source_image)
+                          source_image=source_image, labelmap=labelmap)
     folder = write_series(series, out_dir, name, overwrite)
     if preview:
         write_preview(folder, series.source.image, folder / PREVIEW_NAME, series.warnings)

@@ -46,6 +46,7 @@ class Destination:
     query_destination: str | None = None  # the destination that answers C-FIND for this one
     iod: str | None = None  # the object this PACS takes (overrides the profile's)
     compression: str = "none"  # lossless encoding of what is sent: none, rle, jpeg-ls, ...
+    labelmap: bool = False  # it takes Label Map Segmentation Storage: SEGs are LABELMAP
 
     @property
     def address(self) -> str:

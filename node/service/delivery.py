@@ -78,13 +78,15 @@ def prepare(
     source: Path, profile: Profile | None, uid_root: str, spool: Path,
     sidecar: Path | None = None, name: str = "series", check: bool = True,
     study=None, reference=None, iod: str | None = None, compression: str = "none",
+    labelmap: bool = False,
 ) -> Batch:
     """Turn one input into files to send: a NIfTI is converted into ``spool/name`` (written
     atomically), a DICOM file is described as it is. Raises InputError for bad input,
     ConfigError for a bad profile.
 
-    ``iod`` and ``compression``: what the destination takes (its ``iod`` overrides the
-    profile's). ``study`` reconciles a NIfTI's series with the other series of its study
+    ``iod``, ``compression`` and ``labelmap``: what the destination takes (its ``iod``
+    overrides the profile's; ``labelmap``: a SEG is LABELMAP, not BINARY). ``study``
+    reconciles a NIfTI's series with the other series of its study
     (node.convert.series.StudyHook: a push batch's, or the journal's memory).
 
     ``check``: walk a DICOM file's whole structure now (the node: a malformed file is
@@ -97,7 +99,8 @@ def prepare(
     from node.convert.series import convert_file, instance_filename, write_series
 
     series = convert_file(source, profile, uid_root=uid_root, sidecar=sidecar, study=study,
-                          reference=reference, iod=iod, compression=compression)
+                          reference=reference, iod=iod, compression=compression,
+                          labelmap=labelmap)
     _check_room(spool, series)
     folder = write_series(series, spool, name)
     files = [
@@ -251,7 +254,8 @@ def deliver(
         try:
             reference = _reference(source, sidecar, profile, config, dest)
             batch = prepare(source, profile, config.node.uid_root, spool, sidecar, study=study,
-                            reference=reference, iod=dest.iod, compression=dest.compression)
+                            reference=reference, iod=dest.iod, compression=dest.compression,
+                            labelmap=dest.labelmap)
         except ConfigError as exc:
             return DeliveryResult(JobState.FAILED, exc.message, "config")
         except NoSpace as exc:

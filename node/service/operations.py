@@ -138,7 +138,7 @@ def convert_batch(
     sidecar: Path | None = None, overrides: dict[str, str] | None = None,
     modality: str | None = None, jobs: int | None = None, overwrite: bool = False,
     reference=None, iod: str | None = None, compression: str = "none",
-    source_image: Path | None = None, preview: bool = False,
+    source_image: Path | None = None, preview: bool = False, labelmap: bool = False,
 ) -> list:
     """Convert each input into ``out_dir/<name>``: a SeriesSummary or a DicomNodeError each.
 
@@ -149,7 +149,7 @@ def convert_batch(
                                 overrides=overrides, modality=modality, reference=reference,
                                 iod=iod)
     options = {"iod": iod, "compression": compression, "source_image": source_image,
-               "preview": preview}
+               "preview": preview, "labelmap": labelmap}
     calls = [(path, out_dir, profile, uid_root, name, sidecar, overrides, modality, overwrite,
               reference, study, options)
              for path, name, study in zip(inputs, unique_names(inputs), studies, strict=True)]
@@ -201,7 +201,7 @@ def _has_nifti_twin(sidecar: Path) -> bool:
 
 def _prepare_or_error(path: Path, profile: Profile | None, uid_root: str, spool: Path,
                       name: str, study=None, reference=None, iod: str | None = None,
-                      compression: str = "none"):
+                      compression: str = "none", labelmap: bool = False):
     """Worker: a delivery Batch, or the DicomNodeError to report."""
     from node.service.delivery import prepare
 
@@ -209,7 +209,8 @@ def _prepare_or_error(path: Path, profile: Profile | None, uid_root: str, spool:
         return study
     try:
         return prepare(path, profile, uid_root, spool, name=name, check=False, study=study,
-                       reference=reference, iod=iod, compression=compression)
+                       reference=reference, iod=iod, compression=compression,
+                       labelmap=labelmap)
     except DicomNodeError as exc:
         return exc
 
@@ -228,7 +229,7 @@ class Gathered:
 
 def gather(paths: Iterable[Path], spool: Path, profile: Profile | Callable[[], Profile],
            uid_root: str, jobs: int | None = None, reference=None, iod: str | None = None,
-           compression: str = "none") -> Gathered:
+           compression: str = "none", labelmap: bool = False) -> Gathered:
     """Every input prepared for sending (NIfTI converted into ``spool`` in ``jobs`` processes,
     DICOM described as it is). Bad inputs are collected as problems, never raised.
     ``reference``: the clinical exam (ReferenceStudy) every NIfTI series joins.
@@ -250,7 +251,7 @@ def gather(paths: Iterable[Path], spool: Path, profile: Profile | Callable[[], P
         profile = profile()
     studies = reconcile_studies([call[0] for call in nifti], profile, uid_root,
                                 reference=reference, iod=iod) if nifti else []
-    nifti = [(path, profile, *rest, study, reference, iod, compression)
+    nifti = [(path, profile, *rest, study, reference, iod, compression, labelmap)
              for (path, *rest), study in zip(nifti, studies, strict=True)]
     for call, result in zip(nifti, in_processes(_prepare_or_error, nifti, jobs), strict=True):
         if isinstance(result, DicomNodeError):
@@ -341,7 +342,7 @@ def push(
 
     with tempfile.TemporaryDirectory(prefix="dicom-node-push-") as spool:
         gathered = gather(paths, Path(spool), profile, uid_root, jobs, reference,
-                          dest.iod, dest.compression)
+                          dest.iod, dest.compression, dest.labelmap)
         progress = on_gathered(gathered) if on_gathered else None
         report, _ = send(gathered.batches, dest, calling_ae, progress=progress)
     result = PushResult(report, summarise(report), gathered.problems,

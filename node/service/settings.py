@@ -42,7 +42,7 @@ _UID_ROOT = re.compile(r"^(0|[1-9]\d*)(\.(0|[1-9]\d*))*$")
 _DEST_KEYS = {
     "host", "port", "ae_title", "calling_ae_title", "max_pdu", "connect_timeout",
     "acse_timeout", "dimse_timeout", "network_timeout", "max_associations",
-    "transfer_syntaxes", "tls", "query_destination", "iod", "compression",
+    "transfer_syntaxes", "tls", "query_destination", "iod", "compression", "labelmap",
 }
 _TLS_KEYS = {"ca", "cert", "key", "key_password_env", "verify_hostname", "verify"}
 
@@ -542,6 +542,7 @@ def build_destination(name: str, raw: Any, base: Path | None = None) -> Destinat
         iod=_choice(f"{where}.iod", raw.get("iod"), IODS),
         compression=_choice(f"{where}.compression", raw.get("compression", "none"),
                             COMPRESSIONS) or "none",
+        labelmap=_checked(f"{where}.labelmap", raw.get("labelmap", False), bool, {}),
     )
 
 

@@ -5,6 +5,12 @@ lookup table (a BIDS ``*_dseg.tsv`` beside the file, columns ``index`` and ``nam
 profile's ``labels``; else "label N"). BINARY segmentation with every frame kept
 (``omit_empty_frames=False``): viewers that expect one frame per slice break otherwise. The
 SEG refers to the image series it was drawn on and takes its study and Frame of Reference.
+
+For a destination that takes it (its ``labelmap = true``), a LABELMAP segmentation instead:
+Label Map Segmentation Storage (PS3.3 A.51, Supplement 243, 2024), one frame per slice whose
+pixels are the segment numbers themselves: a fraction of a BINARY SEG's size for an atlas of
+many labels. It is a different SOP class, which many archives do not know yet: hence BINARY
+unless the destination says so.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from node.convert.geometry import VolumeGeometry
 from node.convert.iods.frames import EQUIPMENT, frames, spatial
 from node.errors import InputError
 
+LABELMAP_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.7"
+#: SOP class names pydicom does not know yet.
+SEG_NAMES = {LABELMAP_SEGMENTATION: "Label Map Segmentation Storage"}
 #: BIDS suffixes of label maps, which iod = "auto" makes into a SEG.
 SEG_SUFFIXES = ("dseg", "mask", "probseg")
 #: More segments than this is not a label map (a float or intensity image given as one).
@@ -50,8 +59,8 @@ def label_names(nifti: Path, stem: str, profile_labels: dict[int, str]) -> dict[
 
 def segmentation(labels: np.ndarray, geometry: VolumeGeometry, source_images: list[Dataset],
                  names: dict[int, str], series_uid: str, series_number: int,
-                 sop_instance_uid: str, where: Path) -> Dataset:
-    """The SEG of a 3D label map (x, y, z) of non-negative integers."""
+                 sop_instance_uid: str, where: Path, labelmap: bool = False) -> Dataset:
+    """The SEG of a 3D label map (x, y, z) of non-negative integers: BINARY, or LABELMAP."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -86,7 +95,8 @@ def segmentation(labels: np.ndarray, geometry: VolumeGeometry, source_images: li
         warnings.simplefilter("ignore", UserWarning)
         ds = hd.seg.Segmentation(
             source_images=source_images, pixel_array=frames(numbered),
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segmentation_type=hd.seg.SegmentationTypeValues.LABELMAP if labelmap else (
+                hd.seg.SegmentationTypeValues.BINARY),
             segment_descriptions=descriptions, series_instance_uid=series_uid,
             series_number=series_number, sop_instance_uid=sop_instance_uid, instance_number=1,
             omit_empty_frames=False, **EQUIPMENT, **spatial(geometry))

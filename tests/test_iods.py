@@ -24,16 +24,22 @@ AFFINE = affine_from(rotation(0.2, 0.1, 0.3), zooms=(1.0, 1.2, 2.0))
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def _read_back(folder: Path, out: Path, compression: str) -> nib.Nifti1Image:
-    """dcm2niix's reading of a series. Debian's dcm2niix has no JPEG-LS decoder, so JPEG-LS
-    files are decoded by DCMTK's dcmdjpls first (an independent decoder, as dcm2niix itself
-    advises); RLE and JPEG 2000 go to dcm2niix as they are."""
-    if compression == "jpeg-ls":
+#: DCMTK's decoders, independent of pydicom's.
+_DECODERS = {"jpeg-ls": "dcmdjpls", "rle": "dcmdrle"}
+
+
+def _read_back(folder: Path, out: Path, compression: str,
+               multiframe: bool = False) -> nib.Nifti1Image:
+    """dcm2niix's reading of a series. Debian's dcm2niix (1.0.20220720) has no JPEG-LS
+    decoder, and decodes no multi-frame compressed file (one fragment per frame, as PS3.5
+    A.4 requires: "decompress with dcmdjpeg..."), so those are decoded by DCMTK first (an
+    independent decoder, as dcm2niix itself advises); the rest go to dcm2niix as they are."""
+    if compression == "jpeg-ls" or (multiframe and compression != "none"):
         plain = out / "decoded"
         plain.mkdir(parents=True)
         for path in sorted(folder.glob("*.dcm")):
-            subprocess.run(["dcmdjpls", str(path), str(plain / path.name)], check=True,
-                           capture_output=True, timeout=120)
+            subprocess.run([_DECODERS[compression], str(path), str(plain / path.name)],
+                           check=True, capture_output=True, timeout=120)
         folder = plain
     return dcm2niix(folder, out / "nifti")
 
@@ -66,7 +72,7 @@ def session(tmp_path) -> dict[str, Path]:
 
 
 @pytest.mark.peers  # dciodvfy, dcm2niix
-@pytest.mark.parametrize("compression", ["none", "jpeg-ls"])
+@pytest.mark.parametrize("compression", ["none", "jpeg-ls", "rle"])
 @pytest.mark.parametrize("name", ["t1", "bold"])
 def test_enhanced_is_one_instance_that_dcm2niix_rebuilds(session, tmp_path, name, compression):
     series = convert_file(session[name], iod="enhanced", compression=compression)
@@ -80,7 +86,7 @@ def test_enhanced_is_one_instance_that_dcm2niix_rebuilds(session, tmp_path, name
         pointers = [item.DimensionIndexPointer for item in ds.DimensionIndexSequence]
         assert pointers == [0x00209057, 0x00209128]  # In-Stack Position, Temporal Position
     # dcm2niix rebuilds the 3D or 4D volume: shape, affine and every voxel
-    assert_same_image(source, _read_back(folder, tmp_path / "back", compression), 0)
+    assert_same_image(source, _read_back(folder, tmp_path / "back", compression, True), 0)
 
 
 @pytest.mark.peers  # dcm2niix
@@ -195,6 +201,9 @@ def test_orthanc_takes_every_object_in_one_push_and_storescp_gets_them_uncompres
         convert_file(session["bold"], iod="enhanced", compression="rle"),
         convert_file(session["dseg"], iod="seg", source_image=session["t1"]),
         convert_file(session["md"], iod="pmap", source_image=session["t1"]),
+        convert_file(write_nifti(tmp_path / "in" / "sub-01_T2w.nii.gz",  # big enough for
+                                 ramp_data((64, 64, 2), "int16"), AFFINE),  # OpenJPEG
+                     compression="jpeg2000"),  # so every lossless syntax goes
         convert_file(_rgb24(tmp_path / "sub-01_photo.nii.gz")[0], iod="enhanced",
                      compression="jpeg-ls"),  # Multi-frame True Color SC
         convert_file(write_nifti(tmp_path / "in" / "sub-01_desc-lesion_dseg.nii.gz",
@@ -208,6 +217,9 @@ def test_orthanc_takes_every_object_in_one_push_and_storescp_gets_them_uncompres
     cfg = pacs.config_toml(tmp_path / "node.toml")
     proc = run_node("push", out, "--config", cfg, "--verify", "--json")
     assert proc.returncode == 0, proc.stderr
+    assert {s.transfer_syntax for s in made} >= {
+        "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.90"}  # explicit little endian, RLE, JPEG-LS, JPEG 2000 lossless
     for series in made:
         stored = pacs.series(series.uids.series)
         assert stored is not None and len(stored["Instances"]) == series.n_instances

@@ -114,7 +114,6 @@ def enhanced_instance(modality: str, template: Dataset, slices: Iterable[Instanc
                                     template.SOPClassUID))
     if len(groups) != n_slices * n_volumes:
         raise ValueError(f"{len(groups)} frames where {n_slices * n_volumes} were due")
-    head.NumberOfFrames = len(groups)
     return EnhancedInstance(head, groups, pixels)
 
 

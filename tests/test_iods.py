@@ -228,17 +228,19 @@ def test_orthanc_takes_every_object_in_one_push_and_storescp_gets_them_uncompres
             series.sop_class_uid)
     received = tmp_path / "storescp"
     with storescp(received, "PLAIN") as port:  # by default it takes uncompressed data only
-        proc = run_node("push", out / "sub-01_T1w", "--host", "127.0.0.1", "--port", port,
-                        "--called-aet", "PLAIN", "--json")
+        proc = run_node("push", out / "sub-01_T1w", out / "sub-01_task-rest_bold", "--host",
+                        "127.0.0.1", "--port", port, "--called-aet", "PLAIN", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["delivered"] == made[0].n_instances
-    for path in sorted(received.rglob("*")):
-        if path.is_file():
-            ds = pydicom.dcmread(path)
-            assert not ds.file_meta.TransferSyntaxUID.is_compressed
-            expected = next(d for d in made[0].classic_datasets()
-                            if d.SOPInstanceUID == ds.SOPInstanceUID)
-            assert np.array_equal(ds.pixel_array, expected.pixel_array)
+    # the JPEG-LS images and the RLE enhanced instance, decompressed for this peer
+    expected = {d.SOPInstanceUID: d for d in made[0].classic_datasets()}
+    expected[made[1].object_uid] = convert_file(session["bold"], iod="enhanced").object()
+    assert json.loads(proc.stdout)["delivered"] == len(expected)
+    received_files = [path for path in sorted(received.rglob("*")) if path.is_file()]
+    assert len(received_files) == len(expected)
+    for path in received_files:
+        ds = pydicom.dcmread(path)
+        assert not ds.file_meta.TransferSyntaxUID.is_compressed
+        assert np.array_equal(ds.pixel_array, expected[ds.SOPInstanceUID].pixel_array)
 
 
 def test_profile_and_destination_choose_the_object(tmp_path, session):

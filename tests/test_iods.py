@@ -434,3 +434,30 @@ def test_convert_labelmap_option(tmp_path, session):
     ds = pydicom.dcmread(next(out.rglob("IM000001.dcm")), stop_before_pixels=True)
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
     assert ds.SegmentationType == "LABELMAP"
+
+
+@pytest.mark.peers  # Orthanc
+def test_a_peer_that_does_not_take_the_chosen_object_gets_a_reason_with_the_fix(tmp_path,
+                                                                                 session):
+    """An Orthanc without UnknownSopClassAccepted (its DCMTK does not know LABELMAP): the
+    image goes, the SEG fails for good, and the message names the class and the setting."""
+    import shutil
+
+    from conftest import orthanc_script, start_pacs
+
+    storage = tmp_path / "orthanc"
+    pacs = start_pacs(storage, overrides={"UnknownSopClassAccepted": False})
+    try:
+        folder = tmp_path / "exam"
+        folder.mkdir()
+        shutil.copy(session["t1"], folder)
+        shutil.copy(session["dseg"], folder)
+        cfg = pacs.config_toml(tmp_path / "node.toml", 'iod = "auto"\nlabelmap = true')
+        proc = run_node("push", folder, "--config", cfg)
+    finally:
+        orthanc_script.stop(storage)
+    assert proc.returncode == 1, proc.stderr
+    assert "peer does not take SOP class 1.2.840.10008.5.1.4.1.1.66.7" in proc.stdout
+    assert "set labelmap = false for this destination" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert f"{convert_file(session['t1']).n_instances} of " in proc.stdout  # the image went

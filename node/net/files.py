@@ -399,7 +399,12 @@ def describe(f: DicomFile) -> DicomFile:
 
 
 class _Unsendable(Exception):
-    """This file cannot go over this association (a permanent failure for the instance)."""
+    """This file cannot go over this association (a permanent failure for the instance);
+    ``sop_class_refused``: because the peer takes no instance of its SOP class at all."""
+
+    def __init__(self, message: str, sop_class_refused: bool = False) -> None:
+        super().__init__(message)
+        self.sop_class_refused = sop_class_refused
 
 
 def _payload(
@@ -417,11 +422,16 @@ def _payload(
                 raise _Unsendable(exc.reason) from None
             return context.id, fp, described  # streamed as encoded
     fallback = next((c for c in mine if c.transfer_syntax in UNCOMPRESSED), None)
-    if fallback is None:
-        raise _Unsendable(f"peer accepted no presentation context for SOP class "
-                          f"{f.sop_class_uid} in transfer syntax {f.transfer_syntax}")
-    from pydicom import dcmread
     from pydicom.uid import UID
+
+    if fallback is None:
+        name = UID(f.sop_class_uid).name
+        what = f"{name} ({f.sop_class_uid})" if name != f.sop_class_uid else f.sop_class_uid
+        if not mine:
+            raise _Unsendable(f"peer does not take SOP class {what}", sop_class_refused=True)
+        raise _Unsendable(f"peer accepted no presentation context for SOP class {what} in "
+                          f"transfer syntax {f.transfer_syntax}")
+    from pydicom import dcmread
     from pynetdicom.dsutils import encode
 
     try:

@@ -115,6 +115,7 @@ class InstanceResult:
     message: str
     seconds: float = 0.0  # time from the start of the push until this instance's answer
     timed_out: bool = False  # it was in flight when the peer stopped answering
+    sop_class_refused: bool = False  # the peer takes no instance of its SOP class
 
 
 @dataclass
@@ -246,13 +247,13 @@ def _send_all(
     two or more cores our work hides behind the peer's. A file opened but not yet sent when
     the association is lost goes back to ``pending`` for another association.
     """
-    def prepare(f: DicomFile | None) -> tuple[int, BinaryIO, DicomFile] | str | None:
+    def prepare(f: DicomFile | None) -> tuple[int, BinaryIO, DicomFile] | _Unsendable | None:
         if f is None:
             return None
         try:
             return _payload(f, assoc.contexts)
         except _Unsendable as exc:
-            return str(exc)
+            return exc
 
     dimse_timeout = assoc.dest.dimse_timeout
     message_id = 0
@@ -264,7 +265,9 @@ def _send_all(
             following = ahead = None
             if not isinstance(payload, tuple):
                 record(InstanceResult(describe(f), Outcome.PERMANENT, None, str(payload),
-                                      time.monotonic() - t0))
+                                      time.monotonic() - t0,
+                                      sop_class_refused=getattr(payload, "sop_class_refused",
+                                                                False)))
                 following = pending.take()
                 ahead = prepare(following)
                 continue

@@ -72,6 +72,8 @@ class Batch:
     series_uid: str
     study_uid: str
     warnings: tuple[str, ...] = ()
+    #: what chose the object when it is not a classic image (for a peer that refuses it)
+    chosen_by: str = ""
 
 
 def prepare(
@@ -108,7 +110,10 @@ def prepare(
                   series.transfer_syntax, series.uids.study, series.uids.series)
         for n, uid in enumerate(series.instance_uids(), 1)
     ]
-    return Batch(source, files, series.uids.series, series.uids.study, tuple(series.warnings))
+    chosen_by = "" if series.iod == "image" else f'iod = "{series.iod}"' + (
+        ", labelmap = true" if labelmap and series.iod == "seg" else "")
+    return Batch(source, files, series.uids.series, series.uids.study, tuple(series.warnings),
+                 chosen_by)
 
 
 def _reference(source: Path, sidecar: Path | None, profile: Profile, config: Config,
@@ -206,6 +211,11 @@ def classify(
     no_context = [f for f in failures if f.kind == FailureKind.NO_CONTEXT]
     if permanent or no_context:
         message = no_context[0].message if no_context else permanent[0].message
+        if batch.chosen_by and (no_context or any(r.sop_class_refused for r in results)):
+            fix = ("set labelmap = false for this destination: BINARY SEGs" if "labelmap" in
+                   batch.chosen_by else "set an iod this destination takes: iod = \"image\" "
+                   "for classic images")
+            message += f" (the series was made as {batch.chosen_by}; {fix})"
         return DeliveryResult(JobState.FAILED, message, "permanent", **common)
     failure: NetworkFailure | None = failures[0] if failures else None
     if failure is not None:

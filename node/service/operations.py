@@ -287,8 +287,11 @@ class SeriesReport:
         return out
 
 
-def summarise(report) -> list[SeriesReport]:
-    """Per-series counts in first-seen order; distinct failure messages kept (at most 5)."""
+def summarise(report, outcomes: Sequence = ()) -> list[SeriesReport]:
+    """Per-series counts in first-seen order; distinct failure messages kept (at most 5).
+    ``outcomes`` (delivery.DeliveryResult per series) may say more of a failure than its
+    instances do (what chose an object the peer does not take): that message replaces
+    theirs."""
     series: dict[str, SeriesReport] = {}
     for result in report.results:
         f = result.file
@@ -303,6 +306,11 @@ def summarise(report) -> list[SeriesReport]:
         else:
             s.failed += 1
             _note(s, result.message)
+    for outcome in outcomes:
+        s = series.get(outcome.series_uid or "")
+        if s is not None and outcome.message and s.failed:
+            s.messages = [outcome.message if outcome.message.startswith(m) else m
+                          for m in s.messages]
     return list(series.values())
 
 
@@ -344,8 +352,8 @@ def push(
         gathered = gather(paths, Path(spool), profile, uid_root, jobs, reference,
                           dest.iod, dest.compression, dest.labelmap)
         progress = on_gathered(gathered) if on_gathered else None
-        report, _ = send(gathered.batches, dest, calling_ae, progress=progress)
-    result = PushResult(report, summarise(report), gathered.problems,
+        report, outcomes = send(gathered.batches, dest, calling_ae, progress=progress)
+    result = PushResult(report, summarise(report, outcomes), gathered.problems,
                         ignored=len(gathered.ignored))
     if verify and result.series and not report.interrupted:
         verify_series(result, dest, calling_ae)

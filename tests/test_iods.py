@@ -461,3 +461,20 @@ def test_a_peer_that_does_not_take_the_chosen_object_gets_a_reason_with_the_fix(
     assert "set labelmap = false for this destination" in proc.stdout
     assert "Traceback" not in proc.stderr
     assert f"{convert_file(session['t1']).n_instances} of " in proc.stdout  # the image went
+
+
+def test_enhanced_past_65535_volumes(tmp_path):
+    """A US element cannot count past 65535: a run of 70,000 volumes (NIfTI-2) becomes one
+    instance whose later frames leave the optional Frame Acquisition Number out, not a
+    traceback."""
+    path = tmp_path / "sub-01_task-x_bold.nii"
+    data = np.random.default_rng(0).integers(-999, 999, (2, 2, 1, 70000), dtype=np.int16)
+    nib.save(nib.Nifti2Image(data, np.eye(4)), str(path))
+    folder = write_series(convert_file(path, iod="enhanced"), tmp_path / "out")
+    ds = pydicom.dcmread(folder / "IM000001.dcm")
+    groups = ds.PerFrameFunctionalGroupsSequence
+    assert int(ds.NumberOfFrames) == len(groups) == 70000
+    assert groups[65534].FrameContentSequence[0].FrameAcquisitionNumber == 65535
+    assert "FrameAcquisitionNumber" not in groups[65535].FrameContentSequence[0]
+    assert int(groups[69999].FrameContentSequence[0].TemporalPositionIndex) == 70000
+    assert np.array_equal(ds.pixel_array[69999], data[:, :, 0, 69999].T)

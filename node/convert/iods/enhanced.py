@@ -245,7 +245,9 @@ def _frame_groups(instance: InstanceSlice, n_slices: int, n_volumes: int, orient
         _element(0x00209056, "SH", b"1"),  # Stack ID
         _element(0x00209057, "UL", struct.pack("<L", k + 1)),  # In-Stack Position Number
         _element(0x00209128, "UL", struct.pack("<L", t + 1)) if n_volumes > 1 else b"",
-        _element(0x00209156, "US", struct.pack("<H", instance.acquisition_number or 1)),
+        # Frame Acquisition Number is US (Type 3): past 65535 volumes it is left out
+        _element(0x00209156, "US", struct.pack("<H", number)) if (
+            number := instance.acquisition_number or 1) <= 0xFFFF else b"",
         _element(0x00209157, "UL", indices),  # Dimension Index Values
     ]
     out.append(_sequence(0x00209111, b"".join(content)))

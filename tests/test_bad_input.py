@@ -122,6 +122,13 @@ def make_complex(d: Path) -> Path:
     return p
 
 
+def make_too_wide(d: Path) -> Path:
+    """NIfTI-2 allows 70,000 columns; DICOM's Rows and Columns are 16-bit."""
+    p = d / "wide.nii"
+    nib.save(nib.Nifti2Image(np.zeros((70000, 2, 1), np.int16), np.eye(4)), str(p))
+    return p
+
+
 BAD = {
     "not-nifti": (make_not_nifti, "not a readable NIfTI"),
     "empty": (make_empty, "empty"),
@@ -136,6 +143,7 @@ BAD = {
     "sidecar-unmappable-value": (make_bad_sidecar_value, "RepetitionTime"),
     "rgba": (make_rgba, "alpha"),
     "complex": (make_complex, "complex"),
+    "too-wide": (make_too_wide, "at most 65535"),
 }
 
 

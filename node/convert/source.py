@@ -228,6 +228,9 @@ def _effective_shape(path: Path, header: Any) -> tuple[int, int, int, int]:
     if len(dims) > 4:
         raise InputError(path, f"{len(dims)}D data {dims} is not supported (3D or 4D only)")
     dims += [1] * (4 - len(dims))
+    if max(dims[:2]) > 0xFFFF:
+        raise InputError(path, f"a slice of {dims[0]} x {dims[1]} voxels: DICOM Rows and Columns "
+                         "are 16-bit (at most 65535, PS3.3 C.7.6.3)")
     return dims[0], dims[1], dims[2], dims[3]
 
 

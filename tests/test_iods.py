@@ -316,11 +316,14 @@ def test_a_last_dimension_of_three_is_colour_when_the_profile_says_so(tmp_path):
 @pytest.mark.parametrize("compression", ["none", "rle"])
 def test_rgb24_as_enhanced_is_one_multiframe_true_colour_instance(tmp_path, compression):
     path, channels = _rgb24(tmp_path / "sub-01_photo.nii.gz")
-    series = convert_file(path, iod="enhanced", compression=compression)
+    # a study date without a time: Content Date and Time are Type 1 here, both or neither
+    series = convert_file(path, iod="enhanced", compression=compression,
+                          overrides={"StudyDate": "20240102"})
     assert series.n_instances == 1
     assert series.sop_class_name == "Multi-frame True Color Secondary Capture Image Storage"
     folder = write_series(series, tmp_path / "out")
     ds = pydicom.dcmread(folder / "IM000001.dcm")
+    assert series.template.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # the classic's, kept
     assert ds.file_meta.TransferSyntaxUID == series.transfer_syntax
     assert (ds.PhotometricInterpretation, ds.SamplesPerPixel, int(ds.NumberOfFrames)) == (
         "RGB", 3, 4)

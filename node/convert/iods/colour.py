@@ -16,12 +16,13 @@ Frames run slice fastest: frame t * n_slices + k + 1 is slice k of volume t.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
-from datetime import datetime
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from node.convert.iods.enhanced import content_datetime
 from node.convert.iods.image import InstanceSlice, file_meta
 
 MULTIFRAME_TRUE_COLOUR_SC = UID("1.2.840.10008.5.1.4.1.1.7.4")
@@ -39,17 +40,14 @@ def true_colour_dataset(template: Dataset, slices: Iterable[InstanceSlice], n_sl
     """The Multi-frame True Color SC instance of a colour series, from its classic template
     (8-bit RGB, interleaved) and its slices in instance order."""
     ds = Dataset()
-    ds.update(template)
-    for keyword in _PLANE:
-        if keyword in ds:
-            del ds[keyword]
+    for element in template:  # copies: values set here must not change the template
+        if element.keyword not in _PLANE:
+            ds.add(copy.copy(element))
     ds.SOPClassUID = MULTIFRAME_TRUE_COLOUR_SC
     ds.SOPInstanceUID = sop_instance_uid
     ds.InstanceNumber = 1
     ds.BurnedInAnnotation = "NO"
-    if not ds.get("ContentDate"):  # Type 1 here (C.7.6.16): when the pixels were made, as
-        now = datetime.now()  # highdicom says of the objects it creates
-        ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.ContentDate, ds.ContentTime = content_datetime(template)  # Type 1 here (C.7.6.16)
     ds.PositionReferenceIndicator = template.get("PositionReferenceIndicator", "")
 
     measures = Dataset()

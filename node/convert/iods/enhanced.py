@@ -136,7 +136,7 @@ def _head(modality: str, template: Dataset, n_slices: int, n_volumes: int,
     ds.ImageType = image_type
     for keyword, value in _FRAME_TYPE.items():
         setattr(ds, keyword, value)
-    ds.ContentDate, ds.ContentTime = _content_datetime(template)
+    ds.ContentDate, ds.ContentTime = content_datetime(template)
     description = str(template.get("SeriesDescription") or "")
     if description and len(description) + len(_SUFFIX) <= 64:  # LO: 64 characters
         ds.SeriesDescription = description + _SUFFIX  # told apart from the classic series
@@ -282,7 +282,7 @@ def _text(values) -> bytes:
     return "\\".join(str(v) for v in values).encode()
 
 
-def _content_datetime(template: Dataset) -> tuple[str, str]:
+def content_datetime(template: Dataset) -> tuple[str, str]:
     """Content Date and Time, Type 1 here (C.7.6.16): the classic images' when they have both,
     else the acquisition's, else now (when these pixels were made, as highdicom says)."""
     for date, time in (("ContentDate", "ContentTime"), ("AcquisitionDate", "AcquisitionTime")):

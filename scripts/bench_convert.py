@@ -20,7 +20,7 @@ ratio. Targets: enhanced conversion no slower than image; JPEG-LS at least 1.8x 
 4D file as `enhanced` under 400 MB peak RSS.
 
     .venv/bin/python scripts/bench_convert.py [--work DIR] [--no-install] [--profile]
-                                              [--objects-only]
+                                              [--objects-only] [--real NIFTI ...]
 """
 
 from __future__ import annotations
@@ -148,6 +148,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="print where dicom-node's time goes")
     parser.add_argument("--objects-only", action="store_true",
                         help="only the enhanced/compression comparison")
+    parser.add_argument("--real", type=Path, nargs="+", default=[], metavar="NIFTI",
+                        help="more real scans for the JPEG-LS ratio (beside nibabel's)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-convert-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -158,7 +160,7 @@ def main() -> int:
     print(f"inputs: {N_VOLUMES} x {SHAPE} int16 .nii.gz ({n_inst} instances), "
           f"4D {SHAPE_4D} float32; cores: {os.cpu_count()}; work: {work}")
     if args.objects_only:
-        return objects(work, inputs, path4d, node)
+        return objects(work, inputs, path4d, node, args.real)
     print(f"{'':<34} {'wall':>10} {'rate':>16} {'peak RSS':>11}  vs floor")
 
     floor_s, floor_rss = measure([[sys.executable, "-c", FLOOR, str(fresh(work / "o-floor")),
@@ -216,14 +218,15 @@ def main() -> int:
         )
         pstats.Stats(str(prof)).sort_stats("tottime").print_stats(12)
     print()
-    return objects(work, inputs, path4d, node)
+    return objects(work, inputs, path4d, node, args.real)
 
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def objects(work: Path, inputs: list[Path], path4d: Path, node: list[str]) -> int:
+def objects(work: Path, inputs: list[Path], path4d: Path, node: list[str],
+            real: list[Path] = ()) -> int:
     """Enhanced and compressed output against classic images, on the same five volumes."""
     print(f"{'objects (5 volumes, -j 1)':<34} {'wall':>10} {'bytes':>12} {'ratio':>8} "
           f"{'peak RSS':>10}")
@@ -250,30 +253,31 @@ def objects(work: Path, inputs: list[Path], path4d: Path, node: list[str]) -> in
     print(f"JPEG-LS lossless vs uncompressed bytes: {image_b / results['image jpeg-ls'][1]:.2f}x"
           " smaller  (target >= 1.8x)")
     print(f"4D enhanced peak RSS: {rss4d / 1024:.0f} MB  (target < 400 MB)")
-    real_mr(work, node)
+    real_mr(work, node, real)
     return 0
 
 
-def real_mr(work: Path, node: list[str]) -> None:
-    """JPEG-LS on real MR: the only real scans on this machine are nibabel's test data (a
-    33x41x25 anatomical at 2 mm, cropped to the head, and a 128x96x24x2 EPI run). Bytes of
-    the files and of the Pixel Data alone (small slices make the per-file header weigh)."""
+def real_mr(work: Path, node: list[str], more: list[Path] = ()) -> None:
+    """JPEG-LS on real MR: nibabel's test data (a 33x41x25 anatomical at 2 mm, cropped to
+    the head, and a 128x96x24x2 EPI run), always here, and the scans named with ``--real``.
+    Bytes of the files and of the Pixel Data alone (small slices make the header weigh)."""
     import pydicom
 
     data = Path(nib.__file__).parent / "tests" / "data"
-    print(f"\n{'real MR (nibabel test data)':<34} {'files':>12} {'pixels':>12}")
-    for name in ("anatomical.nii", "example4d.nii.gz"):
+    print(f"\n{'real MR, JPEG-LS':<34} {'files':>12} {'pixels':>12}")
+    for path in [data / "anatomical.nii", data / "example4d.nii.gz", *more]:
+        name = path.name
         sizes = {}
         for compression in ("none", "jpeg-ls"):
             out = fresh(work / f"o-real-{compression}-{name}")
-            subprocess.run([*node, str(data / name), "--set", "PatientID=BENCH",
+            subprocess.run([*node, str(path), "--set", "PatientID=BENCH",
                             "--compression", compression, "-o", str(out)],
                            check=True, capture_output=True)
             files = sorted(out.rglob("*.dcm"))
             sizes[compression] = (sum(p.stat().st_size for p in files),
                                   sum(len(pydicom.dcmread(p).PixelData) for p in files))
         (f0, p0), (f1, p1) = sizes["none"], sizes["jpeg-ls"]
-        print(f"{name + ' JPEG-LS':<34} {f0 / f1:11.2f}x {p0 / p1:11.2f}x smaller")
+        print(f"{name[:34]:<34} {f0 / f1:11.2f}x {p0 / p1:11.2f}x smaller")
 
 
 if __name__ == "__main__":

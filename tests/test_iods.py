@@ -481,3 +481,25 @@ def test_enhanced_past_65535_volumes(tmp_path):
     assert "FrameAcquisitionNumber" not in groups[65535].FrameContentSequence[0]
     assert int(groups[69999].FrameContentSequence[0].TemporalPositionIndex) == 70000
     assert np.array_equal(ds.pixel_array[69999], data[:, :, 0, 69999].T)
+
+
+@pytest.mark.peers  # Orthanc
+def test_the_node_sends_what_its_destination_takes(tmp_path, pacs, node_factory, session):
+    """The watched-folder node, not only push: a destination with iod = "enhanced" and
+    compression = "jpeg-ls" gets one enhanced instance in JPEG-LS, pixel-exact."""
+    from test_node import drop, wait_until
+
+    node = node_factory(pacs.port, destination_toml='iod = "enhanced"\ncompression = "jpeg-ls"')
+    node.start()
+    drop(node.inbox, session["bold"].name, session["bold"].read_bytes())
+    wait_until(lambda: node.states() == ["done"], 60, "the run to be delivered")
+    assert node.stop() == 0
+    expected = convert_file(session["bold"], iod="enhanced")
+    stored = pacs.series(expected.uids.series)
+    assert stored is not None and len(stored["Instances"]) == 1
+    oid = stored["Instances"][0]
+    assert pacs.get_bytes(f"/instances/{oid}/metadata/TransferSyntax").decode() == (
+        "1.2.840.10008.1.2.4.80")  # JPEG-LS Lossless
+    ds = pydicom.dcmread(io.BytesIO(pacs.get_bytes(f"/instances/{oid}/file")))
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4.4"  # Legacy Converted Enhanced MR
+    assert np.array_equal(ds.pixel_array, expected.object().pixel_array)

@@ -39,7 +39,8 @@ def wait_until(predicate, timeout: float, what: str, step: float = 0.1):
 class NodeProcess:
     """`python -m node watch` in its own process, with its own state folder and inbox."""
 
-    def __init__(self, tmp: Path, pacs_port: int, **node_keys) -> None:
+    def __init__(self, tmp: Path, pacs_port: int, destination_toml: str = "",
+                 **node_keys) -> None:
         self.tmp = tmp
         self.inbox = tmp / "inbox"
         self.inbox.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,7 @@ class NodeProcess:
             "[node]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
             + f'[destinations.pacs]\nhost = "127.0.0.1"\nport = {pacs_port}\n'
             'ae_title = "ORTHANC"\nacse_timeout = 5\ndimse_timeout = 10\nconnect_timeout = 2\n'
-            f'[[watch]]\npath = "{self.inbox}"\nsettle_seconds = {SETTLE}\n'
+            f'{destination_toml}\n[[watch]]\npath = "{self.inbox}"\nsettle_seconds = {SETTLE}\n'
         )
         self.log = tmp / "node.log"
         self.proc: subprocess.Popen | None = None

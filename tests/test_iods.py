@@ -484,17 +484,20 @@ def test_enhanced_past_65535_volumes(tmp_path):
 
 
 @pytest.mark.peers  # Orthanc
-def test_the_node_sends_what_its_destination_takes(tmp_path, pacs, node_factory, session):
+def test_the_node_sends_what_its_destination_takes(tmp_path, pacs, node_factory):
     """The watched-folder node, not only push: a destination with iod = "enhanced" and
     compression = "jpeg-ls" gets one enhanced instance in JPEG-LS, pixel-exact."""
     from test_node import drop, wait_until
 
+    # a run of its own: the session's runs are in this Orthanc already (other encodings)
+    run = write_nifti(tmp_path / "src" / "sub-02_task-rest_bold.nii.gz",
+                      ramp_data((20, 16, 8, 3), "int16", seed=9), AFFINE)
     node = node_factory(pacs.port, destination_toml='iod = "enhanced"\ncompression = "jpeg-ls"')
     node.start()
-    drop(node.inbox, session["bold"].name, session["bold"].read_bytes())
+    drop(node.inbox, run.name, run.read_bytes())
     wait_until(lambda: node.states() == ["done"], 60, "the run to be delivered")
     assert node.stop() == 0
-    expected = convert_file(session["bold"], iod="enhanced")
+    expected = convert_file(run, iod="enhanced")
     stored = pacs.series(expected.uids.series)
     assert stored is not None and len(stored["Instances"]) == 1
     oid = stored["Instances"][0]

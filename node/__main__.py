@@ -1,5 +1,5 @@
 """``python -m node`` is the same as the ``dicom-node`` command."""
 
-from node.cli.app import main
+from node.cli.main import main
 
 raise SystemExit(main())

@@ -11,9 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
+from support.journal import force_state
 
-from node.service.journal import ALLOWED, InvalidTransition, JobState, Journal, owner_id
-from node.service.pgjournal import close_pool, open_journal_at
+from node.service.journal import (
+    ALLOWED,
+    InvalidTransition,
+    JobState,
+    Journal,
+    open_journal_at,
+    owner_id,
+)
+from node.service.journal.postgres import close_pool
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.peers)]
 
@@ -42,8 +50,7 @@ def _job(journal: Journal, n: int = 0, **kw):
     return job
 
 
-def _force(journal: Journal, job_id: int, state: JobState) -> None:
-    journal.db.execute("UPDATE jobs SET state = ? WHERE id = ?", (state.value, job_id))
+_force = force_state
 
 
 def test_every_state_has_a_rule_and_done_is_final():
@@ -203,3 +210,173 @@ def test_a_journal_from_a_newer_dicom_node_is_refused(tmp_path):
     db.close()
     with pytest.raises(JournalError, match="newer than this dicom-node"):
         Journal(path)
+
+
+# --- the rest of the store's contract, on both engines ------------------------------------------
+
+def test_a_job_is_typed_and_only_its_changeable_fields_move(journal):
+    job = _job(journal)
+    assert isinstance(job.state, JobState) and job.state is JobState.QUEUED
+    with pytest.raises(ValueError, match="destination cannot be changed"):
+        journal.move(job.id, JobState.CANCELLED, destination="elsewhere")
+    assert journal.get(job.id).state is JobState.QUEUED  # nothing was written
+    entries = journal.history(job.id)
+    assert entries[0].to_state == "queued" and entries[0].from_state is None
+
+
+def test_an_expired_lease_is_taken_over_and_its_old_holder_records_nothing(journal):
+    job = _job(journal)
+    journal.claim(owner="host-a:1", lease_seconds=5)
+    assert journal.recover(now=time.time() + 1) == []  # host-a's lease still runs
+    taken = journal.recover(now=time.time() + 6)
+    assert [j.id for j in taken] == [job.id]
+    again = journal.claim(owner="host-b:2")
+    assert (again.id, again.owner, again.attempts) == (job.id, "host-b:2", 1)
+    with pytest.raises(InvalidTransition, match="lease was lost"):
+        journal.move(job.id, JobState.SENDING, owner="host-a:1")
+    journal.move(job.id, JobState.SENDING, owner="host-b:2")
+    steps = [(h.from_state, h.to_state, h.owner) for h in journal.history(job.id)]
+    assert steps == [(None, "queued", None), ("queued", "converting", "host-a:1"),
+                     ("converting", "queued", "host-a:1"), ("queued", "converting", "host-b:2"),
+                     ("converting", "sending", "host-b:2")]
+
+
+def test_concurrent_claims_hand_out_each_job_once(location):
+    """Four handles claiming at once (threads, each its own connection): every job is claimed
+    by exactly one of them (BEGIN IMMEDIATE in SQLite, SKIP LOCKED in PostgreSQL)."""
+    import threading
+
+    setup = open_journal_at(location)
+    for n in range(40):
+        _job(setup, n)
+    setup.close()
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        handle = open_journal_at(location, create=False)
+        try:
+            for _ in range(100):
+                job = handle.claim(owner=f"w:{k}")
+                if job is None:
+                    return
+                with lock:
+                    claimed.append(job.id)
+        finally:
+            handle.close()
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    close_pool(str(location))
+    assert sorted(claimed) == list(range(1, 41))
+
+
+def test_a_job_with_the_same_key_is_found_not_duplicated(journal):
+    first, created = journal.enqueue(Path("/in/a.nii"), "a" * 64, 1, "bids-mr", "pacs", key="k")
+    again, created_again = journal.enqueue(Path("/in/b.nii"), "b" * 64, 1, "bids-mr", "pacs",
+                                           key="k")
+    assert created and not created_again and again.id == first.id
+    journal.move(first.id, JobState.CANCELLED)
+    back, created = journal.enqueue(Path("/in/c.nii"), "c" * 64, 1, "bids-mr", "pacs", key="k")
+    assert (back.id, created, back.state, back.source) == (first.id, True, "queued", "/in/c.nii")
+    assert journal.history(first.id)[-1].detail == "enqueued again"
+
+
+def test_paused_destinations_wait_and_resume(journal):
+    held, _ = journal.enqueue(Path("/in/p.nii"), "1" * 64, 1, "bids-mr", "pacs")
+    other, _ = journal.enqueue(Path("/in/q.nii"), "2" * 64, 1, "bids-mr", "archive")
+    assert journal.pause("pacs", "alice") is True
+    assert journal.pause("pacs", "bob") is False  # paused already: the first pause stands
+    assert journal.paused()["pacs"][1] == "alice"
+    assert journal.claim().id == other.id
+    assert journal.claim() is None  # pacs's job waits
+    assert journal.resume("pacs") is True and journal.resume("pacs") is False
+    assert journal.claim().id == held.id
+
+
+def test_the_audit_log_keeps_each_action_newest_first_and_caps_lengths(journal):
+    journal.audit("alice", "cli", "pause", "pacs", "paused")
+    journal.audit("bob" * 100, "console", "retry", "job 7" * 200, "x" * 5000)
+    rows = journal.audit_log()
+    assert [r["action"] for r in rows] == ["retry", "pause"]
+    assert (len(rows[0]["who"]), len(rows[0]["target"]), len(rows[0]["result"])) == (
+        200, 500, 1000)
+    assert rows[1] == {"id": rows[1]["id"], "at": rows[1]["at"], "who": "alice", "via": "cli",
+                       "action": "pause", "target": "pacs", "result": "paused"}
+    assert [r["action"] for r in journal.audit_log(limit=1, offset=1)] == ["pause"]
+
+
+def test_study_values_are_shared_and_series_numbers_distinct(journal):
+    from node.convert.study import StudyValues
+
+    study = StudyValues.from_json("1.2.3", {"identity_rank": 4, "values": {}, "weak": []})
+    _, first = journal.reconcile_study(study, "1.2.3.1")
+    _, second = journal.reconcile_study(study, "1.2.3.2")
+    _, first_again = journal.reconcile_study(study, "1.2.3.1")
+    assert first == first_again and first != second and 1000 <= second <= 9999
+    _, named = journal.reconcile_study(study, "1.2.3.3", own_number=5)
+    assert named == 5
+
+
+def test_instances_timeouts_and_notes(journal):
+    job = _job(journal)
+    journal.record_instances(job.id, [("1.1", 0, "success"), ("1.2", 0xA700, "transient")])
+    journal.record_instances(job.id, [("1.2", 0xB000, "warning")])  # the latest wins
+    assert journal.delivered_instances(job.id) == {"1.1", "1.2"}
+    assert [journal.count_timeout(job.id, "1.3") for _ in range(3)] == [1, 2, 3]
+    journal.note(job.id, "its sidecar arrived late")
+    assert journal.get(job.id).last_error == "its sidecar arrived late"
+    assert journal.history(job.id)[-1].detail == "its sidecar arrived late"
+
+
+def test_reading_pages_counts_and_outcomes(journal):
+    a, b, c = (_job(journal, n) for n in range(3))
+    journal.claim(now=0)
+    journal.move(a.id, JobState.SENDING)
+    journal.move(a.id, JobState.DONE, delivered=3, series_uid="1.2.840.99")
+    journal.claim(now=0)
+    journal.move(b.id, JobState.RETRY_WAIT, last_error="refused", alert=1, next_attempt=1e12)
+    assert journal.counts()["done"] == 1 and journal.counts()["queued"] == 1
+    assert [j.id for j in journal.jobs()] == [a.id, b.id, c.id]
+    assert [j.id for j in journal.jobs(limit=2)] == [a.id, b.id]
+    assert [j.id for j in journal.jobs("queued")] == [c.id]
+    assert journal.oldest_waiting().id == b.id
+    assert [j.id for j in journal.alerts()] == [b.id]
+    assert [j.id for j in journal.last_errors()] == [b.id]
+    found, total = journal.find_jobs(text="1.2.840.99")
+    assert ([j.id for j in found], total) == ([a.id], 1)
+    found, total = journal.find_jobs(state="queued", destination="pacs", limit=1)
+    assert ([j.id for j in found], total) == ([c.id], 1)
+    assert journal.find_jobs(until=0)[1] == 0 and journal.find_jobs(since=0)[1] == 3
+    assert journal.find_by_source(["/in/f1.nii", "/in/f2.nii"]).id == c.id
+    assert sum(journal.done_per_bucket(time.time() - 600)) == 1
+    outcomes = journal.last_outcomes()
+    assert outcomes["pacs"][1] == "retry-wait" and outcomes["pacs"][2] == "refused"
+
+
+def test_echoes_and_the_node_registry(journal):
+    journal.record_echo("pacs", True, "2.0 ms", 2.0)
+    journal.record_echo("pacs", False, "refused")  # the latest replaces it
+    assert [(e.name, e.ok, e.message) for e in journal.echoes()] == [("pacs", False, "refused")]
+    assert journal.echo_latencies() == {"pacs": None}
+    me = owner_id()
+    journal.register_node(me, "9.9")
+    journal.register_node("elsewhere:1", "9.9")
+    job = _job(journal)
+    journal.claim(owner=me)
+    assert journal.renew(me) == 1
+    assert journal.jobs_held() == {me: 1}
+    assert {n["owner"] for n in journal.running_nodes()} == {me, "elsewhere:1"}
+    journal.node_stopped("elsewhere:1")
+    assert [n["owner"] for n in journal.running_nodes()] == [me]
+    assert {n["owner"] for n in journal.nodes()} == {me, "elsewhere:1"}
+    assert journal.get(job.id).owner == me
+
+
+def test_both_stores_implement_the_one_interface(journal):
+    from node.service.journal import JournalStore
+
+    assert isinstance(journal, JournalStore)

@@ -1,5 +1,5 @@
 """The ``dicom-node`` command: parse, call one library function, render."""
 
-from node.cli.app import main
+from node.cli.main import main
 
 __all__ = ["main"]

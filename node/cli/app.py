@@ -52,8 +52,8 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, str]:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from node.errors import DicomNodeError
-    from node.net.status import NetworkFailure
-    from node.service.operations import convert_batch
+    from node.service.network import NetworkFailure
+    from node.service.operations.batch import convert_batch
     from node.service.settings import load_config
 
     try:
@@ -91,27 +91,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _reference(args: argparse.Namespace, config, dest):
-    """The exam named by --reference or --study-of (None without them). --study-of asks
-    ``dest`` (push: where the series go), else the configured destination, or its
-    query_destination."""
-    from node.convert.reference import read_reference
-    from node.service.attach import parse_study_of, study_of
+    """The exam named by --reference or --study-of (None without them); see
+    node.service.attach.exam_for."""
+    from node.service.attach import exam_for
 
-    if getattr(args, "reference", None) is not None:
-        return read_reference(args.reference)
-    if getattr(args, "study_of", None) is None:
-        return None
-    keys = parse_study_of(args.study_of)
-    dest = config.query_destination(dest or config.destination(getattr(args, "destination",
-                                                                       None)))
-    return study_of(dest, dest.calling_ae_title or config.node.ae_title, keys)
+    if dest is None and getattr(args, "study_of", None) is not None:
+        dest = config.destination(getattr(args, "destination", None))
+    return exam_for(config, dest, getattr(args, "reference", None),
+                    getattr(args, "study_of", None))
 
 
 def _explain(args: argparse.Namespace, profile, uid_root: str, overrides,
              reference=None) -> int:
     """convert --explain: every attribute, its value and its source; nothing is written."""
     from node.errors import DicomNodeError
-    from node.service.operations import explain
+    from node.service.operations.batch import explain
 
     status = EXIT_OK
     for path in args.inputs:
@@ -196,8 +190,8 @@ def cmd_echo(args: argparse.Namespace) -> int:
     import json
 
     from node.errors import DicomNodeError
-    from node.net.scu import echo
-    from node.net.status import NetworkFailure
+    from node.service.network import NetworkFailure
+    from node.service.network import echo_destination as echo
     from node.service.settings import load_config
 
     try:
@@ -254,8 +248,8 @@ class _Progress:
 def cmd_push(args: argparse.Namespace) -> int:
 
     from node.errors import DicomNodeError
-    from node.net.status import NetworkFailure
-    from node.service.operations import push
+    from node.service.network import NetworkFailure
+    from node.service.operations.push import push
     from node.service.settings import load_config
 
     try:
@@ -355,20 +349,20 @@ def _config(args: argparse.Namespace, profiles: bool = True):
 
 
 def _journal(config, create: bool = False):
-    """The config's journal. Read-only commands never create one: JournalError names the
-    config and the path they looked at."""
+    """The config's journal. Read-only commands never create one nor write its schema:
+    JournalError names the config and the path they looked at."""
     from node.service.journal import JournalError
 
     try:
-        return config.open_journal(create=create)
+        return config.open_journal_at_start() if create else config.open_journal(create=False)
     except JournalError as exc:
         where = config.path or "built-in defaults (no config file found)"
         raise JournalError(f"{exc} [config: {where}]") from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from node.net.scu import echo
-    from node.net.status import NetworkFailure
+    from node.service.network import NetworkFailure
+    from node.service.network import echo_destination as echo
     from node.service.settings import check_environment, describe
 
     config = _config(args)
@@ -466,7 +460,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     import time
 
     from node.service.observability import safe
-    from node.service.operations import status_report
+    from node.service.operations.reports import status_report
 
     config = _config(args, profiles=False)
     with closing(_journal(config)) as journal:
@@ -529,12 +523,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from node.service.operations import retry
+    from node.service.operations.jobs import retry
 
     if not args.jobs and not args.failed:
         _error("name JOB ids or give --failed")
         return EXIT_USAGE
-    from node.service.operations import audited, operator_name
+    from node.service.operations.audit import audited, operator_name
 
     config = _config(args, profiles=False)
     target = "every failed job" if args.failed else ", ".join(map(str, args.jobs))
@@ -567,13 +561,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         _error(f"quarantine {args.action} ITEM: name the job id (see dicom-node quarantine "
                "list)")
         return EXIT_USAGE
-    from node.service.operations import (
-        OperationError,
-        audited,
-        delete_quarantined,
-        operator_name,
-        release,
-    )
+    from node.service.operations import OperationError
+    from node.service.operations.audit import audited, operator_name
+    from node.service.operations.jobs import delete_quarantined, release
 
     with closing(_journal(config)) as journal:
         try:
@@ -592,7 +582,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     """cancel JOB...: waiting, failed or quarantined jobs are cancelled (audited)."""
-    from node.service.operations import OperationError, audited, cancel, operator_name
+    from node.service.operations import OperationError
+    from node.service.operations.audit import audited, operator_name
+    from node.service.operations.jobs import cancel
 
     config = _config(args, profiles=False)
     status = EXIT_OK
@@ -610,7 +602,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_pause(args: argparse.Namespace) -> int:
     """pause DEST / resume DEST: the node stops (starts again) sending to it (audited)."""
-    from node.service.operations import audited, operator_name, pause, resume
+    from node.service.operations.audit import audited, operator_name
+    from node.service.operations.destinations import pause, resume
 
     config = _config(args, profiles=False)
     with closing(_journal(config)) as journal:
@@ -636,6 +629,7 @@ def cmd_console(args: argparse.Namespace) -> int:
         config.console, host=args.host or config.console.host,
         port=args.port or config.console.port)
     config = dataclasses.replace(config, console=settings)
+    _journal(config, create=True).close()  # made, and brought up to date, before any request
     try:
         app = create_app(config)
     except ConsoleStartError as exc:
@@ -667,17 +661,23 @@ def _start_console(config, node) -> None:
 
 def cmd_journal(args: argparse.Namespace) -> int:
     config = _config(args, profiles=False)
-    if args.action == "migrate":
-        from node.service.pgjournal import migrate
+    if args.action == "migrate" and args.url:
+        from node.service.operations.journal import copy_journal
 
-        if not args.url:
-            _error("journal migrate --to postgresql://user@host:5432/dbname")
-            return EXIT_USAGE
-        source = config.node.state_dir / "journal.sqlite"
-        counts = migrate(source, args.url)
+        source, counts = copy_journal(config, args.url)
         print(f"copied {source} into {args.url}: " + ", ".join(
             f"{n} {table}" for table, n in counts.items()))
         print(f'now set [node] journal = "{args.url}" on every node')
+        return EXIT_OK
+    if args.action == "migrate":
+        from node.service.operations.journal import migrate_journal
+
+        report = migrate_journal(config)
+        if not report.applied:
+            print(f"{report.location}: schema version {report.after}, up to date")
+        else:
+            print(f"{report.location}: schema version {report.before} -> {report.after} "
+                  f"(applied {', '.join(report.applied)})")
         return EXIT_OK
     with closing(_journal(config)) as journal:
         if args.action == "check":
@@ -703,7 +703,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from node.service.operations import node_report
+    from node.service.operations.reports import node_report
 
     config = _config(args, profiles=False)
     with closing(_journal(config)) as journal:
@@ -725,7 +725,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     from node.errors import DicomNodeError
     from node.service.observability import setup_service_logging
-    from node.service.operations import ingest
+    from node.service.operations.ingest import ingest
     from node.service.settings import load_config
 
     try:
@@ -773,28 +773,3 @@ def _bar(label: str, done: int, total: int, t0: float, extra: str = "") -> None:
     if done == total:
         sys.stderr.write("\n")
     sys.stderr.flush()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from node.cli.parser import build_parser
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USAGE
-    _setup_logging(args.verbose)
-    from node.errors import DicomNodeError
-
-    try:
-        return int(args.func(args))
-    except DicomNodeError as exc:  # a user's mistake or a damaged journal: one line, no trace
-        _error(exc.message)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -226,10 +226,11 @@ def _node_commands(sub, common: argparse.ArgumentParser) -> None:
     console.set_defaults(func=cmd_console)
 
     journal = sub.add_parser("journal", parents=[common],
-                             help="check or back up the journal")
+                             help="check, back up or migrate the journal")
     journal.add_argument("action", choices=["check", "backup", "migrate"],
                          help="check: SQLite's integrity check; backup: a consistent copy "
-                         "while nodes run; migrate: copy this SQLite journal into PostgreSQL")
+                         "while nodes run; migrate: bring the journal's schema up to date "
+                         "(with --to: copy this SQLite journal into PostgreSQL)")
     journal.add_argument("target", nargs="?", type=Path, metavar="FILE",
                          help="backup: the new file")
     journal.add_argument("--to", dest="url", metavar="URL",

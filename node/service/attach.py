@@ -76,3 +76,21 @@ def profile_query(profile: Profile, source: Path, sidecar: dict,
         raise InputError(source, f"profile {profile.name} attaches to the exam by "
                          f"{rule.query} from {rule.source}, and this input has no such value")
     return {rule.query: str(value).strip()}
+
+
+def exam_for(config, dest: Destination | None, reference: Path | None,
+             study_of_spec: str | None) -> ReferenceStudy | None:
+    """The clinical exam a command's series join: a DICOM file or folder (``--reference``),
+    or the one study found by ``--study-of KEY=VALUE,...`` at ``dest`` (where the series
+    go; default the configured destination), or its ``query_destination``. None without
+    either. ValueError for a malformed ``--study-of``; InputError, NetworkFailure as
+    :func:`study_of`."""
+    from node.convert.reference import read_reference
+
+    if reference is not None:
+        return read_reference(reference)
+    if study_of_spec is None:
+        return None
+    keys = parse_study_of(study_of_spec)
+    target = config.query_destination(dest or config.destination(None))
+    return study_of(target, target.calling_ae_title or config.node.ae_title, keys)

@@ -39,12 +39,12 @@ from node.service.journal import (
     InvalidTransition,
     Job,
     JobState,
+    JournalUnavailable,
     NodeLock,
     StateDirs,
     owner_id,
 )
 from node.service.observability import Metrics, log_transition, safe, setup_service_logging
-from node.service.pgjournal import JournalUnavailable
 from node.service.settings import Config, WatchSettings
 
 log = logging.getLogger("node.service")
@@ -57,7 +57,7 @@ _worker_logging = False
 
 def warm_up() -> int:
     """Run once per worker at node start: import what a delivery needs before work arrives."""
-    import node.convert.series  # noqa: F401
+    import node.convert.output  # noqa: F401 - and with it node.convert.series
     import node.net.scu  # noqa: F401 - with it, pynetdicom's PDU codecs
 
     return os.getpid()
@@ -100,7 +100,7 @@ def _deliver_in_worker(job: Job, config: Config, state_root: str, already: set[s
     dirs = StateDirs(Path(state_root))
 
     def on_stage(stage: str) -> None:
-        journal = config.open_journal()
+        journal = config.open_journal(create=False)
         try:
             moved = journal.transition(job.id, stage, owner=owner)
         finally:
@@ -109,7 +109,7 @@ def _deliver_in_worker(job: Job, config: Config, state_root: str, already: set[s
 
     def study(values, series_uid: str, own_number):
         """The journal remembers each study's values across jobs (one set per study)."""
-        journal = config.open_journal()
+        journal = config.open_journal(create=False)
         try:
             return journal.reconcile_study(values, series_uid, own_number)
         finally:
@@ -201,7 +201,7 @@ class Node:
             holder = self.lock.acquire()
             if holder is not None:
                 raise NodeBusy(holder, config.node.state_dir)
-        self.journal = config.open_journal()
+        self.journal = config.open_journal_at_start()
         self.owner = owner_id(node_id=config.node.node_id or None)
         self.stopping = threading.Event()
         self.metrics = Metrics()
@@ -477,7 +477,7 @@ class Node:
 
         def run() -> None:
             try:
-                journal = self.config.open_journal()
+                journal = self.config.open_journal(create=False)
             except (sqlite3.Error, OSError) as exc:
                 log.warning("echo: the journal cannot be opened now (%s)", exc)
                 return

@@ -78,6 +78,9 @@ class NodeSettings:
     journal: str = setting("", "the journal: empty for state_dir/journal.sqlite (one machine), "
                            "or postgresql://user@host:5432/dbname shared by several nodes "
                            "(password from $PGPASSWORD or ~/.pgpass)")
+    auto_migrate: bool = setting(True, "a node starting on a journal made by an older release "
+                                 "brings its schema up to date; false: it refuses to start "
+                                 "until `dicom-node journal migrate` has run")
     node_id: str = setting("", "this node's name in a shared journal (default: the host name); "
                            "unique among live nodes")
     path_map: tuple[str, ...] = setting((), "a shared journal's paths as this node mounts "
@@ -225,11 +228,19 @@ class Config:
         """A postgresql:// URL, or the SQLite file in the state folder."""
         return self.node.journal or self.node.state_dir / "journal.sqlite"
 
-    def open_journal(self, create: bool = True):
-        """The node's journal, whichever backend ([node].journal)."""
-        from node.service.pgjournal import open_journal_at
+    def open_journal(self, create: bool = True, schema=None):
+        """The node's journal, whichever backend ([node].journal). ``create``: make it and
+        bring its schema up to date (a node at start, a command that enqueues); else only use
+        a current one (a console request, a read-only command, a worker). ``schema``: see
+        node.service.journal.store.Store._open_schema."""
+        from node.service.journal import open_journal_at
 
-        return open_journal_at(self.journal_location, create=create)
+        return open_journal_at(self.journal_location, create=create, schema=schema)
+
+    def open_journal_at_start(self):
+        """The journal as a node opens it at start: brought up to date when
+        [node].auto_migrate allows, else made when new and refused when behind."""
+        return self.open_journal(schema="migrate" if self.node.auto_migrate else "new")
 
     def query_destination(self, dest: Destination) -> Destination:
         """Where the studies a series joins are looked up for ``dest``: its

@@ -32,18 +32,11 @@ from starlette.templating import Jinja2Templates
 
 from node import __version__
 from node.errors import DicomNodeError
-from node.service.journal import Job, Journal, StateDirs
-from node.service.operations import (
-    audited,
-    cancel,
-    delete_quarantined,
-    echo_now,
-    pause,
-    release,
-    resume,
-    retry,
-    status_report,
-)
+from node.service.journal import Job, JournalStore, StateDirs
+from node.service.operations.audit import audited
+from node.service.operations.destinations import echo_now, pause, resume
+from node.service.operations.jobs import cancel, delete_quarantined, release, retry
+from node.service.operations.reports import status_report
 from node.service.states import STATES
 from node.web.auth import CSRF_COOKIE, TOKEN_COOKIE, Gate, Principal, csrf_ok, new_csrf
 
@@ -91,8 +84,8 @@ class Console:
         for template in (HERE / "templates").glob("*.html"):  # compiled now, not on the first
             self.templates.get_template(template.name)      # request in the node's process
 
-    def journal(self) -> Journal:
-        return self.config.open_journal()
+    def journal(self) -> JournalStore:
+        return self.config.open_journal(create=False)  # a request never writes the schema
 
     def _journal_health(self) -> dict:
         try:
@@ -151,7 +144,7 @@ async def _run(handler, console, request, who):
     return await run_in_threadpool(handler, console, request, who, form)
 
 
-def _action(name: str, act: Callable[[Console, Journal, Request, Principal], object],
+def _action(name: str, act: Callable[[Console, JournalStore, Request, Principal], object],
             target: Callable[[Request], str], back: Callable[[Request], str]):
     """An operator action, from a form (redirects back with what happened) or from /api/
     (JSON). 401 without a login, 403 for a viewer or without the CSRF token, 404 for a job that
@@ -203,7 +196,7 @@ def _job_id(request: Request) -> int:
     return int(request.path_params["job_id"])
 
 
-def _existing(journal: Journal, job_id: int) -> Job:
+def _existing(journal: JournalStore, job_id: int) -> Job:
     job = journal.get(job_id)
     if job is None:
         raise LookupError(f"job {job_id}: no such job")

@@ -1,0 +1,275 @@
+"""The job queue: enqueue, claim under a lease, move between states, recover what a dead
+process held, requeue; and what is read of jobs (pages, counts, history).
+
+Every state write goes through :meth:`Queue.move`, which reads the job in the same transaction
+(locked), checks the move against :data:`~node.service.states.ALLOWED` and that the writer
+still holds the job's lease, writes the whole row and one history line, and commits. A
+process killed at any instant (SIGKILL included) leaves each job in its last committed state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from node.service.journal.model import (
+    ACTIVE,
+    MUTABLE_FIELDS,
+    HistoryEntry,
+    InvalidTransition,
+    Job,
+    owner_alive,
+    owner_id,
+)
+from node.service.journal.runner import QueryRunner
+from node.service.states import ALLOWED, STATES, JobState
+
+#: The states from which a fresh drop of the same content queues the job again.
+_ASK_AGAIN = frozenset({JobState.FAILED, JobState.CANCELLED})
+#: How much of a detail or error a history line keeps.
+_DETAIL_CAP = 2000
+#: The columns move_job writes: the state, the time, and every field a move may change.
+_WRITTEN = ("id", "state", "updated", *sorted(MUTABLE_FIELDS))
+
+
+class Queue(QueryRunner):
+    # --- the one state write ----------------------------------------------------------------
+
+    def _move(self, job: Job, target: JobState, *, holder: str | None = None,
+              detail: str | None = None, attempt: int | None = None,
+              **changes: object) -> Job:
+        """Inside a transaction, with ``job`` read (locked) in it: check and write the move.
+
+        ``holder``: the process that says it holds the job; refused when the job is active
+        and held by another (its lease was taken over: a process that lost its lease records
+        nothing). ``attempt``: the attempt the history line names (default: the job's)."""
+        if target not in ALLOWED[job.state]:
+            raise InvalidTransition(f"job {job.id}: {job.state.value} -> {target.value} is not "
+                                    "an allowed move")
+        if holder is not None and job.state in ACTIVE and job.owner != holder:
+            raise InvalidTransition(f"job {job.id}: held by {job.owner}, not {holder}: the "
+                                    "lease was lost")
+        unknown = set(changes) - MUTABLE_FIELDS
+        if unknown:
+            raise ValueError(f"job {job.id}: {', '.join(sorted(unknown))} cannot be changed")
+        if target not in ACTIVE:
+            changes.setdefault("lease_until", 0.0)
+        now = time.time()
+        moved = dataclasses.replace(job, state=target, updated=now, **changes)
+        self._execute("move_job", {name: getattr(moved, name) for name in _WRITTEN}
+                      | {"state": target.value})
+        note = detail if detail is not None else changes.get("last_error")
+        self._history(job.id, job.state.value, target.value,
+                      moved.attempts if attempt is None else attempt,
+                      holder or changes.get("owner") or job.owner, note, now)  # type: ignore[arg-type]
+        return moved
+
+    def move(self, job_id: int, state: str | JobState, *, owner: str | None = None,
+             detail: str | None = None, **changes: object) -> Job:
+        """Move a job to ``state`` and change other fields, in one committed write with a line
+        in its history; the job as it now is.
+
+        ``owner``: the process that holds the job (a worker recording its step). Raises
+        InvalidTransition when :data:`ALLOWED` has no such move from the job's state, when
+        there is no such job, or when ``owner`` no longer holds the job. ValueError for an
+        unknown state or a field that may not change.
+        """
+        try:
+            target = JobState(state)
+        except ValueError:
+            raise ValueError(f"unknown state {state!r}") from None
+        with self._tx():
+            job = self._job("job_for_update", id=job_id)
+            if job is None:
+                raise InvalidTransition(f"job {job_id}: no such job")
+            return self._move(job, target, holder=owner, detail=detail, **changes)
+
+    #: The name the node and the operations have always used.
+    transition = move
+
+    def _history(self, job_id: int, old: str | None, new: str, attempt: int,
+                 owner: str | None, detail: str | None, at: float | None = None) -> None:
+        self._execute("insert_history", {
+            "job_id": job_id, "at": time.time() if at is None else at, "from_state": old,
+            "to_state": new, "attempt": attempt, "owner": owner,
+            "detail": detail[:_DETAIL_CAP] if detail else None})
+
+    # --- enqueue and claim ------------------------------------------------------------------
+
+    def enqueue(
+        self, source: Path, sha256: str, size: int, profile: str, destination: str,
+        after: str = "move", sidecar: Path | None = None, key: str | None = None,
+        memory: int = 0,
+    ) -> tuple[Job, bool]:
+        """Add a job unless one exists for the same ``key`` (content and everything that shapes
+        the output, see ``intake.job_key``), or without a key for the same content,
+        destination and profile.
+
+        Returns (job, created). An existing failed or cancelled job for the content is queued
+        again with the new path (a fresh drop of the same file is an operator asking again).
+        """
+        with self._tx():
+            if key is not None:
+                found = self._job("latest_job_by_key", key=key)
+            else:
+                found = self._job("latest_job_by_content", sha256=sha256,
+                                  destination=destination, profile=profile)
+            if found is not None and found.state not in _ASK_AGAIN:
+                return found, False
+            if found is not None:
+                return self._move(found, JobState.QUEUED, detail="enqueued again", attempt=0,
+                                  source=str(source),
+                                  sidecar=str(sidecar) if sidecar else None, attempts=0,
+                                  next_attempt=0.0, alert=0), True
+            now = time.time()
+            (new_id,) = self._one(  # type: ignore[misc]
+                "insert_job", source=str(source), sidecar=str(sidecar) if sidecar else None,
+                sha256=sha256, size=size, profile=profile, destination=destination,
+                after=after, state=JobState.QUEUED.value, now=now, key=key, memory=memory)
+            self._history(new_id, None, JobState.QUEUED.value, 0, None, None, now)
+        return self.get(new_id), True  # type: ignore[return-value]
+
+    def claim(self, now: float | None = None, owner: str | None = None,
+              lease_seconds: float = 60.0, memory: int | None = None) -> Job | None:
+        """Take the oldest due job (queued, or retry-wait whose time has come): -> converting,
+        held by ``owner`` under a lease of ``lease_seconds`` (renewed by :meth:`renew`).
+
+        ``memory``: the bytes left in the node's budget; when the oldest due job needs more,
+        nothing is claimed (it waits for jobs in flight to finish, and keeps its turn)."""
+        now = time.time() if now is None else now
+        owner = owner or owner_id()
+        with self._tx():
+            job = self._job("next_due", now=now)
+            if job is None or (memory is not None and job.memory > memory):
+                return None
+            return self._move(job, JobState.CONVERTING, attempts=job.attempts + 1,
+                              owner=owner, lease_until=now + lease_seconds)
+
+    def renew(self, owner: str, lease_seconds: float = 60.0) -> int:
+        """Extend the leases of the jobs ``owner`` holds, and its heartbeat as a node; how
+        many jobs it holds."""
+        now = time.time()
+        with self._tx():
+            held = self._rowcount("renew_leases", owner=owner, until=now + lease_seconds)
+            self._execute("heartbeat", {"owner": owner, "now": now})
+        return held
+
+    def recover(self, now: float | None = None) -> list[Job]:
+        """Jobs interrupted mid-step whose owner is gone go back to queued (their attempt is
+        undone). Gone: its lease expired, or it was a process of this host that no longer
+        exists (a node restarted after SIGKILL resumes at once). A live owner's jobs are never
+        touched, so a second process beside a running node cannot take its work."""
+        now = time.time() if now is None else now
+        taken = []
+        for candidate in self._jobs("active_jobs"):
+            if candidate.lease_until >= now and owner_alive(candidate.owner):
+                continue
+            with self._tx():
+                job = self._job("job_for_update", id=candidate.id)
+                if job is None or (job.state, job.owner) != (candidate.state, candidate.owner):
+                    continue  # it moved meanwhile: its holder is alive after all
+                self._move(job, JobState.QUEUED, detail="resumed: its owner is gone",
+                           attempt=job.attempts, attempts=max(job.attempts - 1, 0),
+                           owner=None)
+                taken.append(job)
+        return taken
+
+    def requeue(self, job_ids: Iterable[int] | None = None,
+                states: Iterable[str] = ("failed",)) -> list[int]:
+        """Operator retry: the given jobs (or all in ``states``) go back to queued; the ids
+        moved. Jobs in other states are left as they are."""
+        wanted = {JobState(s) for s in states}
+        if not all(JobState.QUEUED in ALLOWED[s] for s in wanted):
+            raise InvalidTransition(f"jobs in {sorted(wanted)} cannot be queued again")
+        if job_ids is None:
+            ids = sorted(j.id for s in wanted for j in self._jobs("jobs_in_state", state=s.value))
+        else:
+            ids = list(job_ids)
+        moved = []
+        for job_id in ids:
+            with self._tx():
+                job = self._job("job_for_update", id=job_id)
+                if job is None or job.state not in wanted:
+                    continue
+                self._move(job, JobState.QUEUED, detail="requeued by an operator", attempt=0,
+                           attempts=0, next_attempt=0.0, alert=0)
+                moved.append(job_id)
+        return moved
+
+    def note(self, job_id: int, text: str) -> None:
+        """A remark on a job that changes no state (e.g. a done job whose file stayed)."""
+        with self._tx():
+            job = self._job("job_for_update", id=job_id)
+            if job is None:
+                raise InvalidTransition(f"job {job_id}: no such job")
+            self._execute("note_job", {"id": job_id, "text": text, "now": time.time()})
+            self._history(job_id, None, job.state.value, 0, None, text)
+
+    # --- per-instance results -----------------------------------------------------------------
+
+    def record_instances(self, job_id: int, rows: Iterable[tuple[str, int | None, str]]) -> None:
+        """Per-instance results (SOP Instance UID, status, outcome), latest wins."""
+        with self._tx():
+            for uid, status, outcome in rows:
+                self._execute("record_instance", {"job_id": job_id, "uid": uid,
+                                                  "status": status, "outcome": outcome})
+
+    def count_timeout(self, job_id: int, sop_instance_uid: str) -> int:
+        """One more time this instance was in flight when the peer fell silent; the total."""
+        with self._tx():
+            (count,) = self._one("count_timeout", job_id=job_id,  # type: ignore[misc]
+                                 uid=sop_instance_uid)
+        return int(count)
+
+    def delivered_instances(self, job_id: int) -> set[str]:
+        return {uid for (uid,) in self._all("delivered_instances", job_id=job_id)}
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        return self._job("job", id=job_id)
+
+    def history(self, job_id: int) -> list[HistoryEntry]:
+        """A job's timeline, oldest first."""
+        return [HistoryEntry(*row) for row in self._all("history", job_id=job_id)]
+
+    def find_by_source(self, sources: list[str]) -> Job | None:
+        """The latest job for any of these source paths."""
+        found = [j for s in sources if (j := self._job("latest_job_by_source", source=s))]
+        return max(found, key=lambda j: j.id) if found else None
+
+    def jobs(self, state: str | None = None, limit: int | None = None) -> list[Job]:
+        return self._jobs("jobs_page", state=state, limit=int(limit) if limit else None)
+
+    def counts(self) -> dict[str, int]:
+        return {state: 0 for state in STATES} | dict(self._all("count_by_state"))
+
+    def oldest_waiting(self) -> Job | None:
+        return self._job("oldest_waiting")
+
+    def last_errors(self, n: int = 5) -> list[Job]:
+        return self._jobs("last_errors", n=n)
+
+    def alerts(self) -> list[Job]:
+        return self._jobs("alerts")
+
+    def find_jobs(self, state: str | None = None, destination: str | None = None,
+                  text: str | None = None, limit: int = 50, offset: int = 0,
+                  since: float | None = None, until: float | None = None
+                  ) -> tuple[list[Job], int]:
+        """A page of jobs, newest first, and how many match: by state, destination, a text
+        found in the source path or the series UID, and when they were queued."""
+        where = {"state": state or None, "destination": destination or None,
+                 "text": text or None, "since": since, "until": until}
+        (total,) = self._one("count_found", **where)  # type: ignore[misc]
+        return self._jobs("find_jobs", **where, limit=limit, offset=offset), int(total)
+
+    def done_per_bucket(self, since: float, bucket: float = 300.0) -> list[int]:
+        """Jobs done in each ``bucket`` seconds since ``since`` (the dashboard's chart)."""
+        n = max(1, int((time.time() - since) // bucket) + 1)
+        counts = [0] * n
+        for (at,) in self._all("done_since", since=since):
+            counts[min(n - 1, int((at - since) // bucket))] += 1
+        return counts

@@ -1,0 +1,52 @@
+"""What every part of the journal stands on: run a named query of the store's engine inside
+or outside a transaction, and read its rows as plain tuples or typed jobs. The engines
+(``sqlite.py``, ``postgres.py``) supply the connection and the transaction; the parts (queue,
+studies, audit, destinations, nodes) supply the logic and name their queries."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from typing import Any
+
+from node.service.journal.model import Job
+from node.service.journal.queries import queries
+
+
+class QueryRunner(ABC):
+    #: "sqlite" or "postgresql": which file of named queries this store runs
+    engine: str
+    #: what messages name: the SQLite file or the PostgreSQL URL
+    location: str
+
+    @property
+    def _sql(self) -> dict[str, str]:
+        return queries(self.engine)
+
+    @abstractmethod
+    def _tx(self) -> AbstractContextManager[None]:
+        """One committed transaction: every query run inside it commits together or not at
+        all (a state change and its history line are never apart)."""
+
+    @abstractmethod
+    def _execute(self, name: str, params: dict[str, Any]) -> Any:
+        """Run the named query with its parameters; a DB-API cursor."""
+
+    def _one(self, query: str, /, **params: Any) -> tuple | None:
+        row = self._execute(query, params).fetchone()
+        return None if row is None else tuple(row)
+
+    def _all(self, query: str, /, **params: Any) -> list[tuple]:
+        return [tuple(row) for row in self._execute(query, params).fetchall()]
+
+    def _rowcount(self, query: str, /, **params: Any) -> int:
+        return int(self._execute(query, params).rowcount)
+
+    def _jobs(self, query: str, /, **params: Any) -> list[Job]:
+        cursor = self._execute(query, params)
+        names = [d[0] for d in cursor.description]
+        return [Job.from_row(names, row) for row in cursor.fetchall()]
+
+    def _job(self, query: str, /, **params: Any) -> Job | None:
+        found = self._jobs(query, **params)
+        return found[0] if found else None

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node.convert.options import ConversionOptions
 from node.convert.profile import Profile
 from node.convert.source import content_digest, is_nifti
 from node.errors import ConfigError, DicomNodeError, InputError
@@ -76,20 +77,16 @@ class Batch:
     chosen_by: str = ""
 
 
-def prepare(
-    source: Path, profile: Profile | None, uid_root: str, spool: Path,
-    sidecar: Path | None = None, name: str = "series", check: bool = True,
-    study=None, reference=None, iod: str | None = None, compression: str = "none",
-    labelmap: bool = False,
-) -> Batch:
+def prepare(source: Path, profile: Profile | None, spool: Path, options: ConversionOptions,
+            name: str = "series", check: bool = True) -> Batch:
     """Turn one input into files to send: a NIfTI is converted into ``spool/name`` (written
     atomically), a DICOM file is described as it is. Raises InputError for bad input,
     ConfigError for a bad profile.
 
-    ``iod``, ``compression`` and ``labelmap``: what the destination takes (its ``iod``
-    overrides the profile's; ``labelmap``: a SEG is LABELMAP, not BINARY). ``study``
-    reconciles a NIfTI's series with the other series of its study
-    (node.convert.series.StudyHook: a push batch's, or the journal's memory).
+    ``options``: how a NIfTI is converted (node.convert.options.ConversionOptions): its
+    ``iod``, ``compression`` and ``labelmap`` are what the destination takes (its ``iod``
+    overrides the profile's), its ``study`` reconciles the series with the other series of
+    its study (a push batch's, or the journal's memory).
 
     ``check``: walk a DICOM file's whole structure now (the node: a malformed file is
     quarantined). ``push`` passes False: each file is checked as it is opened to be sent,
@@ -98,11 +95,10 @@ def prepare(
     if not is_nifti(source):
         f = read_dicom_file(source, check=check)
         return Batch(source, [f], f.series_uid, f.study_uid)
-    from node.convert.series import convert_file, instance_filename, write_series
+    from node.convert.output import instance_filename, write_series
+    from node.convert.series import convert_file
 
-    series = convert_file(source, profile, uid_root=uid_root, sidecar=sidecar, study=study,
-                          reference=reference, iod=iod, compression=compression,
-                          labelmap=labelmap)
+    series = convert_file(source, profile, options)
     _check_room(spool, series)
     folder = write_series(series, spool, name)
     files = [
@@ -111,7 +107,7 @@ def prepare(
         for n, uid in enumerate(series.instance_uids(), 1)
     ]
     chosen_by = "" if series.iod == "image" else f'iod = "{series.iod}"' + (
-        ", labelmap = true" if labelmap and series.iod == "seg" else "")
+        ", labelmap = true" if options.labelmap and series.iod == "seg" else "")
     return Batch(source, files, series.uids.series, series.uids.study, tuple(series.warnings),
                  chosen_by)
 
@@ -138,7 +134,7 @@ def _preview(batch: Batch, source: Path, target: Path) -> None:
 
     import nibabel as nib
 
-    from node.convert.series import write_preview
+    from node.convert.output import write_preview
 
     notes: list[str] = []
     if batch.files and not write_preview(batch.files[0].path.parent, nib.load(str(source)),
@@ -188,15 +184,20 @@ def classify(
     batch: Batch, results: Sequence[InstanceResult], failures: Sequence[NetworkFailure],
     already: set[str] | frozenset[str] = frozenset(), seconds: float = 0.0,
 ) -> DeliveryResult:
-    """The verdict for one batch from its instances' outcomes and the association failures."""
+    """The verdict for one batch from its instances' outcomes and the association failures.
+
+    Done only when every instance of the batch was confirmed stored (now, or by an earlier
+    attempt in ``already``): an instance with no answer at all is not delivered, whatever
+    else succeeded."""
     rows = [(r.file.sop_instance_uid, r.status, r.outcome.value) for r in results]
-    sent = sum(r.outcome.delivered for r in results)
-    delivered = len(already & {f.sop_instance_uid for f in batch.files}) + sent
+    confirmed = {r.file.sop_instance_uid for r in results if r.outcome.delivered}
+    uids = {f.sop_instance_uid for f in batch.files}
+    delivered = len(uids & (already | confirmed))
     common = dict(series_uid=batch.series_uid, study_uid=batch.study_uid,
                   instances=len(batch.files), delivered=delivered, instance_rows=rows,
                   send_seconds=seconds, warnings=batch.warnings,
                   timed_out=tuple(r.file.sop_instance_uid for r in results if r.timed_out))
-    if all(r.outcome.delivered for r in results):
+    if delivered == len(uids):
         return DeliveryResult(JobState.DONE, **common)
     # an association refused for good (wrong AE title, untrusted certificate) needs an
     # operator, but the files are fine: retried with backoff and shown as an ALERT
@@ -212,17 +213,23 @@ def classify(
     if permanent or no_context:
         message = no_context[0].message if no_context else permanent[0].message
         if batch.chosen_by and (no_context or any(r.sop_class_refused for r in results)):
-            fix = ("set labelmap = false for this destination: BINARY SEGs" if "labelmap" in
-                   batch.chosen_by else "set an iod this destination takes: iod = \"image\" "
-                   "for classic images")
-            message += f" (the series was made as {batch.chosen_by}; {fix})"
+            message += f" (the series was made as {batch.chosen_by}; {_fix_for(batch)})"
         return DeliveryResult(JobState.FAILED, message, "permanent", **common)
-    failure: NetworkFailure | None = failures[0] if failures else None
-    if failure is not None:
+    if failures:
+        failure = failures[0]
         return DeliveryResult(JobState.RETRY_WAIT, failure.message,
                               f"network:{failure.kind.value}", **common)
-    first = next(r for r in results if not r.outcome.delivered)
-    return DeliveryResult(JobState.RETRY_WAIT, first.message, "transient", **common)
+    first = next((r for r in results if not r.outcome.delivered), None)
+    message = first.message if first is not None else (
+        f"{len(uids) - delivered} instance(s) of the series had no answer from the peer")
+    return DeliveryResult(JobState.RETRY_WAIT, message, "transient", **common)
+
+
+def _fix_for(batch: Batch) -> str:
+    """The setting that makes a refused object one the destination takes."""
+    if "labelmap" in batch.chosen_by:
+        return "set labelmap = false for this destination: BINARY SEGs"
+    return 'set an iod this destination takes: iod = "image" for classic images'
 
 
 def deliver(
@@ -263,9 +270,10 @@ def deliver(
     try:
         try:
             reference = _reference(source, sidecar, profile, config, dest)
-            batch = prepare(source, profile, config.node.uid_root, spool, sidecar, study=study,
-                            reference=reference, iod=dest.iod, compression=dest.compression,
-                            labelmap=dest.labelmap)
+            batch = prepare(source, profile, spool, ConversionOptions(
+                uid_root=config.node.uid_root, sidecar=sidecar, study=study,
+                reference=reference, iod=dest.iod, compression=dest.compression,
+                labelmap=dest.labelmap))
         except ConfigError as exc:
             return DeliveryResult(JobState.FAILED, exc.message, "config")
         except NoSpace as exc:

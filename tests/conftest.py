@@ -133,7 +133,7 @@ def node_factory(tmp_path):
     """Node processes (tests/test_node.NodeProcess) killed at teardown, whatever happened."""
     nodes: list = []
 
-    from test_node import NodeProcess
+    from support.node import NodeProcess
 
     def make(pacs_port: int, name: str = "node", **keys):
         node = NodeProcess(tmp_path / name, pacs_port, **keys)
@@ -150,7 +150,7 @@ def node_factory(tmp_path):
 @pytest.fixture(scope="session")
 def pg_cluster():
     """One private PostgreSQL for the session (Debian's postgresql, a free loopback port)."""
-    from pgserver import Cluster
+    from support.pgserver import Cluster
 
     cluster = Cluster()
     yield cluster

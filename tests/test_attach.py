@@ -10,9 +10,9 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import run_node
-from niftigen import AXIAL_RAS, affine_from, ramp_data, write_nifti
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from support.niftigen import AXIAL_RAS, affine_from, ramp_data, write_nifti
 
 from node.convert.reference import read_reference
 from node.convert.series import convert_file
@@ -153,7 +153,7 @@ def test_ambiguous_and_missing_exams_are_refused(pacs, tmp_path):
 def test_the_node_attaches_by_the_profiles_reference_rule(pacs, node_factory, tmp_path):
     """Unattended: the profile names the exam by the sidecar's AccessionNumber; an unknown
     accession number is quarantined with the reason, never sent as a new study."""
-    from test_node import wait_until
+    from support.node import wait_until
 
     tag = dt.datetime.now().strftime("%H%M%S%f")[:10]
     exam = clinical_study(tmp_path / "exam", f"NODE-{tag}", f"NAC-{tag}")

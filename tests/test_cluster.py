@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port, run_node
-from niftigen import affine_from, ramp_data, write_nifti
-from test_node import drop, nifti_bytes, wait_until
+from conftest import run_node
+from support.niftigen import affine_from, ramp_data, write_nifti
+from support.node import drop, nifti_bytes, wait_until
 
 pytestmark = pytest.mark.peers  # PostgreSQL, Orthanc (the last test needs neither)
 
@@ -37,9 +37,9 @@ def _config(tmp: Path, name: str, url: str, pacs_port: int, extra: str = "") -> 
 
 
 def _journal(url: str):
-    from node.service.pgjournal import PgJournal
+    from node.service.journal import open_journal_at
 
-    return PgJournal(url)
+    return open_journal_at(url)
 
 
 def _jobs(url: str) -> list:
@@ -90,7 +90,7 @@ def test_three_nodes_survive_one_killed_mid_delivery(tmp_path, pacs, pg_cluster)
         assert len(pacs.series(job.series_uid)["Instances"]) == 24, job.id
     journal = _journal(url)
     try:
-        history = journal.db.execute(
+        history = journal.conn.execute(
             "SELECT job_id, at, from_state, to_state, owner FROM history ORDER BY at, id"
         ).fetchall()
     finally:
@@ -172,7 +172,7 @@ def test_two_nodes_watching_one_folder_enqueue_each_file_once(tmp_path, pacs, pg
             proc.wait(timeout=60)
     journal = _journal(url)
     try:
-        sent = journal.db.execute("SELECT count(*) FROM history WHERE to_state = 'sending'"
+        sent = journal.conn.execute("SELECT count(*) FROM history WHERE to_state = 'sending'"
                                   ).fetchone()[0]
     finally:
         journal.close()
@@ -257,27 +257,3 @@ def test_a_node_reaches_shared_storage_through_its_path_map(tmp_path, pacs, pg_c
         proc.wait(timeout=60)
     assert len(pacs.series(_jobs(url)[0].series_uid)["Instances"]) == 4
     assert path.exists()  # after = "keep": the share is not touched
-
-
-def test_path_map_rules_are_checked():
-    from node.errors import ConfigError
-    from node.service.settings import config_from_dict
-
-    config = config_from_dict({"node": {"path_map": ["/mnt/a=/data/a", "/x=/y/z"]}})
-    assert config.local_path("/mnt/a/sub-01/f.nii") == Path("/data/a/sub-01/f.nii")
-    assert config.local_path("/mnt/ab/f.nii") == Path("/mnt/ab/f.nii")  # not a prefix match
-    assert config.local_path("/x") == Path("/y/z")
-    with pytest.raises(ConfigError, match="path_map"):
-        config_from_dict({"node": {"path_map": ["relative=/data"]}})
-
-
-def test_an_unreachable_journal_database_is_one_line_not_a_traceback(tmp_path):
-    port = free_port()  # nothing listens there (loopback only)
-    cfg = tmp_path / "node.toml"
-    cfg.write_text(f'[node]\nstate_dir = "{tmp_path / "var"}"\n'
-                   f'journal = "postgresql://dicom_node@127.0.0.1:{port}/x"\n')
-    for command in (["jobs"], ["status"], ["nodes"]):
-        proc = run_node(*command, "--config", cfg, timeout=60)
-        assert proc.returncode == 2, proc.stderr
-        assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
-        assert "the journal database is unreachable" in proc.stderr

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import NODE_AET, free_port, orthanc_script, run_node
-from test_node import drop, nifti_bytes, wait_until
+from support.node import drop, nifti_bytes, wait_until
 
 pytestmark = pytest.mark.peers  # chromium, Orthanc
 

@@ -8,10 +8,11 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from judges import assert_dciodvfy_clean
-from niftigen import affine_from, ramp_data, rotation, write_nifti
+from support.judges import assert_dciodvfy_clean
+from support.niftigen import affine_from, ramp_data, rotation, write_nifti
 
-from node.convert.series import convert_file, write_series
+from node.convert.output import write_series
+from node.convert.series import convert_file
 from node.errors import InputError
 
 BVALS = [0, 1000, 1000, 2000, 5]
@@ -86,7 +87,7 @@ def test_other_gradients_make_another_series(tmp_path, config):
 
 @pytest.mark.peers  # dciodvfy
 def test_enhanced_output_carries_the_weighting_in_the_mr_diffusion_group(tmp_path, config):
-    from judges import dciodvfy
+    from support.judges import dciodvfy
 
     path, _ = _dwi(tmp_path / "in", OBLIQUE)
     classic = convert_file(path, config.profile())

@@ -13,8 +13,8 @@ import warnings
 import numpy as np
 import pydicom
 import pytest
-from niftigen import affine_from, ramp_data, rotation, write_nifti
 from pydicom.dataset import Dataset
+from support.niftigen import affine_from, ramp_data, rotation, write_nifti
 
 from node.convert.iods.legacy_iod import IOD_KEYWORDS
 from node.convert.series import ConvertedSeries, convert_file

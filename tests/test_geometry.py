@@ -5,7 +5,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from niftigen import AXIAL_LAS, affine_from, rotation
+from support.niftigen import AXIAL_LAS, affine_from, rotation
 
 from node.convert.geometry import choose_affine, volume_geometry
 

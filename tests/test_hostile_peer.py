@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-from hostile import HostilePeer, Peer, command, pdv_pdu, store_rsp, trickle
-from niftigen import AXIAL_RAS, affine_from, ramp_data, write_nifti
+from support.hostile import HostilePeer, Peer, command, pdv_pdu, store_rsp, trickle
+from support.niftigen import AXIAL_RAS, affine_from, ramp_data, write_nifti
 
-from node.convert.series import convert_file, write_series
+from node.convert.output import write_series
+from node.convert.series import convert_file
 
 TIMEOUT = 3.0  # acse and dimse timeouts of the destination, seconds
 MARGIN = 12.0  # process start, conversion-free push, and a loaded 2-core machine
@@ -396,7 +397,7 @@ def test_an_encrypted_client_key_never_prompts(tmp_path):
     fails at once with the reason (no prompt, no hang on a closed stdin); with the passphrase
     in the named variable the key loads (and the echo reaches the network)."""
     from cryptography.hazmat.primitives import serialization
-    from pki import make_pki
+    from support.pki import make_pki
 
     pki = make_pki(tmp_path / "pki")
     key = serialization.load_pem_private_key(pki["client_key"].read_bytes(), None)

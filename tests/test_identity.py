@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from niftigen import AXIAL_RAS, affine_from, ramp_data, write_nifti
+from support.niftigen import AXIAL_RAS, affine_from, ramp_data, write_nifti
 
 from node.convert.series import convert_file
 from node.convert.study import STUDY_KEYWORDS, StudyValues, merge
 from node.errors import DicomNodeError, MappingError
-from node.service.operations import convert_batch
+from node.service.operations.batch import convert_batch
 from node.service.settings import config_from_dict
 
 CLINICAL = {"PatientName": "DOE^JANE", "PatientID": "PD01-4711", "PatientSex": "F",
@@ -154,7 +154,7 @@ def test_journal_remembers_a_study_across_jobs(tmp_path):
 
 @pytest.mark.peers  # a real node and Orthanc
 def test_the_node_keeps_one_set_of_study_values_across_jobs(pacs, node_factory, tmp_path):
-    from test_node import wait_until
+    from support.node import wait_until
 
     node = node_factory(pacs.port)
     node.start()

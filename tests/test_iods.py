@@ -14,10 +14,11 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import run_node
-from judges import assert_same_image, dciodvfy, dcm2niix
-from niftigen import affine_from, ramp_data, rotation, write_nifti
+from support.judges import assert_same_image, dciodvfy, dcm2niix
+from support.niftigen import affine_from, ramp_data, rotation, write_nifti
 
-from node.convert.series import convert_file, write_series
+from node.convert.output import write_series
+from node.convert.series import convert_file
 from node.errors import InputError
 
 AFFINE = affine_from(rotation(0.2, 0.1, 0.3), zooms=(1.0, 1.2, 2.0))
@@ -193,7 +194,7 @@ def test_objects_that_cannot_be_made_are_refused_with_the_reason(session, tmp_pa
 @pytest.mark.peers  # Orthanc, storescp
 def test_orthanc_takes_every_object_in_one_push_and_storescp_gets_them_uncompressed(
         session, tmp_path, pacs):
-    from test_network import storescp
+    from support.network import storescp
 
     out = tmp_path / "dicom"
     made = [
@@ -487,7 +488,7 @@ def test_enhanced_past_65535_volumes(tmp_path):
 def test_the_node_sends_what_its_destination_takes(tmp_path, pacs, node_factory):
     """The watched-folder node, not only push: a destination with iod = "enhanced" and
     compression = "jpeg-ls" gets one enhanced instance in JPEG-LS, pixel-exact."""
-    from test_node import drop, wait_until
+    from support.node import drop, wait_until
 
     # a run of its own: the session's runs are in this Orthanc already (other encodings)
     run = write_nifti(tmp_path / "src" / "sub-02_task-rest_bold.nii.gz",

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from judges import assert_dciodvfy_clean
-from niftigen import AXIAL_RAS, affine_from, ramp_data, write_nifti
+from support.judges import assert_dciodvfy_clean
+from support.niftigen import AXIAL_RAS, affine_from, ramp_data, write_nifti
 
-from node.convert.series import convert_file, write_series
+from node.convert.output import write_series
+from node.convert.series import convert_file
 from node.errors import ConfigError, MappingError
 from node.service.settings import config_from_dict
 
@@ -286,7 +287,7 @@ def test_dcm2niix_joined_code_strings_are_split(tmp_path, config):
     assert list(ds.SequenceVariant) == ["SK", "SP", "MP"]
     assert list(ds.ScanOptions) == ["IR", "PFP"]
     assert float(ds.InversionTime) == 900
-    from judges import dciodvfy
+    from support.judges import dciodvfy
 
     for path in sorted(folder.glob("*.dcm"))[:2]:
         errors, warnings = dciodvfy(path)

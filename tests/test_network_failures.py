@@ -11,8 +11,8 @@ import time
 
 import pytest
 from conftest import NODE_AET, orthanc_script, start_pacs
-from niftigen import affine_from, ramp_data, write_nifti
-from pki import make_pki
+from support.niftigen import affine_from, ramp_data, write_nifti
+from support.pki import make_pki
 
 from node.net.scu import echo
 from node.net.status import FailureKind, NetworkFailure

@@ -11,10 +11,11 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import run_node
-from judges import assert_dciodvfy_clean, dcm2niix
-from niftigen import AXIAL_RAS, affine_from, write_nifti
+from support.judges import assert_dciodvfy_clean, dcm2niix
+from support.niftigen import AXIAL_RAS, affine_from, write_nifti
 
-from node.convert.series import convert_file, write_series
+from node.convert.output import write_series
+from node.convert.series import convert_file
 from node.errors import InputError
 
 RNG = np.random.default_rng(7)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from conftest import run_node
-from niftigen import affine_from, ramp_data, write_nifti
-from test_node import NodeProcess, drop, nifti_bytes, wait_until
+from support.niftigen import affine_from, ramp_data, write_nifti
+from support.node import NodeProcess, drop, nifti_bytes, wait_until
 
 pytestmark = pytest.mark.peers  # Orthanc
 
@@ -373,6 +373,7 @@ def test_a_file_that_would_need_more_than_memory_limit_is_quarantined(pacs, node
 def test_a_series_that_cannot_fit_the_spool_waits_instead_of_failing_half_way(tmp_path):
     """Its size is known before it is written: with too little room, delivery is a retry
     (a fault of the environment) and nothing half-written is left in the spool."""
+    from node.convert.options import ConversionOptions
     from node.convert.profile import builtin_profile
     from node.errors import DicomNodeError
     from node.service.delivery import prepare
@@ -386,7 +387,7 @@ def test_a_series_that_cannot_fit_the_spool_waits_instead_of_failing_half_way(tm
     assert done.returncode == 0, f"needs root to mount a tmpfs: {done.stderr}"
     try:
         with pytest.raises(DicomNodeError, match="needs about") as refused:
-            prepare(src, builtin_profile(), "2.25", mount / "spool")
+            prepare(src, builtin_profile(), mount / "spool", ConversionOptions(uid_root="2.25"))
         assert type(refused.value).__name__ == "NoSpace"
         assert not any(mount.rglob("*.dcm"))
     finally:
@@ -398,7 +399,7 @@ def test_a_series_that_cannot_fit_the_spool_waits_instead_of_failing_half_way(tm
 def test_an_instance_that_keeps_timing_out_fails_alone(tmp_path, node_factory):
     """A peer that stores every instance but one, and never answers for that one: after it
     timed out three times (the others stored) the job fails for good, with the reason."""
-    from hostile import HostilePeer, command, store_rsp
+    from support.hostile import HostilePeer, command, store_rsp
 
     seen: list[str] = []
 

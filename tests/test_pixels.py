@@ -70,7 +70,7 @@ def test_integers_beyond_16_bits_are_quantized_with_a_warning():
 
 
 def test_scl_slope_is_kept_as_rescale_losslessly(tmp_path):
-    from niftigen import AXIAL_RAS, affine_from, write_nifti
+    from support.niftigen import AXIAL_RAS, affine_from, write_nifti
 
     data = np.arange(-100, 140, dtype=np.int16).reshape(8, 6, 5)
     path = write_nifti(tmp_path / "s.nii", data, affine_from(AXIAL_RAS), slope=0.1, inter=-3.0)

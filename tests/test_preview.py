@@ -9,11 +9,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from conftest import run_node
-from niftigen import write_nifti
 from PIL import Image
+from support.niftigen import write_nifti
 
+from node.convert.output import write_series
 from node.convert.preview import PANEL, placed_from_dicom, placed_from_nifti, preview_png
-from node.convert.series import convert_file, write_series
+from node.convert.series import convert_file
 
 AFFINE = np.array([[3.0, 0, 0, -96], [0, 3.0, 0, -96], [0, 0, 3.0, -60], [0, 0, 0, 1]])
 

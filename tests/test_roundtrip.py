@@ -8,8 +8,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from judges import assert_dciodvfy_clean, assert_same_image, dcm2niix
-from niftigen import (
+from support.judges import assert_dciodvfy_clean, assert_same_image, dcm2niix
+from support.niftigen import (
     AXIAL_LAS,
     AXIAL_RAS,
     CORONAL,
@@ -20,7 +20,8 @@ from niftigen import (
     write_nifti,
 )
 
-from node.convert.series import convert_file, write_series
+from node.convert.output import write_series
+from node.convert.series import convert_file
 
 pytestmark = pytest.mark.peers  # Orthanc, DCMTK, dciodvfy, dcm2niix
 

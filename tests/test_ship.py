@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import ROOT, run_node
 
 from node.errors import ConfigError
-from node.service.settings import apply_env_overrides, config_from_dict, load_config
+from node.service.settings import apply_env_overrides, config_from_dict
 
 pytestmark = pytest.mark.peers  # Orthanc, DCMTK, dciodvfy, dcm2niix
 
@@ -122,48 +119,6 @@ def test_demo_runs_end_to_end():
     assert again.returncode == 0 and "instances 25" in again.stdout  # twice works
 
 
-def _dockerfile() -> list[tuple[str, str]]:
-    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            word, _, rest = line.partition(" ")
-            out.append((word.upper(), rest.strip()))
-    return out
-
-
-def test_dockerfile_matches_the_repository():
-    steps = _dockerfile()
-    assert steps[0] == ("FROM", "python:3.11-slim-bookworm")
-    for word, rest in steps:
-        if word == "COPY":
-            *sources, _dest = shlex.split(rest)
-            for src in sources:
-                assert (ROOT / src).exists(), f"Dockerfile copies {src}, which is missing"
-    runs = " ".join(rest for word, rest in steps if word == "RUN")
-    assert "scripts/install" in runs  # the same install path as .ci/run (scripts/test)
-    assert "scripts/install" in (ROOT / "scripts" / "test").read_text()
-    users = [rest for word, rest in steps if word == "USER"]
-    assert users and users[-1] not in ("root", "0")
-    entry = [rest for word, rest in steps if word == "ENTRYPOINT"]
-    assert entry and "scripts/docker-entrypoint" in entry[0]
-    assert [rest for word, rest in steps if word == "CMD"] == ['["watch"]']
-    assert any(word == "EXPOSE" and "9464" in rest for word, rest in steps)
-    health = [rest for word, rest in steps if word == "HEALTHCHECK"]
-    assert health and "/healthz" in health[0]
-    env = " ".join(rest for word, rest in steps if word == "ENV")
-    assert not re.search(r"SECRET|PASSWORD|TOKEN", env)
-    config_path = re.search(r"DICOM_NODE_CONFIG=(\S+)", env).group(1)
-    shipped = ROOT / "config" / Path(config_path).name
-    config = load_config(shipped)  # the container's config is valid
-    assert config.watches[0].path == Path("/data/inbox")
-    assert str(config.node.state_dir) == "/data/var" and config.node.metrics_port == 9464
-    assert config.node.metrics_host == "0.0.0.0"  # scraped from outside the container
-    volumes = [rest for word, rest in steps if word == "VOLUME"]
-    assert "/data/inbox" in volumes[0] and "/data/var" in volumes[0]
-
-
 def test_docker_entrypoint_says_what_to_fix(tmp_path):
     """The entrypoint checks the config and the volumes before it runs the node: a folder
     the container's user cannot write is one message with the fix, exit 2, no crash loop."""
@@ -187,19 +142,6 @@ def test_docker_entrypoint_says_what_to_fix(tmp_path):
                         capture_output=True, text=True, timeout=60,
                         env={**env, "DICOM_NODE_CONFIG": str(good)})
     assert ok.returncode == 0 and "jobs:" in ok.stdout, ok.stderr
-
-
-def test_compose_and_systemd_unit():
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
-    assert services["dicom-node"]["build"] == "."
-    assert "orthancteam/orthanc" in services["orthanc"]["image"]
-    env = services["dicom-node"]["environment"]
-    assert env["DICOM_NODE_DESTINATIONS_PACS_HOST"] == "orthanc"
-    unit = (ROOT / "config" / "dicom-node.service").read_text()
-    assert re.search(r"^ExecStart=\S+/dicom-node watch$", unit, re.M)
-    assert "KillSignal=SIGTERM" in unit
-    assert "KillMode=mixed" in unit  # the node drains its workers; they are not signalled
 
 
 def test_scripts_orthanc_command(tmp_path):

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pydicom
 import pytest
-from niftigen import AXIAL_RAS, affine_from, ramp_data, write_nifti
+from support.niftigen import AXIAL_RAS, affine_from, ramp_data, write_nifti
 
 from node.convert.series import convert_file
 
@@ -36,7 +36,7 @@ def test_encoded_bytes_equal_dcmwrite(tmp_path, config, modality, shape):
 def test_multiframe_fast_path_writes_what_pydicom_writes(tmp_path):
     """Enhanced (3D, 4D) and SEG instances: the functional groups encoded by hand are byte
     for byte pydicom's encoding of the same dataset."""
-    from niftigen import rotation
+    from support.niftigen import rotation
 
     from node.convert.part10 import multiframe_bytes
     from node.convert.series import part10_bytes

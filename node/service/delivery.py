@@ -232,6 +232,23 @@ def _fix_for(batch: Batch) -> str:
     return 'set an iod this destination takes: iod = "image" for classic images'
 
 
+def _changed_since_queued(job: Job, source: Path, sidecar: Path | None
+                          ) -> DeliveryResult | None:
+    """The failure to record when the source or its sidecar is gone or no longer what was
+    queued (its new content is a job of its own); None when both are as queued."""
+    if not source.is_file():
+        return DeliveryResult(JobState.FAILED, f"{source}: the source file is gone", "input")
+    if sidecar is not None and not sidecar.is_file():
+        return DeliveryResult(JobState.FAILED, f"{sidecar}: the sidecar file is gone", "input")
+    if content_digest(source, sidecar) != job.sha256:
+        return DeliveryResult(
+            JobState.FAILED,
+            f"{source}: the file changed after it was queued; its new content is a job of its own",
+            "input",
+        )
+    return None
+
+
 def deliver(
     job: Job,
     config: Config,
@@ -248,17 +265,10 @@ def deliver(
     quarantined with the reason.
     """
     source = config.local_path(job.source)  # another node may have queued it
-    if not source.is_file():
-        return DeliveryResult(JobState.FAILED, f"{source}: the source file is gone", "input")
     sidecar = config.local_path(job.sidecar) if job.sidecar else None
-    if sidecar is not None and not sidecar.is_file():
-        return DeliveryResult(JobState.FAILED, f"{sidecar}: the sidecar file is gone", "input")
-    if content_digest(source, sidecar) != job.sha256:
-        return DeliveryResult(
-            JobState.FAILED,
-            f"{source}: the file changed after it was queued; its new content is a job of its own",
-            "input",
-        )
+    changed = _changed_since_queued(job, source, sidecar)
+    if changed is not None:
+        return changed
     try:
         profile = config.profile(job.profile)
         dest = config.destination(job.destination)

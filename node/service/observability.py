@@ -123,57 +123,17 @@ class Metrics:
         (more are closed at once), and a connection that sends no complete request within
         :data:`REQUEST_TIMEOUT` seconds is closed, so idle connections cannot pile up threads.
         """
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         metrics = self
-        slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
         def default_health() -> dict:
             age = time.monotonic() - metrics.heartbeat
             return {"ok": age < 30, "loop_age_seconds": round(age, 1)}
 
-        report = health or default_health
-
-        class Handler(BaseHTTPRequestHandler):
-            timeout = REQUEST_TIMEOUT  # applied to the socket by StreamRequestHandler
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                if self.path == "/metrics":
-                    body, ctype, code = generate_latest(metrics.registry), CONTENT_TYPE_LATEST, 200
-                elif self.path == "/healthz":
-                    state = report()
-                    body = json.dumps(state).encode()
-                    ctype, code = "application/json", 200 if state["ok"] else 503
-                else:
-                    body, ctype, code = b"not found\n", "text/plain", 404
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def process_request(self, request, client_address) -> None:
-                if not slots.acquire(blocking=False):
-                    self.shutdown_request(request)  # over the limit: closed at once
-                    return
-                super().process_request(request, client_address)
-
-            def process_request_thread(self, request, client_address) -> None:
-                try:
-                    super().process_request_thread(request, client_address)
-                finally:
-                    slots.release()
-
-        self._server = Server((host, port), Handler)
+        self._server = _bounded_server(MAX_CONNECTIONS)((host, port), _handler(
+            lambda: generate_latest(metrics.registry), CONTENT_TYPE_LATEST,
+            health or default_health))
         threading.Thread(target=self._server.serve_forever, daemon=True,
                          name="metrics").start()
         return self._server.server_address[1]
@@ -182,3 +142,57 @@ class Metrics:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+def _handler(metrics_body, metrics_type: str, report):
+    """The request handler of /metrics (``metrics_body()``) and /healthz (``report()``)."""
+    from http.server import BaseHTTPRequestHandler
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = REQUEST_TIMEOUT  # applied to the socket by StreamRequestHandler
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path == "/metrics":
+                body, ctype, code = metrics_body(), metrics_type, 200
+            elif self.path == "/healthz":
+                state = report()
+                body = json.dumps(state).encode()
+                ctype, code = "application/json", 200 if state["ok"] else 503
+            else:
+                body, ctype, code = b"not found\n", "text/plain", 404
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    return Handler
+
+
+def _bounded_server(limit: int):
+    """A threading HTTP server that serves at most ``limit`` connections at once and closes
+    any more at once (so idle connections cannot pile up threads)."""
+    from http.server import ThreadingHTTPServer
+
+    slots = threading.BoundedSemaphore(limit)
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def process_request(self, request, client_address) -> None:
+            if not slots.acquire(blocking=False):
+                self.shutdown_request(request)  # over the limit: closed at once
+                return
+            super().process_request(request, client_address)
+
+        def process_request_thread(self, request, client_address) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                slots.release()
+
+    return Server

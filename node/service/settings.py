@@ -15,6 +15,8 @@ import os
 import re
 import sys
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -371,67 +373,67 @@ def config_from_dict(
 ) -> Config:
     """Validate a parsed config (merged over the built-in profiles)."""
     raw = merge_tables(builtin_profiles_raw(), user)
-    node_raw = raw.get("node", {})
-    if not isinstance(node_raw, dict):
-        raise ConfigError(path, "[node] must be a table")
-    unknown = set(node_raw) - _NODE_KEYS
-    if unknown:
-        raise ConfigError(path, f"[node]: unknown key(s) {', '.join(sorted(unknown))}")
     here = path.resolve().parent if path is not None else Path.cwd()
     base = here.parent if here.name == "config" else here
-    try:
-        node = _node_settings(node_raw, base)
-    except ValueError as exc:
-        raise ConfigError(path, str(exc)) from None
-    try:
-        check_ae_title("[node].ae_title", node.ae_title)
-    except ValueError as exc:
-        raise ConfigError(path, str(exc)) from None
-    if not _UID_ROOT.match(node.uid_root) or len(node.uid_root) > 40:
-        raise ConfigError(
-            path,
-            f"[node].uid_root {node.uid_root!r}: digits and dots, no leading zeros, at most "
-            '40 characters (leave room for the generated part); "2.25" needs no registration',
-        )
-    try:
+    with _config_error(path):
+        node = _node_from(raw.get("node", {}), base)
         built = profiles_from_raw(raw.get("profiles", {})) if profiles else None
-    except ValueError as exc:
-        raise ConfigError(path, str(exc)) from None
-    if built is not None and node.default_profile not in built:
-        raise ConfigError(path, f"[node].default_profile {node.default_profile!r} is not a profile")
-    destinations_raw = raw.get("destinations", {})
-    if not isinstance(destinations_raw, dict):
-        raise ConfigError(path, "[destinations] must hold tables like [destinations.pacs]")
-    destinations: dict[str, Destination] = {}
-    for name, draw in destinations_raw.items():
-        try:
-            destinations[name] = build_destination(name, draw, base=path.parent if path else None)
-        except ValueError as exc:
-            raise ConfigError(path, str(exc)) from None
-    for dest in destinations.values():
-        if dest.query_destination is not None and dest.query_destination not in destinations:
-            raise ConfigError(path, f"[destinations.{dest.name}].query_destination "
-                              f"{dest.query_destination!r} is not a destination")
-    if node.default_destination is not None and node.default_destination not in destinations:
-        raise ConfigError(
-            path, f"[node].default_destination {node.default_destination!r} is not a destination"
-        )
-    try:
+        if built is not None and node.default_profile not in built:
+            raise ValueError(f"[node].default_profile {node.default_profile!r} is not a "
+                             "profile")
+        destinations = _destinations_from(raw.get("destinations", {}), node,
+                                          path.parent if path else None)
         console = ConsoleSettings(**read_table(ConsoleSettings, "[console]",
                                                raw.get("console", {})))
-    except ValueError as exc:
-        raise ConfigError(path, str(exc)) from None
-    watches_raw = raw.get("watch", [])
-    if not isinstance(watches_raw, list):
-        raise ConfigError(path, "watch folders are [[watch]] tables (an array of tables)")
-    watches = []
-    for i, wraw in enumerate(watches_raw):
-        try:
-            watches.append(_watch_settings(i, wraw, base, node, built, destinations))
-        except ValueError as exc:
-            raise ConfigError(path, str(exc)) from None
+        watches_raw = raw.get("watch", [])
+        if not isinstance(watches_raw, list):
+            raise ValueError("watch folders are [[watch]] tables (an array of tables)")
+        watches = [_watch_settings(i, wraw, base, node, built, destinations)
+                   for i, wraw in enumerate(watches_raw)]
     return Config(node=node, profiles=built or {}, path=path, destinations=destinations,
                   watches=tuple(watches), console=console)
+
+
+@contextmanager
+def _config_error(path: Path | None) -> Iterator[None]:
+    """A ValueError from a check becomes the ConfigError that names the config file."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ConfigError(path, str(exc)) from None
+
+
+def _node_from(node_raw: Any, base: Path) -> NodeSettings:
+    """``[node]``, validated: known keys, its settings, the AE title and the UID root."""
+    if not isinstance(node_raw, dict):
+        raise ValueError("[node] must be a table")
+    unknown = set(node_raw) - _NODE_KEYS
+    if unknown:
+        raise ValueError(f"[node]: unknown key(s) {', '.join(sorted(unknown))}")
+    node = _node_settings(node_raw, base)
+    check_ae_title("[node].ae_title", node.ae_title)
+    if not _UID_ROOT.match(node.uid_root) or len(node.uid_root) > 40:
+        raise ValueError(
+            f"[node].uid_root {node.uid_root!r}: digits and dots, no leading zeros, at most "
+            '40 characters (leave room for the generated part); "2.25" needs no registration')
+    return node
+
+
+def _destinations_from(raw: Any, node: NodeSettings, base: Path | None
+                       ) -> dict[str, Destination]:
+    """``[destinations.NAME]`` tables, each validated, and the names others refer to."""
+    if not isinstance(raw, dict):
+        raise ValueError("[destinations] must hold tables like [destinations.pacs]")
+    destinations = {name: build_destination(name, draw, base=base)
+                    for name, draw in raw.items()}
+    for dest in destinations.values():
+        if dest.query_destination is not None and dest.query_destination not in destinations:
+            raise ValueError(f"[destinations.{dest.name}].query_destination "
+                             f"{dest.query_destination!r} is not a destination")
+    if node.default_destination is not None and node.default_destination not in destinations:
+        raise ValueError(
+            f"[node].default_destination {node.default_destination!r} is not a destination")
+    return destinations
 
 
 def _node_settings(raw: dict[str, Any], base: Path) -> NodeSettings:
@@ -491,6 +493,29 @@ def _max_pdu(where: str, value: Any) -> int:
     return value
 
 
+def _tls_settings(where: str, traw: Any, base: Path | None) -> TlsSettings:
+    """``[destinations.NAME.tls]``; relative file paths are relative to the config."""
+    if not isinstance(traw, dict) or set(traw) - _TLS_KEYS:
+        raise ValueError(f"{where}.tls: a table with keys {', '.join(sorted(_TLS_KEYS))}")
+
+    def file(key: str) -> Path | None:
+        if traw.get(key) in (None, ""):
+            return None
+        p = Path(traw[key])
+        return p if p.is_absolute() or base is None else base / p
+
+    if bool(traw.get("cert")) != bool(traw.get("key")):
+        raise ValueError(f"{where}.tls: give both cert and key for a client certificate")
+    password_env = traw.get("key_password_env")
+    if password_env is not None and (not isinstance(password_env, str) or not password_env):
+        raise ValueError(f"{where}.tls.key_password_env: the name of an environment variable")
+    return TlsSettings(
+        ca=file("ca"), cert=file("cert"), key=file("key"), key_password_env=password_env,
+        verify_hostname=bool(traw.get("verify_hostname", True)),
+        verify=bool(traw.get("verify", True)),
+    )
+
+
 def build_destination(name: str, raw: Any, base: Path | None = None) -> Destination:
     """Validate ``[destinations.NAME]``; relative TLS file paths are relative to the config."""
     where = f"[destinations.{name}]"
@@ -503,28 +528,7 @@ def build_destination(name: str, raw: Any, base: Path | None = None) -> Destinat
     port = _number(f"{where}.port", raw["port"], integer=True, minimum=1)
     if port > 65535:
         raise ValueError(f"{where}.port: {port} is not a TCP port (1-65535)")
-    tls = None
-    if "tls" in raw:
-        traw = raw["tls"]
-        if not isinstance(traw, dict) or set(traw) - _TLS_KEYS:
-            raise ValueError(f"{where}.tls: a table with keys {', '.join(sorted(_TLS_KEYS))}")
-
-        def file(key: str) -> Path | None:
-            if traw.get(key) in (None, ""):
-                return None
-            p = Path(traw[key])
-            return p if p.is_absolute() or base is None else base / p
-
-        if bool(traw.get("cert")) != bool(traw.get("key")):
-            raise ValueError(f"{where}.tls: give both cert and key for a client certificate")
-        password_env = traw.get("key_password_env")
-        if password_env is not None and (not isinstance(password_env, str) or not password_env):
-            raise ValueError(f"{where}.tls.key_password_env: the name of an environment variable")
-        tls = TlsSettings(
-            ca=file("ca"), cert=file("cert"), key=file("key"), key_password_env=password_env,
-            verify_hostname=bool(traw.get("verify_hostname", True)),
-            verify=bool(traw.get("verify", True)),
-        )
+    tls = _tls_settings(where, raw["tls"], base) if "tls" in raw else None
     syntaxes = raw.get("transfer_syntaxes", [])
     if not isinstance(syntaxes, list) or not all(
         isinstance(s, str) and _UID_ROOT.match(s) for s in syntaxes

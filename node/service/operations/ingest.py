@@ -45,16 +45,7 @@ def ingest(
     probe.release()
     node = Node(config, watch=False, deliver=holder is None and not enqueue_only)
     node.install_signals()
-    files = list(scan(tree))
-    job_ids: list[int] = []
-    for i, path in enumerate(files, 1):
-        if node.stopping.is_set():
-            break
-        job = node.enqueue_file(path, tree)
-        if job is not None:
-            job_ids.append(job.id)
-        if on_enqueue:
-            on_enqueue(i, len(files))
+    job_ids = _enqueue_tree(node, tree, list(scan(tree)), on_enqueue)
     if on_enqueued:
         on_enqueued(len(job_ids), holder)
     result = IngestResult(job_ids)
@@ -77,10 +68,30 @@ def ingest(
             node.shutdown()
     else:
         node.run(until=lambda: count() == len(job_ids))
-    journal = node.config.open_journal(create=False)
+    result.states = _states_of(node.config, job_ids)
+    return result
+
+
+def _enqueue_tree(node, tree, files: list[Path],
+                  on_enqueue: Callable[[int, int], None] | None) -> list[int]:
+    """Enqueue each file of the tree (until the node is asked to stop); the jobs' ids."""
+    job_ids: list[int] = []
+    for i, path in enumerate(files, 1):
+        if node.stopping.is_set():
+            break
+        job = node.enqueue_file(path, tree)
+        if job is not None:
+            job_ids.append(job.id)
+        if on_enqueue:
+            on_enqueue(i, len(files))
+    return job_ids
+
+
+def _states_of(config, job_ids: list[int]) -> dict[str, int]:
+    """How many of these jobs are in each state, as the journal has them now."""
+    journal = config.open_journal(create=False)
     try:
-        states = [journal.get(i).state for i in job_ids]
+        states = [journal.get(i).state.value for i in job_ids]
     finally:
         journal.close()
-    result.states = {s: states.count(s) for s in sorted(set(states))}
-    return result
+    return {s: states.count(s) for s in sorted(set(states))}

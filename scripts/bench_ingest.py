@@ -229,7 +229,7 @@ def main() -> int:
 
     if args.nodes:
         sys.path.insert(0, str(ROOT / "tests"))
-        from pgserver import Cluster
+        from support.pgserver import Cluster
 
         cluster = Cluster(fsync=True)
         try:

@@ -380,3 +380,37 @@ def test_both_stores_implement_the_one_interface(journal):
     from node.service.journal import JournalStore
 
     assert isinstance(journal, JournalStore)
+
+
+def test_a_move_raced_by_another_process_is_checked_again_on_the_job_as_it_now_is(location):
+    """Between a move's read and its write another process takes the job back (its lease
+    ran out): the move does not write over it; made again on the job as it is now, it is
+    refused (the lease was lost). On both engines (a move reads before its transaction)."""
+    first, second = open_journal_at(location), open_journal_at(location)
+    try:
+        job = _job(first)
+        first.claim(owner="slow:1", lease_seconds=1)
+        read = first._job
+        raced = []
+
+        def read_then_race(query, **params):
+            found = read(query, **params)
+            if query == "job_to_move" and not raced:
+                raced.append(second.recover(now=time.time() + 5))  # another process
+            return found
+
+        first._job = read_then_race
+        with pytest.raises(InvalidTransition, match="lease was lost|queued -> sending"):
+            first.move(job.id, JobState.SENDING, owner="slow:1")
+        assert journal_state(second, job.id) == ("queued", None)
+        assert [h.to_state for h in second.history(job.id)] == [
+            "queued", "converting", "queued"]  # nothing was written over the recovery
+    finally:
+        first.close()
+        second.close()
+        close_pool(str(location))
+
+
+def journal_state(journal, job_id: int) -> tuple[str, str | None]:
+    job = journal.get(job_id)
+    return job.state.value, job.owner

@@ -135,6 +135,10 @@ def test_the_last_releases_sqlite_journal_is_upgraded_by_journal_migrate(tmp_pat
     path = _release_sqlite(tmp_path)
     cfg = _config(tmp_path)
     before = _digest(path)
+    db = sqlite3.connect(path)
+    lines = db.execute("SELECT rowid, job_id, to_state, detail FROM history ORDER BY rowid"
+                       ).fetchall()
+    db.close()
     # a read-only command and a console's journal refuse it, and write nothing
     status = run_node("status", "--config", cfg)
     assert status.returncode == 2 and status.stderr.count("\n") == 1, status.stderr
@@ -145,14 +149,16 @@ def test_the_last_releases_sqlite_journal_is_upgraded_by_journal_migrate(tmp_pat
     assert _digest(path) == before and not path.with_name("journal.sqlite-wal").exists()
     migrated = run_node("journal", "migrate", "--config", cfg)
     assert migrated.returncode == 0, migrated.stderr
-    assert f"schema version 1 -> {SCHEMA_VERSION} (applied 0002_lookup_indexes" in migrated.stdout
+    assert f"schema version 1 -> {SCHEMA_VERSION} (applied 0002_history_id" in migrated.stdout
     again = run_node("journal", "migrate", "--config", cfg)
     assert again.returncode == 0 and "up to date" in again.stdout
     db = sqlite3.connect(path)
     assert [r for r in db.execute("SELECT version, name FROM schema_migrations")][:2] == [
-        (1, "adopted"), (2, "lookup_indexes")]
+        (1, "adopted"), (2, "history_id")]
+    assert db.execute("SELECT id, job_id, to_state, detail FROM history ORDER BY id"
+                      ).fetchall() == lines  # every line kept, its rowid its id
     indexes = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert {"jobs_owner", "jobs_source"} <= indexes
+    assert {"history_job", "history_done"} <= indexes
     db.close()
     assert run_node("status", "--config", cfg).returncode == 0
     with open_journal_at(path, create=False) as journal:
@@ -258,3 +264,39 @@ def test_an_unreachable_journal_database_is_one_line_not_a_traceback(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
         assert "the journal database is unreachable" in proc.stderr
+
+
+def test_a_console_request_never_writes_the_schema(tmp_path):
+    """The web console (as inside a node, where the node migrates at start) on a journal
+    that is behind: its pages say what to do (503, one line), the file is not touched; once
+    migrated, the same request answers."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from node.service.settings import load_config
+    from node.web.app import create_app, serve
+
+    path = _release_sqlite(tmp_path)
+    before = _digest(path)
+    config = load_config(_config(tmp_path), profiles=False)
+    port = free_port()
+    server = serve(create_app(config), "127.0.0.1", port, block=False)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for page in ("/api/jobs", "/jobs", "/"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url + page, timeout=10)
+            assert refused.value.code == 503
+            assert "dicom-node journal migrate" in refused.value.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as unhealthy:
+            urllib.request.urlopen(url + "/healthz", timeout=10)
+        assert unhealthy.value.code == 503
+        assert json.loads(unhealthy.value.read())["reason"] == (
+            "journal unavailable: JournalError")
+        assert _digest(path) == before and not path.with_name("journal.sqlite-wal").exists()
+        assert run_node("journal", "migrate", "--config", tmp_path / "node.toml").returncode == 0
+        with urllib.request.urlopen(url + "/api/jobs", timeout=10) as answer:
+            assert json.loads(answer.read())["total"] == 4
+    finally:
+        server.should_exit = True

@@ -32,7 +32,7 @@ from starlette.templating import Jinja2Templates
 
 from node import __version__
 from node.errors import DicomNodeError
-from node.service.journal import Job, JournalStore, StateDirs
+from node.service.journal import Job, JournalError, JournalStore, StateDirs
 from node.service.operations.audit import audited
 from node.service.operations.destinations import echo_now, pause, resume
 from node.service.operations.jobs import cancel, delete_quarantined, release, retry
@@ -407,6 +407,15 @@ async def not_found(request: Request, exc) -> Response:
     return PlainTextResponse("not found\n", status_code=404)
 
 
+async def journal_unusable(request: Request, exc: Exception) -> Response:
+    """A journal the console cannot read (behind this release's schema, from a newer one,
+    unreachable): 503 with the one line that says what to do, never a traceback."""
+    reason = getattr(exc, "message", str(exc))
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": reason}, status_code=503)
+    return PlainTextResponse(f"{reason}\n", status_code=503)
+
+
 def create_app(config, health: Callable[[], dict] | None = None,
                metrics_source: Callable[[], tuple[bytes, str]] | None = None) -> Starlette:
     """The console for ``config``'s journal. Raises ConsoleStartError when its settings are
@@ -473,7 +482,8 @@ def create_app(config, health: Callable[[], dict] | None = None,
         routes.append(Route(f"/destinations/{{name}}/{verb}", endpoint, methods=["POST"]))
         routes.append(Route(f"/api/destinations/{{name}}/{verb}", endpoint, methods=["POST"]))
     routes.append(Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"))
-    app = Starlette(routes=routes, exception_handlers={404: not_found})
+    app = Starlette(routes=routes, exception_handlers={404: not_found,
+                                                       JournalError: journal_unusable})
     app.state.console = console
     return app
 

@@ -1,15 +1,16 @@
 """The job queue: enqueue, claim under a lease, move between states, recover what a dead
 process held, requeue; and what is read of jobs (pages, counts, history).
 
-Every state write goes through :meth:`Queue.move`, which reads the job in the same transaction
-(locked), checks the move against :data:`~node.service.states.ALLOWED` and that the writer
-still holds the job's lease, writes the whole row and one history line, and commits. A
-process killed at any instant (SIGKILL included) leaves each job in its last committed state.
+Every state write goes through :meth:`Queue.move`, which reads the job, checks the move
+against :data:`~node.service.states.ALLOWED`, the fields that may change, and that the writer
+still holds the job's lease; then writes what the move changes (the narrowest of the move
+queries that covers it) in one transaction, only if the job is still as it was read (else it
+reads the job again and checks again), adds one history line, and commits. A process killed
+at any instant (SIGKILL included) leaves each job in its last committed state.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,10 +29,23 @@ from node.service.states import ALLOWED, STATES, JobState
 
 #: The states from which a fresh drop of the same content queues the job again.
 _ASK_AGAIN = frozenset({JobState.FAILED, JobState.CANCELLED})
+#: How often a move is tried again when the job changed between its read and its write.
+_TRIES = 5
 #: How much of a detail or error a history line keeps.
 _DETAIL_CAP = 2000
-#: The columns move_job writes: the state, the time, and every field a move may change.
-_WRITTEN = ("id", "state", "updated", *sorted(MUTABLE_FIELDS))
+#: The move queries, narrowest first, and the fields each writes besides the state and the
+#: time: a move uses the first that covers what it changes (a narrower write is cheaper; the
+#: node makes three moves per job). move_job_content also changes what the job is made of.
+_MOVES = (("move_hands", frozenset({"attempts", "owner", "lease_until"})),
+          ("move_job", MUTABLE_FIELDS - {"source", "sidecar", "sha256", "size"}),
+          ("move_job_content", MUTABLE_FIELDS))
+_WRITTEN = {query: ("id", "updated", *sorted(written)) for query, written in _MOVES}
+
+
+class _MovedMeanwhile(Exception):
+    """The job changed between the read and the write of a move (a move reads before its
+    transaction; its UPDATE checks the state, the hands and the time of the last change it
+    read): the transaction is rolled back and the move made again on the job as it now is."""
 
 
 class Queue(QueryRunner):
@@ -40,7 +54,8 @@ class Queue(QueryRunner):
     def _move(self, job: Job, target: JobState, *, holder: str | None = None,
               detail: str | None = None, attempt: int | None = None,
               **changes: object) -> Job:
-        """Inside a transaction, with ``job`` read (locked) in it: check and write the move.
+        """Inside a transaction, with ``job`` read in it: check and write the move (nothing is
+        written, and _MovedMeanwhile raised, when the job changed since it was read).
 
         ``holder``: the process that says it holds the job; refused when the job is active
         and held by another (its lease was taken over: a process that lost its lease records
@@ -51,17 +66,22 @@ class Queue(QueryRunner):
         if holder is not None and job.state in ACTIVE and job.owner != holder:
             raise InvalidTransition(f"job {job.id}: held by {job.owner}, not {holder}: the "
                                     "lease was lost")
-        unknown = set(changes) - MUTABLE_FIELDS
-        if unknown:
-            raise ValueError(f"job {job.id}: {', '.join(sorted(unknown))} cannot be changed")
+        if not MUTABLE_FIELDS.issuperset(changes):
+            unknown = ", ".join(sorted(set(changes) - MUTABLE_FIELDS))
+            raise ValueError(f"job {job.id}: {unknown} cannot be changed")
         if target not in ACTIVE:
             changes.setdefault("lease_until", 0.0)
         now = time.time()
-        moved = dataclasses.replace(job, state=target, updated=now, **changes)
-        self._execute("move_job", {name: getattr(moved, name) for name in _WRITTEN}
-                      | {"state": target.value})
+        moved = job._replace(state=target, updated=now, **changes)
+        query = next(query for query, written in _MOVES if written.issuperset(changes))
+        params = {name: getattr(moved, name) for name in _WRITTEN[query]}
+        old, new = job.state.value, target.value
+        params.update(state=new, from_state=old, from_owner=job.owner,
+                      from_updated=job.updated)
+        if self._execute(query, params).rowcount != 1:
+            raise _MovedMeanwhile(job.id)  # moved since it was read: nothing is written
         note = detail if detail is not None else changes.get("last_error")
-        self._history(job.id, job.state.value, target.value,
+        self._history(job.id, old, new,
                       moved.attempts if attempt is None else attempt,
                       holder or changes.get("owner") or job.owner, note, now)  # type: ignore[arg-type]
         return moved
@@ -80,11 +100,19 @@ class Queue(QueryRunner):
             target = JobState(state)
         except ValueError:
             raise ValueError(f"unknown state {state!r}") from None
-        with self._tx():
-            job = self._job("job_for_update", id=job_id)
+        for _ in range(_TRIES):
+            # read before the transaction: the write checks that the job is still as read, so
+            # the engine's write lock is held only for the write and its history line
+            job = self._job("job_to_move", id=job_id)
             if job is None:
                 raise InvalidTransition(f"job {job_id}: no such job")
-            return self._move(job, target, holder=owner, detail=detail, **changes)
+            try:
+                with self._tx():
+                    return self._move(job, target, holder=owner, detail=detail, **changes)
+            except _MovedMeanwhile:
+                continue  # read it again: the checks apply to the job as it is now
+        raise InvalidTransition(f"job {job_id}: moved by others {_TRIES} times while this "
+                                "move was made")
 
     #: The name the node and the operations have always used.
     transition = move
@@ -119,10 +147,13 @@ class Queue(QueryRunner):
             if found is not None and found.state not in _ASK_AGAIN:
                 return found, False
             if found is not None:
-                return self._move(found, JobState.QUEUED, detail="enqueued again", attempt=0,
-                                  source=str(source),
-                                  sidecar=str(sidecar) if sidecar else None, attempts=0,
-                                  next_attempt=0.0, alert=0), True
+                try:  # (the row is locked by the read: nobody moves it meanwhile)
+                    return self._move(found, JobState.QUEUED, detail="enqueued again",
+                                      attempt=0, source=str(source),
+                                      sidecar=str(sidecar) if sidecar else None, attempts=0,
+                                      next_attempt=0.0, alert=0), True
+                except _MovedMeanwhile:
+                    return self.get(found.id), False  # type: ignore[return-value]
             now = time.time()
             (new_id,) = self._one(  # type: ignore[misc]
                 "insert_job", source=str(source), sidecar=str(sidecar) if sidecar else None,
@@ -144,8 +175,11 @@ class Queue(QueryRunner):
             job = self._job("next_due", now=now)
             if job is None or (memory is not None and job.memory > memory):
                 return None
-            return self._move(job, JobState.CONVERTING, attempts=job.attempts + 1,
-                              owner=owner, lease_until=now + lease_seconds)
+            try:  # (the row is locked by the read: nobody moves it meanwhile)
+                return self._move(job, JobState.CONVERTING, attempts=job.attempts + 1,
+                                  owner=owner, lease_until=now + lease_seconds)
+            except _MovedMeanwhile:
+                return None
 
     def renew(self, owner: str, lease_seconds: float = 60.0) -> int:
         """Extend the leases of the jobs ``owner`` holds, and its heartbeat as a node; how
@@ -166,14 +200,18 @@ class Queue(QueryRunner):
         for candidate in self._jobs("active_jobs"):
             if candidate.lease_until >= now and owner_alive(candidate.owner):
                 continue
-            with self._tx():
-                job = self._job("job_for_update", id=candidate.id)
-                if job is None or (job.state, job.owner) != (candidate.state, candidate.owner):
-                    continue  # it moved meanwhile: its holder is alive after all
-                self._move(job, JobState.QUEUED, detail="resumed: its owner is gone",
-                           attempt=job.attempts, attempts=max(job.attempts - 1, 0),
-                           owner=None)
-                taken.append(job)
+            try:
+                with self._tx():
+                    job = self._job("job_to_move", id=candidate.id)
+                    if job is None or (job.state, job.owner) != (candidate.state,
+                                                                 candidate.owner):
+                        continue  # it moved meanwhile: its holder is alive after all
+                    self._move(job, JobState.QUEUED, detail="resumed: its owner is gone",
+                               attempt=job.attempts, attempts=max(job.attempts - 1, 0),
+                               owner=None)
+            except _MovedMeanwhile:
+                continue  # likewise
+            taken.append(job)
         return taken
 
     def requeue(self, job_ids: Iterable[int] | None = None,
@@ -189,19 +227,22 @@ class Queue(QueryRunner):
             ids = list(job_ids)
         moved = []
         for job_id in ids:
-            with self._tx():
-                job = self._job("job_for_update", id=job_id)
-                if job is None or job.state not in wanted:
-                    continue
-                self._move(job, JobState.QUEUED, detail="requeued by an operator", attempt=0,
-                           attempts=0, next_attempt=0.0, alert=0)
-                moved.append(job_id)
+            try:
+                with self._tx():
+                    job = self._job("job_to_move", id=job_id)
+                    if job is None or job.state not in wanted:
+                        continue
+                    self._move(job, JobState.QUEUED, detail="requeued by an operator",
+                               attempt=0, attempts=0, next_attempt=0.0, alert=0)
+            except _MovedMeanwhile:
+                continue  # a node took it meanwhile (its retry came due): left to it
+            moved.append(job_id)
         return moved
 
     def note(self, job_id: int, text: str) -> None:
         """A remark on a job that changes no state (e.g. a done job whose file stayed)."""
         with self._tx():
-            job = self._job("job_for_update", id=job_id)
+            job = self._job("job_to_move", id=job_id)
             if job is None:
                 raise InvalidTransition(f"job {job_id}: no such job")
             self._execute("note_job", {"id": job_id, "text": text, "now": time.time()})

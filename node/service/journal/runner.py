@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
+from operator import itemgetter
 from typing import Any
 
 from node.service.journal.model import Job
 from node.service.journal.queries import queries
+
+_NAME = itemgetter(0)  # a column's name in a cursor's description
 
 
 class QueryRunner(ABC):
@@ -21,7 +24,12 @@ class QueryRunner(ABC):
 
     @property
     def _sql(self) -> dict[str, str]:
-        return queries(self.engine)
+        """The engine's named queries (read once per process and kept on the store: a step
+        looks up several)."""
+        found = self.__dict__.get("_queries")
+        if found is None:
+            found = self.__dict__["_queries"] = queries(self.engine)
+        return found
 
     @abstractmethod
     def _tx(self) -> AbstractContextManager[None]:
@@ -44,9 +52,11 @@ class QueryRunner(ABC):
 
     def _jobs(self, query: str, /, **params: Any) -> list[Job]:
         cursor = self._execute(query, params)
-        names = [d[0] for d in cursor.description]
-        return [Job.from_row(names, row) for row in cursor.fetchall()]
+        rows = cursor.fetchall()  # first: a pipelined cursor has no description before
+        names = tuple(map(_NAME, cursor.description))
+        return [Job.from_row(names, row) for row in rows]
 
     def _job(self, query: str, /, **params: Any) -> Job | None:
-        found = self._jobs(query, **params)
-        return found[0] if found else None
+        cursor = self._execute(query, params)
+        row = cursor.fetchone()  # first: a pipelined cursor has no description before
+        return None if row is None else Job.from_row(tuple(map(_NAME, cursor.description)), row)

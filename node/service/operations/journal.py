@@ -11,7 +11,7 @@ class MigrationReport:
     location: str
     before: int  # the schema version found (0: a new journal)
     after: int
-    applied: list[str]  # "0002_lookup_indexes", ...
+    applied: list[str]  # "0002_history_id", ...
 
 
 def migrate_journal(config) -> MigrationReport:

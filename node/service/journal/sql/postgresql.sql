@@ -8,8 +8,9 @@
 -- name: job
 SELECT * FROM jobs WHERE id = %(id)s
 
--- name: job_for_update
-SELECT * FROM jobs WHERE id = %(id)s FOR UPDATE
+-- name: job_to_move
+-- not locked: the move's UPDATE checks that the job is still as read (see move_job)
+SELECT * FROM jobs WHERE id = %(id)s
 
 -- name: latest_job_by_key
 SELECT * FROM jobs WHERE key = %(key)s ORDER BY id DESC LIMIT 1 FOR UPDATE
@@ -28,15 +29,38 @@ VALUES (%(source)s, %(sidecar)s, %(sha256)s, %(size)s, %(profile)s, %(destinatio
         %(after)s, %(state)s, %(now)s, %(now)s, %(key)s, %(memory)s)
 RETURNING id
 
+-- name: move_hands
+-- a move that changes only the state and who holds the job (a claim, the sending mark, a
+-- recovery): the narrowest write, as the node makes two of these per job
+UPDATE jobs SET state = %(state)s, attempts = %(attempts)s, owner = %(owner)s,
+    lease_until = %(lease_until)s, updated = %(updated)s
+WHERE id = %(id)s AND state = %(from_state)s AND owner IS NOT DISTINCT FROM %(from_owner)s
+    AND updated = %(from_updated)s
+
 -- name: move_job
+-- a move: the state and what a step records; the indexed content columns (source,
+-- sha256) are not written, so their index entries are left alone. It changes the job only
+-- if it is still as it was read (its state, hands and time of its last change; else no row:
+-- read it again)
+UPDATE jobs SET state = %(state)s, attempts = %(attempts)s, next_attempt = %(next_attempt)s,
+    last_error = %(last_error)s, error_class = %(error_class)s, alert = %(alert)s,
+    series_uid = %(series_uid)s, study_uid = %(study_uid)s, instances = %(instances)s,
+    delivered = %(delivered)s, quarantine_path = %(quarantine_path)s, owner = %(owner)s,
+    lease_until = %(lease_until)s, updated = %(updated)s
+WHERE id = %(id)s AND state = %(from_state)s AND owner IS NOT DISTINCT FROM %(from_owner)s
+    AND updated = %(from_updated)s
+
+-- name: move_job_content
+-- a move that also changes what the job is made of (queued again with a new path, a
+-- repaired file released from quarantine)
 UPDATE jobs SET state = %(state)s, source = %(source)s, sidecar = %(sidecar)s,
-    sha256 = %(sha256)s, size = %(size)s,
-    attempts = %(attempts)s, next_attempt = %(next_attempt)s, last_error = %(last_error)s,
-    error_class = %(error_class)s, alert = %(alert)s, series_uid = %(series_uid)s,
-    study_uid = %(study_uid)s, instances = %(instances)s, delivered = %(delivered)s,
-    quarantine_path = %(quarantine_path)s, owner = %(owner)s, lease_until = %(lease_until)s,
-    updated = %(updated)s
-WHERE id = %(id)s
+    sha256 = %(sha256)s, size = %(size)s, attempts = %(attempts)s,
+    next_attempt = %(next_attempt)s, last_error = %(last_error)s, error_class = %(error_class)s,
+    alert = %(alert)s, series_uid = %(series_uid)s, study_uid = %(study_uid)s,
+    instances = %(instances)s, delivered = %(delivered)s, quarantine_path = %(quarantine_path)s,
+    owner = %(owner)s, lease_until = %(lease_until)s, updated = %(updated)s
+WHERE id = %(id)s AND state = %(from_state)s AND owner IS NOT DISTINCT FROM %(from_owner)s
+    AND updated = %(from_updated)s
 
 -- name: note_job
 UPDATE jobs SET last_error = %(text)s, updated = %(now)s WHERE id = %(id)s

@@ -8,7 +8,8 @@
 -- name: job
 SELECT * FROM jobs WHERE id = :id
 
--- name: job_for_update
+-- name: job_to_move
+-- read inside BEGIN IMMEDIATE: nobody else writes until the commit
 SELECT * FROM jobs WHERE id = :id
 
 -- name: latest_job_by_key
@@ -28,14 +29,38 @@ VALUES (:source, :sidecar, :sha256, :size, :profile, :destination, :after, :stat
         :key, :memory)
 RETURNING id
 
+-- name: move_hands
+-- a move that changes only the state and who holds the job (a claim, the sending mark, a
+-- recovery): the narrowest write, as the node makes two of these per job
+UPDATE jobs SET state = :state, attempts = :attempts, owner = :owner,
+    lease_until = :lease_until, updated = :updated
+WHERE id = :id AND state = :from_state AND owner IS :from_owner
+    AND updated = :from_updated
+
 -- name: move_job
+-- a move: the state and what a step records; the indexed content columns (source,
+-- sha256) are not written, so their index entries are left alone. It changes the job only
+-- if it is still as it was read (its state, hands and time of its last change; else no row:
+-- read it again)
+UPDATE jobs SET state = :state, attempts = :attempts, next_attempt = :next_attempt,
+    last_error = :last_error, error_class = :error_class, alert = :alert,
+    series_uid = :series_uid, study_uid = :study_uid, instances = :instances,
+    delivered = :delivered, quarantine_path = :quarantine_path, owner = :owner,
+    lease_until = :lease_until, updated = :updated
+WHERE id = :id AND state = :from_state AND owner IS :from_owner
+    AND updated = :from_updated
+
+-- name: move_job_content
+-- a move that also changes what the job is made of (queued again with a new path, a
+-- repaired file released from quarantine)
 UPDATE jobs SET state = :state, source = :source, sidecar = :sidecar,
     sha256 = :sha256, size = :size, attempts = :attempts,
     next_attempt = :next_attempt, last_error = :last_error, error_class = :error_class,
-    alert = :alert, series_uid = :series_uid, study_uid = :study_uid, instances = :instances,
-    delivered = :delivered, quarantine_path = :quarantine_path, owner = :owner,
-    lease_until = :lease_until, updated = :updated
-WHERE id = :id
+    alert = :alert, series_uid = :series_uid, study_uid = :study_uid,
+    instances = :instances, delivered = :delivered, quarantine_path = :quarantine_path,
+    owner = :owner, lease_until = :lease_until, updated = :updated
+WHERE id = :id AND state = :from_state AND owner IS :from_owner
+    AND updated = :from_updated
 
 -- name: note_job
 UPDATE jobs SET last_error = :text, updated = :now WHERE id = :id
@@ -94,7 +119,7 @@ VALUES (:job_id, :at, :from_state, :to_state, :attempt, :owner, :detail)
 
 -- name: history
 SELECT at, from_state, to_state, attempt, owner, detail FROM history WHERE job_id = :job_id
-ORDER BY at, rowid
+ORDER BY at, id
 
 -- name: done_since
 SELECT at FROM history WHERE to_state = 'done' AND at >= :since

@@ -1,4 +1,0 @@
--- A node's heartbeat renews the leases of the jobs it holds, and a late sidecar finds its job
--- by source path: both scanned every job the journal ever held.
-CREATE INDEX jobs_owner ON jobs(owner, state);
-CREATE INDEX jobs_source ON jobs(source);

@@ -184,7 +184,10 @@ def test_pacs_down_while_files_arrive_then_back_after_30s(own_pacs, node_factory
     for i, name in enumerate(names):
         drop(node.inbox, name, nifti_bytes(tmp_path, name, seed=200 + i))
     wait_until(lambda: node.states().count("retry-wait") == 3, 60, "retries while down")
-    status = node.cli("status")
+    # each job is retried every 0.5-2 s (and converted again meanwhile): one snapshot of
+    # `status` may catch one of them in flight, so it is asked until it shows the three
+    status = wait_until(lambda: (s := node.cli("status")) and "retry-wait 3" in s.stdout and s,
+                        30, "status to show the three jobs waiting", step=0.2)
     assert "retry-wait 3" in status.stdout and "connection refused" in status.stdout
     time.sleep(30)
     server = orthanc_script.start(storage, http_port=http_port, dicom_port=dicom_port,

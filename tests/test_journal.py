@@ -224,6 +224,23 @@ def test_a_job_is_typed_and_only_its_changeable_fields_move(journal):
     assert entries[0].to_state == "queued" and entries[0].from_state is None
 
 
+def test_a_move_on_a_stale_read_writes_nothing_not_even_its_history_line(journal):
+    """A move writes only if the job is still as it read it; on PostgreSQL the UPDATE and its
+    history line are one statement, so a refused write must leave no line behind either."""
+    from node.service.journal.queue import _MovedMeanwhile
+
+    job = _job(journal)
+    stale = journal.get(job.id)
+    journal.move(job.id, JobState.CANCELLED, detail="x" * 5000)
+    with pytest.raises(_MovedMeanwhile), journal._move_tx():
+        journal._move(stale, JobState.CANCELLED, detail="from a stale read")
+    lines = journal.history(job.id)
+    assert [(h.from_state, h.to_state) for h in lines] == [(None, "queued"),
+                                                           ("queued", "cancelled")]
+    assert lines[-1].detail == "x" * 2000  # a history line keeps at most 2000 characters
+    assert journal.get(job.id).state is JobState.CANCELLED
+
+
 def test_an_expired_lease_is_taken_over_and_its_old_holder_records_nothing(journal):
     job = _job(journal)
     journal.claim(owner="host-a:1", lease_seconds=5)

@@ -82,6 +82,7 @@ def _gone(exc: BaseException) -> JournalUnavailable:
 
 class PostgresStore(Store):
     engine = "postgresql"
+    moves_write_history = True  # sql/postgresql.sql: move_* insert their history line
 
     def __init__(self, url: str, *, create: bool = True,
                  schema: SchemaMode | None = None) -> None:

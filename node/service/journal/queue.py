@@ -5,8 +5,10 @@ Every state write goes through :meth:`Queue.move`, which reads the job, checks t
 against :data:`~node.service.states.ALLOWED`, the fields that may change, and that the writer
 still holds the job's lease; then writes what the move changes (the narrowest of the move
 queries that covers it) in one transaction, only if the job is still as it was read (else it
-reads the job again and checks again), adds one history line, and commits. A process killed
-at any instant (SIGKILL included) leaves each job in its last committed state.
+reads the job again and checks again), adds one history line, and commits (on PostgreSQL
+the write and its history line are one statement, atomic without a BEGIN and a COMMIT).
+A process killed at any instant (SIGKILL included) leaves each job in its last committed
+state.
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ class Queue(QueryRunner):
     def _move(self, job: Job, target: JobState, *, holder: str | None = None,
               detail: str | None = None, attempt: int | None = None,
               **changes: object) -> Job:
-        """Inside a transaction, with ``job`` read in it: check and write the move (nothing is
-        written, and _MovedMeanwhile raised, when the job changed since it was read).
+        """In the move's transaction (see _move_tx), with ``job`` as read: check and write
+        the move and its history line (nothing is written, and _MovedMeanwhile raised, when
+        the job changed since it was read).
 
         ``holder``: the process that says it holds the job; refused when the job is active
         and held by another (its lease was taken over: a process that lost its lease records
@@ -76,14 +79,17 @@ class Queue(QueryRunner):
         query = next(query for query, written in _MOVES if written.issuperset(changes))
         params = {name: getattr(moved, name) for name in _WRITTEN[query]}
         old, new = job.state.value, target.value
+        note = detail if detail is not None else changes.get("last_error")
         params.update(state=new, from_state=old, from_owner=job.owner,
-                      from_updated=job.updated)
+                      from_updated=job.updated,  # and the history line's:
+                      line_attempt=moved.attempts if attempt is None else attempt,
+                      line_owner=holder or changes.get("owner") or job.owner,
+                      line_detail=note[:_DETAIL_CAP] if note else None)
         if self._execute(query, params).rowcount != 1:
             raise _MovedMeanwhile(job.id)  # moved since it was read: nothing is written
-        note = detail if detail is not None else changes.get("last_error")
-        self._history(job.id, old, new,
-                      moved.attempts if attempt is None else attempt,
-                      holder or changes.get("owner") or job.owner, note, now)  # type: ignore[arg-type]
+        if not self.moves_write_history:
+            self._history(job.id, old, new, params["line_attempt"], params["line_owner"],
+                          params["line_detail"], now)
         return moved
 
     def move(self, job_id: int, state: str | JobState, *, owner: str | None = None,
@@ -107,7 +113,7 @@ class Queue(QueryRunner):
             if job is None:
                 raise InvalidTransition(f"job {job_id}: no such job")
             try:
-                with self._tx():
+                with self._move_tx():
                     return self._move(job, target, holder=owner, detail=detail, **changes)
             except _MovedMeanwhile:
                 continue  # read it again: the checks apply to the job as it is now

@@ -6,7 +6,7 @@ studies, audit, destinations, nodes) supply the logic and name their queries."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from operator import itemgetter
 from typing import Any
 
@@ -30,6 +30,16 @@ class QueryRunner(ABC):
         if found is None:
             found = self.__dict__["_queries"] = queries(self.engine)
         return found
+
+    #: True when the engine's move queries write the move's history line too, in the same
+    #: statement (PostgreSQL: a data-modifying WITH). One statement is atomic on its own, so
+    #: such a move needs no transaction around it: two round trips to the server fewer, of
+    #: the five a move took (BEGIN, UPDATE, INSERT, COMMIT, and the read before).
+    moves_write_history: bool = False
+
+    def _move_tx(self) -> AbstractContextManager[None]:
+        """The transaction that one move, written on its own, needs (see moves_write_history)."""
+        return nullcontext() if self.moves_write_history else self._tx()
 
     @abstractmethod
     def _tx(self) -> AbstractContextManager[None]:

@@ -32,16 +32,22 @@ RETURNING id
 -- name: move_hands
 -- a move that changes only the state and who holds the job (a claim, the sending mark, a
 -- recovery): the narrowest write, as the node makes two of these per job
+WITH moved AS (
 UPDATE jobs SET state = %(state)s, attempts = %(attempts)s, owner = %(owner)s,
     lease_until = %(lease_until)s, updated = %(updated)s
 WHERE id = %(id)s AND state = %(from_state)s AND owner IS NOT DISTINCT FROM %(from_owner)s
     AND updated = %(from_updated)s
+    RETURNING id)
+INSERT INTO history (job_id, at, from_state, to_state, attempt, owner, detail)
+SELECT id, %(updated)s, %(from_state)s, %(state)s, %(line_attempt)s::integer, %(line_owner)s::text,
+    %(line_detail)s::text FROM moved
 
 -- name: move_job
 -- a move: the state and what a step records; the indexed content columns (source,
 -- sha256) are not written, so their index entries are left alone. It changes the job only
 -- if it is still as it was read (its state, hands and time of its last change; else no row:
 -- read it again)
+WITH moved AS (
 UPDATE jobs SET state = %(state)s, attempts = %(attempts)s, next_attempt = %(next_attempt)s,
     last_error = %(last_error)s, error_class = %(error_class)s, alert = %(alert)s,
     series_uid = %(series_uid)s, study_uid = %(study_uid)s, instances = %(instances)s,
@@ -49,10 +55,15 @@ UPDATE jobs SET state = %(state)s, attempts = %(attempts)s, next_attempt = %(nex
     lease_until = %(lease_until)s, updated = %(updated)s
 WHERE id = %(id)s AND state = %(from_state)s AND owner IS NOT DISTINCT FROM %(from_owner)s
     AND updated = %(from_updated)s
+    RETURNING id)
+INSERT INTO history (job_id, at, from_state, to_state, attempt, owner, detail)
+SELECT id, %(updated)s, %(from_state)s, %(state)s, %(line_attempt)s::integer, %(line_owner)s::text,
+    %(line_detail)s::text FROM moved
 
 -- name: move_job_content
 -- a move that also changes what the job is made of (queued again with a new path, a
 -- repaired file released from quarantine)
+WITH moved AS (
 UPDATE jobs SET state = %(state)s, source = %(source)s, sidecar = %(sidecar)s,
     sha256 = %(sha256)s, size = %(size)s, attempts = %(attempts)s,
     next_attempt = %(next_attempt)s, last_error = %(last_error)s, error_class = %(error_class)s,
@@ -61,6 +72,10 @@ UPDATE jobs SET state = %(state)s, source = %(source)s, sidecar = %(sidecar)s,
     owner = %(owner)s, lease_until = %(lease_until)s, updated = %(updated)s
 WHERE id = %(id)s AND state = %(from_state)s AND owner IS NOT DISTINCT FROM %(from_owner)s
     AND updated = %(from_updated)s
+    RETURNING id)
+INSERT INTO history (job_id, at, from_state, to_state, attempt, owner, detail)
+SELECT id, %(updated)s, %(from_state)s, %(state)s, %(line_attempt)s::integer, %(line_owner)s::text,
+    %(line_detail)s::text FROM moved
 
 -- name: note_job
 UPDATE jobs SET last_error = %(text)s, updated = %(now)s WHERE id = %(id)s

@@ -3,7 +3,7 @@
 
     scripts/orthanc start [--http-port 8042] [--dicom-port 4242] [--storage var/orthanc]
                           [--node-aet DICOM_NODE] [--background] [--tls-cert C --tls-key K
-                          --tls-ca CA [--tls-require-client]]
+                          --tls-ca CA [--tls-require-client]] [--dicomweb]
     scripts/orthanc stop [--storage var/orthanc]
 
 The configuration is config/orthanc.json with the ports, storage and our AE title filled in,
@@ -92,9 +92,20 @@ def binary() -> str:
     raise SystemExit("orthanc: the Orthanc binary is missing: apt-get install orthanc")
 
 
+#: Where Debian's orthanc-dicomweb package puts the plugin.
+DICOMWEB_PLUGINS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so",)
+
+
+def dicomweb_plugin() -> str:
+    for candidate in DICOMWEB_PLUGINS:
+        if Path(candidate).exists():
+            return candidate
+    raise SystemExit("orthanc: the DICOMweb plugin is missing: apt-get install orthanc-dicomweb")
+
+
 def write_config(
     storage: Path, http_port: int, dicom_port: int, node_aet: str, aet: str = "ORTHANC",
-    tls: dict | None = None, overrides: dict | None = None,
+    tls: dict | None = None, overrides: dict | None = None, dicomweb: bool = False,
 ) -> Path:
     config = json.loads(TEMPLATE.read_text())
     config.update(
@@ -115,6 +126,10 @@ def write_config(
             DicomTlsPrivateKey=str(tls["key"]), DicomTlsTrustedCertificates=str(tls["ca"]),
             DicomTlsRemoteCertificateRequired=bool(tls.get("require_client", False)),
         )
+    if dicomweb:  # Debian's orthanc-dicomweb: STOW-RS, QIDO-RS, WADO-RS under /dicom-web/
+        plugin = dicomweb_plugin()
+        config.update(Plugins=[plugin], DicomWeb={"Enable": True, "Root": "/dicom-web/",
+                                                  "EnableWado": False})
     config.update(overrides or {})
     path = storage / "orthanc.json"
     path.touch(mode=0o600)
@@ -126,11 +141,13 @@ def write_config(
 def start(
     storage: Path, http_port: int = 8042, dicom_port: int = 4242, node_aet: str = "DICOM_NODE",
     aet: str = "ORTHANC", tls: dict | None = None, wait: float = 30.0,
-    overrides: dict | None = None, verbose: bool = False,
+    overrides: dict | None = None, verbose: bool = False, dicomweb: bool = False,
 ) -> Orthanc:
-    """Start Orthanc in the background and wait until its REST API answers."""
+    """Start Orthanc in the background and wait until its REST API answers; ``dicomweb``:
+    with the DICOMweb plugin, at ``Orthanc.url + "/dicom-web"``."""
     storage = storage.resolve()
-    config = write_config(storage, http_port, dicom_port, node_aet, aet, tls, overrides)
+    config = write_config(storage, http_port, dicom_port, node_aet, aet, tls, overrides,
+                          dicomweb)
     log = open(storage / "orthanc.log", "ab")  # noqa: SIM115 - kept open by the child
     proc = subprocess.Popen(
         [binary(), *(["--verbose"] if verbose else []), str(config)],
@@ -196,6 +213,8 @@ def main() -> int:
     p_start.add_argument("--tls-key", type=Path)
     p_start.add_argument("--tls-ca", type=Path)
     p_start.add_argument("--tls-require-client", action="store_true")
+    p_start.add_argument("--dicomweb", action="store_true",
+                         help="with the DICOMweb plugin (Debian orthanc-dicomweb) at /dicom-web")
     p_stop = sub.add_parser("stop")
     p_stop.add_argument("--storage", type=Path, default=ROOT / "var" / "orthanc")
     args = parser.parse_args()
@@ -208,13 +227,15 @@ def main() -> int:
                "ca": args.tls_ca.resolve(), "require_client": args.tls_require_client}
     try:
         server = start(args.storage, args.http_port, args.dicom_port, args.node_aet, args.aet,
-                       tls, args.wait)
+                       tls, args.wait, dicomweb=args.dicomweb)
     except RuntimeError as exc:
         print(f"orthanc: {exc}", file=sys.stderr)
         return 1
     print(f"orthanc: {server.aet} on DICOM port {server.dicom_port}, REST/Explorer {server.url}"
           f" (pid {server.pid}, storage {server.storage}); login {USER} with the password in "
           f"{server.storage / 'orthanc.password'}")
+    if args.dicomweb:
+        print(f"orthanc: DICOMweb at {server.url}/dicom-web (the same login)")
     if args.background:
         return 0
     try:

@@ -212,11 +212,14 @@ def cmd_echo(args: argparse.Namespace) -> int:
         print(json.dumps({"destination": result.destination, "ok": True,
                           "association_ms": round(result.association_ms, 2),
                           "echo_ms": round(result.echo_ms, 2),
-                          "implementation": result.implementation}, indent=2))
+                          "implementation": result.implementation,
+                          "service": result.service}, indent=2))
         return EXIT_OK
+    association = ("" if result.service != "C-ECHO"
+                   else f" (association {result.association_ms:.1f} ms)")
     print(
-        f"echo {result.destination}: success, C-ECHO round trip {result.echo_ms:.1f} ms "
-        f"(association {result.association_ms:.1f} ms)"
+        f"echo {result.destination}: success, {result.service} round trip "
+        f"{result.echo_ms:.1f} ms{association}"
         + (f", peer implementation {result.implementation}" if result.implementation else "")
     )
     return EXIT_OK

@@ -135,8 +135,9 @@ def _peer_options(p: argparse.ArgumentParser) -> None:
 def _echo(sub, common: argparse.ArgumentParser) -> None:
     """dicom-node echo"""
     echo_p = sub.add_parser(
-        "echo", parents=[common], help="C-ECHO a destination",
-        description="Check that a destination answers DICOM (C-ECHO).",
+        "echo", parents=[common], help="C-ECHO a destination (QIDO-RS for DICOMweb)",
+        description="Check that a destination answers DICOM (C-ECHO; for a DICOMweb "
+        "destination a QIDO-RS request, which also proves the credentials).",
     )
     echo_p.add_argument("peer", nargs="*", metavar="DEST | HOST PORT",
                         help="a configured destination (default: [node].default_destination),"

@@ -26,9 +26,37 @@ class TlsSettings:
     verify: bool = True
 
 
+#: The ways a DICOMweb server can ask us who we are.
+AUTH_KINDS = ("none", "basic", "bearer", "oauth2")
+
+
+@dataclass(frozen=True)
+class WebAuth:
+    """How a DICOMweb destination is logged in to (HTTP, RFC 7617 basic; RFC 6750 bearer;
+    RFC 6749 4.4 OAuth2 client credentials). Secrets are never in the config: only the names
+    of the environment variables that hold them."""
+
+    kind: str = "none"
+    username: str | None = None  # basic
+    password_env: str | None = None  # basic: the variable holding the password
+    token_env: str | None = None  # bearer: the variable holding the token
+    token_url: str | None = None  # oauth2: the token endpoint
+    client_id: str | None = None  # oauth2
+    client_secret_env: str | None = None  # oauth2: the variable holding the client secret
+    scope: str | None = None  # oauth2, optional
+
+    @property
+    def secret_envs(self) -> tuple[tuple[str, str], ...]:
+        """(config key, environment variable) of each secret this kind needs."""
+        key = {"basic": "password_env", "bearer": "token_env",
+               "oauth2": "client_secret_env"}.get(self.kind)
+        return ((key, getattr(self, key)),) if key else ()
+
+
 @dataclass(frozen=True)
 class Destination:
-    """A peer that accepts C-ECHO/C-STORE/C-FIND from us. Timeouts in seconds."""
+    """A peer that accepts C-ECHO/C-STORE/C-FIND from us, or, with ``url``, a DICOMweb
+    server that takes STOW-RS and answers QIDO-RS (PS3.18). Timeouts in seconds."""
 
     name: str
     host: str
@@ -47,10 +75,19 @@ class Destination:
     iod: str | None = None  # the object this PACS takes (overrides the profile's)
     compression: str = "none"  # lossless encoding of what is sent: none, rle, jpeg-ls, ...
     labelmap: bool = False  # it takes Label Map Segmentation Storage: SEGs are LABELMAP
+    url: str | None = None  # a DICOMweb base URL (http(s)://host:port/dicom-web): STOW-RS
+    auth: WebAuth = field(default_factory=WebAuth)  # DICOMweb only
+    batch_bytes: int = 32 * 1024**2  # DICOMweb: the most bytes of files in one STOW-RS request
+    batch_instances: int = 200  # DICOMweb: the most instances in one STOW-RS request
 
     @property
     def address(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return self.url if self.url else f"{self.ae_title}@{self.host}:{self.port}"
+
+    @property
+    def web(self) -> bool:
+        """A DICOMweb destination (STOW-RS and QIDO-RS instead of DIMSE)."""
+        return self.url is not None
 
 
 def check_ae_title(where: str, value: Any) -> str:

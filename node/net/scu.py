@@ -72,6 +72,7 @@ class EchoResult:
     echo_ms: float
     status: int
     implementation: str = ""  # what the peer says it runs
+    service: str = "C-ECHO"  # or "QIDO-RS" (a DICOMweb destination: no association)
 
 
 def echo(dest: Destination, calling_ae: str) -> EchoResult:

@@ -16,7 +16,7 @@ from node.convert.profile import Profile
 from node.convert.reference import REFERENCE_KEYWORDS, ReferenceStudy, reference_from_dataset
 from node.errors import InputError
 from node.net.destination import Destination
-from node.net.scu import find_studies
+from node.net.remote import find_studies
 
 #: What --study-of may name: one study by its accession number or UID, or a patient's study
 #: on a day (PS3.4 C.6.2.1 Study level keys).
@@ -55,7 +55,8 @@ def study_of(dest: Destination, calling_ae: str, keys: dict[str, str],
     if len(uids) > 1:
         raise InputError(where, f"{len(uids)} studies match {shown} at {dest.address}; one "
                          "is wanted, none is guessed: name it by StudyInstanceUID")
-    return reference_from_dataset(studies[0], f"C-FIND {shown} at {dest.address}")
+    how = "QIDO-RS" if dest.web else "C-FIND"
+    return reference_from_dataset(studies[0], f"{how} {shown} at {dest.address}")
 
 
 def profile_query(profile: Profile, source: Path, sidecar: dict,

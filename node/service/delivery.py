@@ -36,7 +36,8 @@ from node.convert.source import content_digest, is_nifti
 from node.errors import ConfigError, DicomNodeError, InputError
 from node.net.destination import Destination
 from node.net.files import DicomFile, read_dicom_file
-from node.net.scu import InstanceResult, StoreReport, store
+from node.net.remote import store
+from node.net.scu import InstanceResult, StoreReport
 from node.net.status import FailureKind, NetworkFailure, Outcome
 from node.service.journal import Job, JobState, StateDirs
 from node.service.settings import Config

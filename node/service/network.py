@@ -4,7 +4,8 @@ that talks to a peer may raise. The CLI renders these; it never reaches ``node.n
 
 from __future__ import annotations
 
-from node.net.scu import EchoResult, echo
+from node.net.remote import echo
+from node.net.scu import EchoResult
 from node.net.status import NetworkFailure
 
 __all__ = ["EchoResult", "NetworkFailure", "echo_destination"]

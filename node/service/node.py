@@ -472,7 +472,7 @@ class Node:
             log.warning("%s: cannot move it (%s)", safe(sidecar.name), exc.strerror)
 
     def _echo_destinations(self) -> None:
-        from node.net.scu import echo
+        from node.net.remote import echo
         from node.net.status import NetworkFailure
 
         def run() -> None:

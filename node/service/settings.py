@@ -32,7 +32,7 @@ from node.convert.profile import (
     profiles_from_raw,
 )
 from node.errors import ConfigError
-from node.net.destination import Destination, TlsSettings, check_ae_title
+from node.net.destination import Destination, TlsSettings, WebAuth, check_ae_title
 
 log = logging.getLogger("node.settings")
 
@@ -47,6 +47,18 @@ _DEST_KEYS = {
     "transfer_syntaxes", "tls", "query_destination", "iod", "compression", "labelmap",
 }
 _TLS_KEYS = {"ca", "cert", "key", "key_password_env", "verify_hostname", "verify"}
+#: A DICOMweb destination's keys (url instead of host, port and AE titles; no DIMSE timeouts).
+_WEB_KEYS = {
+    "url", "auth", "batch_bytes", "batch_instances", "connect_timeout", "network_timeout",
+    "max_associations", "tls", "query_destination", "iod", "compression", "labelmap",
+}
+_DIMSE_ONLY = sorted(_DEST_KEYS - _WEB_KEYS)
+_AUTH_KEYS = {"kind", "username", "password_env", "token_env", "token_url", "client_id",
+              "client_secret_env", "scope"}
+#: What each kind of login needs, besides its kind.
+_AUTH_NEEDS = {"none": (), "basic": ("username", "password_env"), "bearer": ("token_env",),
+               "oauth2": ("token_url", "client_id", "client_secret_env")}
+_DEST_KEYS |= _WEB_KEYS
 
 
 def setting(default: Any, help: str, *, minimum: float | None = None,
@@ -516,13 +528,101 @@ def _tls_settings(where: str, traw: Any, base: Path | None) -> TlsSettings:
     )
 
 
+def _web_url(where: str, value: Any) -> tuple[str, str, int]:
+    """A DICOMweb base URL: http(s), a host, no credentials, query or fragment; the URL
+    without a trailing slash, its host and port."""
+    from urllib.parse import urlsplit
+
+    fix = 'write it as url = "https://host:port/dicom-web"'
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}.url: {fix}")
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise ValueError(f"{where}.url: {value!r} is not a URL ({exc}); {fix}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{where}.url: {value!r} is not an http(s) URL with a host; {fix}")
+    if parts.username or parts.password:
+        raise ValueError(f"{where}.url: no user name or password in the URL (it is logged); "
+                         "use the auth table with password_env")
+    if parts.query or parts.fragment or any(c.isspace() for c in value.strip()):
+        raise ValueError(f"{where}.url: {value!r} has a query, fragment or space; {fix}")
+    return value.strip().rstrip("/"), parts.hostname, port
+
+
+def _web_auth(where: str, raw: Any) -> WebAuth:
+    """``[destinations.NAME.auth]``: the kind of login and where its secret is (the name of
+    an environment variable: a secret never sits in the config file)."""
+    if raw is None:
+        return WebAuth()
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}.auth: a table, e.g. auth = {{ kind = \"basic\", "
+                         "username = \"node\", password_env = \"PACS_PASSWORD\" }")
+    for key in ("password", "token", "client_secret", "secret"):
+        if key in raw:
+            raise ValueError(f"{where}.auth.{key}: a secret is never written in the config: "
+                             f"put it in an environment variable and name it with "
+                             f"{key if key != 'secret' else 'client_secret'}_env")
+    check_table(f"{where}.auth", raw, _AUTH_KEYS)
+    kind = raw.get("kind", "none")
+    if kind not in _AUTH_NEEDS:
+        raise ValueError(f"{where}.auth.kind: write one of {', '.join(_AUTH_NEEDS)}, not "
+                         f"{kind!r}")
+    for key in _AUTH_NEEDS[kind]:
+        if not isinstance(raw.get(key), str) or not raw[key].strip():
+            raise ValueError(f"{where}.auth.{key}: kind = \"{kind}\" needs it" + (
+                " (the name of the environment variable that holds the secret)"
+                if key.endswith("_env") else ""))
+    if kind == "oauth2":
+        _web_url(f"{where}.auth.token_url", raw["token_url"])
+    return WebAuth(kind=kind, **{k: raw[k].strip() for k in _AUTH_KEYS - {"kind"}
+                                 if isinstance(raw.get(k), str) and raw[k].strip()})
+
+
+def _build_web_destination(name: str, raw: dict, base: Path | None) -> Destination:
+    where = f"[destinations.{name}]"
+    dimse = [k for k in _DIMSE_ONLY if k in raw]
+    if dimse:
+        raise ValueError(f"{where}: {', '.join(dimse)} do not apply to a DICOMweb destination "
+                         "(url); remove them, or remove url for a DIMSE destination")
+    url, host, port = _web_url(where, raw["url"])
+    return Destination(
+        name=name, host=host, port=port, ae_title="", url=url,
+        auth=_web_auth(where, raw.get("auth")),
+        batch_bytes=_number(f"{where}.batch_bytes", raw.get("batch_bytes", 32 * 1024**2),
+                            integer=True, minimum=1024),
+        batch_instances=_number(f"{where}.batch_instances", raw.get("batch_instances", 200),
+                                integer=True, minimum=1),
+        connect_timeout=_number(f"{where}.connect_timeout", raw.get("connect_timeout", 10.0)),
+        network_timeout=_number(f"{where}.network_timeout", raw.get("network_timeout", 60.0)),
+        max_associations=_number(
+            f"{where}.max_associations", raw.get("max_associations", 2), integer=True, minimum=1
+        ),
+        tls=_tls_settings(where, raw["tls"], base) if "tls" in raw else None,
+        query_destination=_query_destination(where, raw.get("query_destination")),
+        iod=_choice(f"{where}.iod", raw.get("iod"), IODS),
+        compression=_choice(f"{where}.compression", raw.get("compression", "none"),
+                            COMPRESSIONS) or "none",
+        labelmap=_checked(f"{where}.labelmap", raw.get("labelmap", False), bool, {}),
+    )
+
+
 def build_destination(name: str, raw: Any, base: Path | None = None) -> Destination:
-    """Validate ``[destinations.NAME]``; relative TLS file paths are relative to the config."""
+    """Validate ``[destinations.NAME]``; relative TLS file paths are relative to the config.
+    With ``url`` it is a DICOMweb destination, else a DIMSE one (host, port, ae_title)."""
     where = f"[destinations.{name}]"
     check_table(where, raw, _DEST_KEYS)
+    if "url" in raw:
+        return _build_web_destination(name, raw, base)
+    for key in ("auth", "batch_bytes", "batch_instances"):
+        if key in raw:
+            raise ValueError(f"{where}.{key}: applies to a DICOMweb destination only (one "
+                             "with url)")
     for key in ("host", "port", "ae_title"):
         if key not in raw:
-            raise ValueError(f"{where}: missing {key} (host, port and ae_title are required)")
+            raise ValueError(f"{where}: missing {key} (host, port and ae_title are required; "
+                             "or url for a DICOMweb destination)")
     if not isinstance(raw["host"], str) or not raw["host"]:
         raise ValueError(f"{where}.host: write a host name or address")
     port = _number(f"{where}.port", raw["port"], integer=True, minimum=1)
@@ -608,6 +708,10 @@ def check_environment(config: Config) -> list[str]:
                     problems.append(f"{where}: [destinations.{name}].tls.{label} {f}: "
                                     "no such file")
             problems += _key_password_problems(where, name, dest.tls)
+        for key, env in dest.auth.secret_envs:
+            if not os.environ.get(env or ""):
+                problems.append(f"{where}: [destinations.{name}].auth.{key}: the environment "
+                                f"variable {env} is not set; export it with the secret")
     return problems
 
 
@@ -641,10 +745,15 @@ def describe(config: Config) -> str:
         lines.append(f"{f.name} = {_show(getattr(config.node, f.name))}")
     for name, d in config.destinations.items():
         lines.append(f"\n[destinations.{name}]")
+        skip = ({"name", "host", "port", "ae_title", *_DIMSE_ONLY} if d.web
+                else {"name", "url", "auth", "batch_bytes", "batch_instances"})
         for f in fields(Destination):
-            if f.name in ("name",):
+            if f.name in skip:
                 continue
             value = getattr(d, f.name)
+            if f.name == "auth":  # names of environment variables only, never a secret
+                value = {k.name: getattr(value, k.name) for k in fields(value)
+                         if getattr(value, k.name) is not None}
             if f.name == "tls" and value is not None:
                 value = {k.name: getattr(value, k.name) for k in fields(value)}
                 value["key"] = "****" if value["key"] else None

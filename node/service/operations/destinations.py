@@ -24,7 +24,7 @@ def resume(journal: JournalStore, config, name: str) -> str:
 
 def echo_now(journal: JournalStore, config, name: str) -> str:
     """C-ECHO a destination now and record it as the node's own echoes are recorded."""
-    from node.net.scu import echo
+    from node.net.remote import echo
     from node.net.status import NetworkFailure
 
     dest = config.destination(name)

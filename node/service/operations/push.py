@@ -118,7 +118,7 @@ def push(
 
 def verify_series(result: PushResult, dest, calling_ae: str) -> None:
     """Ask the PACS (C-FIND) how many instances each pushed series has; complete or not."""
-    from node.net.scu import series_instance_counts
+    from node.net.remote import series_instance_counts
     from node.net.status import NetworkFailure
 
     ok = True

@@ -30,6 +30,8 @@ def pytest_collection_finish(session):
         return
     missing = [tool for tool in JUDGES if shutil.which(tool) is None and not (
         tool == "Orthanc" and Path("/usr/sbin/Orthanc").exists())]
+    if not any(Path(p).exists() for p in orthanc_script.DICOMWEB_PLUGINS):
+        missing.append("orthanc-dicomweb")
     if missing:
         raise pytest.UsageError(
             f"missing judge tools {missing}: run ./scripts/test, which installs them "
@@ -88,6 +90,15 @@ class Pacs:
         oid = self.lookup(series_uid)
         return self.get(f"/series/{oid}") if oid else None
 
+    @property
+    def web_url(self) -> str:
+        """The DICOMweb base URL (an Orthanc started with dicomweb=True)."""
+        return f"{self.server.url}/dicom-web"
+
+    @property
+    def password(self) -> str:
+        return self.server.password
+
     def count_instances(self) -> int:
         return int(self.get("/statistics")["CountInstances"])
 
@@ -107,6 +118,16 @@ def start_pacs(storage: Path, **kw) -> Pacs:
         storage, http_port=free_port(), dicom_port=free_port(), node_aet=NODE_AET, **kw
     )
     return Pacs(server)
+
+
+@pytest.fixture(scope="session")
+def web_pacs(tmp_path_factory):
+    """An Orthanc with Debian's DICOMweb plugin (orthanc-dicomweb) at ``server.url +
+    "/dicom-web"``, its REST and DICOMweb behind the same login."""
+    storage = tmp_path_factory.mktemp("orthanc-web")
+    server = start_pacs(storage, dicomweb=True)
+    yield server
+    orthanc_script.stop(storage)
 
 
 @pytest.fixture(scope="session")

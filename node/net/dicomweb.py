@@ -419,7 +419,13 @@ def _from_xml(body: bytes) -> dict:
             out[tag] = {"Value": items} if items else {"Value": values}
         return out
 
-    return convert(ElementTree.fromstring(body))
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError as exc:  # (a SyntaxError, not a ValueError)
+        raise ValueError(f"unreadable XML ({exc})") from None
+    if local(root.tag) != "NativeDicomModel":
+        raise ValueError(f"XML that is not a DICOM data set ({peer_text(local(root.tag), 40)})")
+    return convert(root)
 
 
 def read_answer(body: bytes) -> dict[str, tuple[Outcome, int | None, str]]:
@@ -499,7 +505,7 @@ def _send_batch(client: httpx.Client, login: Login, parts: list[_Part], t0: floa
     try:
         said = read_answer(answer.body)
         why = ""
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # the server's bytes
+    except Exception as exc:  # the server's bytes: whatever is wrong, nothing is confirmed
         said, why = {}, peer_text(str(exc) or type(exc).__name__, 100)
     if answer.note:
         said, why = {}, answer.note

@@ -35,7 +35,9 @@ class NodeProcess:
     """`python -m node watch` in its own process, with its own state folder and inbox."""
 
     def __init__(self, tmp: Path, pacs_port: int, destination_toml: str = "",
-                 **node_keys) -> None:
+                 destination: str | None = None, **node_keys) -> None:
+        """``destination``: the whole of [destinations.pacs] (e.g. a DICOMweb url and its
+        auth) instead of Orthanc's DIMSE port ``pacs_port``."""
         self.tmp = tmp
         self.inbox = tmp / "inbox"
         self.inbox.mkdir(parents=True, exist_ok=True)
@@ -49,9 +51,10 @@ class NodeProcess:
         self.config = tmp / "node.toml"
         self.config.write_text(
             "[node]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
-            + f'[destinations.pacs]\nhost = "127.0.0.1"\nport = {pacs_port}\n'
-            'ae_title = "ORTHANC"\nacse_timeout = 5\ndimse_timeout = 10\nconnect_timeout = 2\n'
-            f'{destination_toml}\n[[watch]]\npath = "{self.inbox}"\nsettle_seconds = {SETTLE}\n'
+            + "[destinations.pacs]\n" + (destination or (
+                f'host = "127.0.0.1"\nport = {pacs_port}\nae_title = "ORTHANC"\n'
+                'acse_timeout = 5\ndimse_timeout = 10\nconnect_timeout = 2\n'))
+            + f'{destination_toml}\n[[watch]]\npath = "{self.inbox}"\nsettle_seconds = {SETTLE}\n'
         )
         self.log = tmp / "node.log"
         self.proc: subprocess.Popen | None = None

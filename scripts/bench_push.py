@@ -17,9 +17,17 @@ Then compressed against uncompressed delivery (issue "Clinical-grade objects"): 
 256x256x176 head phantoms converted once uncompressed and once as JPEG-LS lossless, each pushed
 to a fresh Orthanc (2 associations); target: the compressed push no slower.
 
+Then DICOMweb (issue "DICOMweb destinations", ``--web`` or ``--only-web``): the same 352 and
+2,000 instances to Orthanc's DICOMweb plugin (Debian orthanc-dicomweb) by dicomweb-client's
+``store_instances`` (the files read with pydicom, as its API takes them), by dicom-node push
+over STOW-RS, and by dicom-node push over C-STORE to the same Orthanc; target: STOW-RS push
+>= 2x dicomweb-client; the ratio to our C-STORE is reported. Then peak RSS of the STOW-RS push
+against series size (352 and 2,000 instances, and a series of ``--big-gb`` GB of 512x512
+instances): target flat, under 200 MB for 2 GB.
+
     .venv/bin/python scripts/bench_push.py [--work DIR] [--instances 2000] [--repeat 3]
                                            [--small-repeat 5] [--compressed-repeat 3]
-                                           [--profile]
+                                           [--profile] [--web | --only-web] [--big-gb 2]
 """
 
 from __future__ import annotations
@@ -67,23 +75,36 @@ def make_dicom(work: Path, instances: int, per: int = 200) -> tuple[Path, int]:
     return out, sum(f.stat().st_size for f in files)
 
 
-def run(label: str, make_cmd, storage: Path, expected: int, env=None) -> float:
-    """Start a fresh Orthanc, time ``make_cmd(dicom_port)``, check that all arrived."""
+def run(label: str, make_cmd, storage: Path, expected: int, env=None, web: bool = False,
+        rss: list | None = None) -> float:
+    """Start a fresh Orthanc (``web``: with its DICOMweb plugin), time ``make_cmd(server)``
+    (or ``make_cmd(dicom_port)``), check that all arrived; ``rss`` gets the command's peak
+    resident memory in MB."""
     shutil.rmtree(storage, ignore_errors=True)
     server = orthanc.start(storage, http_port=free_port(), dicom_port=free_port(),
-                           node_aet=NODE_AET)
+                           node_aet=NODE_AET, dicomweb=web)
     try:
-        cmd = make_cmd(server.dicom_port)
+        cmd = make_cmd(server) if web else make_cmd(server.dicom_port)
+        # the peak RSS through GNU time: a process forked from this one (numpy, pydicom
+        # loaded) would count this one's pages as its own peak
+        peak = storage.parent / "peak-rss"
+        if rss is not None:
+            cmd = ["/usr/bin/time", "-f", "%M", "-o", str(peak), *cmd]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
-                              env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env={**os.environ, **(env or {})})
+        _, status, _ = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
+        error = proc.stderr.read().decode(errors="replace")[-2000:]
+        proc.stderr.close()
         stored = int(server.get("/statistics")["CountInstances"])
     finally:
         orthanc.stop(storage)
-    if proc.returncode != 0 or stored != expected:
-        raise SystemExit(f"{label}: exit {proc.returncode}, Orthanc has {stored}/{expected}\n"
-                         f"{proc.stderr[-2000:]}")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0 or stored != expected:
+        raise SystemExit(f"{label}: exit {code}, Orthanc has {stored}/{expected}\n{error}")
+    if rss is not None:
+        rss.append(int(peak.read_text().split()[-1]) / 1024)
     return seconds
 
 
@@ -170,6 +191,102 @@ def compressed_case(work: Path, repeat: int) -> int:
     return 0
 
 
+#: dicomweb-client's store_instances, as its documentation shows it: datasets read with
+#: pydicom, one request (run in its own process, like the other tools).
+DICOMWEB_CLIENT = """
+import sys
+from pathlib import Path
+import pydicom, requests
+from dicomweb_client.api import DICOMwebClient
+from dicomweb_client.session_utils import create_session_from_user_pass
+url, user, password, folder = sys.argv[1:5]
+session = create_session_from_user_pass(user, password)
+client = DICOMwebClient(url=url, session=session)
+datasets = [pydicom.dcmread(f) for f in sorted(Path(folder).rglob("*.dcm"))]
+client.store_instances(datasets=datasets)
+"""
+
+
+def make_big(work: Path, gigabytes: float) -> tuple[Path, int, int]:
+    """One series of 512x512 int16 instances, ``gigabytes`` in all, written from a template
+    (converting a 2 GB NIfTI would measure the converter); (folder, instances, bytes)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    n = int(gigabytes * 1024**3 // (512 * 512 * 2))
+    out = work / f"big-{n}"
+    if not out.exists():
+        template = make_dicom(work, 1, per=1)[0]
+        ds = pydicom.dcmread(next(template.rglob("*.dcm")))
+        ds.Rows = ds.Columns = 512
+        ds.PixelData = np.random.default_rng(1).integers(0, 4000, (512, 512), np.int16).tobytes()
+        ds.SeriesInstanceUID = generate_uid()
+        tmp = work / f"big-{n}.partial"
+        tmp.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.InstanceNumber = i + 1
+            ds.save_as(tmp / f"{i + 1:05d}.dcm", enforce_file_format=True)
+        tmp.rename(out)
+    files = sorted(out.glob("*.dcm"))
+    return out, len(files), sum(f.stat().st_size for f in files)
+
+
+def web_case(work: Path, repeat: int, big_gb: float) -> int:
+    """STOW-RS push against dicomweb-client and against our own C-STORE; RSS by size."""
+    password_env = "BENCH_ORTHANC_PASSWORD"
+
+    def node_push(folder: Path, web: bool):
+        def cmd(server) -> list[str]:
+            os.environ[password_env] = server.password
+            cfg = work / f"node-{'web' if web else 'dimse'}.toml"
+            dest = (f'url = "{server.url}/dicom-web"\nauth = {{ kind = "basic", username = '
+                    f'"{orthanc.USER}", password_env = "{password_env}" }}\n' if web else
+                    f'host = "127.0.0.1"\nport = {server.dicom_port}\nae_title = "ORTHANC"\n')
+            cfg.write_text(f'[node]\nae_title = "{NODE_AET}"\n[destinations.pacs]\n{dest}')
+            return [sys.executable, "-m", "node", "push", str(folder), "--to", "pacs",
+                    "--config", str(cfg)]
+        return cmd
+
+    def client(folder: Path):
+        def cmd(server) -> list[str]:
+            return [sys.executable, "-c", DICOMWEB_CLIENT, f"{server.url}/dicom-web",
+                    orthanc.USER, server.password, str(folder)]
+        return cmd
+
+    rss: dict[str, list[float]] = {}
+    for n, per in ((352, 176), (2000, 200)):
+        folder, size = make_dicom(work, n, per=per)
+        tools = {"dicomweb-client store_instances": client(folder),
+                 "dicom-node push, STOW-RS": node_push(folder, True),
+                 "dicom-node push, C-STORE": node_push(folder, False)}
+        walls: dict[str, list[float]] = {label: [] for label in tools}
+        for _ in range(repeat):
+            for label, make_cmd in tools.items():
+                walls[label].append(run(label, make_cmd, work / "orthanc", n, web=True,
+                                        rss=rss.setdefault(f"{label} {n}", [])))
+        print(f"\nDICOMweb: {n} instances, {size / 1024**2:.0f} MB, to Orthanc's DICOMweb "
+              f"plugin, median of {repeat}, whole process")
+        ref = statistics.median(walls["dicomweb-client store_instances"])
+        for label, times in walls.items():
+            seconds = statistics.median(times)
+            print(f"{label:<34} {seconds:7.2f}s {n / seconds:7.0f} inst/s  "
+                  f"{ref / seconds:5.2f}x dicomweb-client  peak RSS "
+                  f"{max(rss[f'{label} {n}']):5.0f} MB")
+        stow = statistics.median(walls["dicom-node push, STOW-RS"])
+        cstore = statistics.median(walls["dicom-node push, C-STORE"])
+        print(f"STOW-RS push vs dicomweb-client: {ref / stow:.2f}x (target >= 2x); "
+              f"STOW-RS time / C-STORE time: {stow / cstore:.2f}")
+    if big_gb:
+        folder, n, size = make_big(work, big_gb)
+        peak: list[float] = []
+        seconds = run("big", node_push(folder, True), work / "orthanc", n, web=True, rss=peak)
+        print(f"\nSTOW-RS push of one series of {n} instances, {size / 1024**3:.2f} GB: "
+              f"{seconds:.1f} s, peak RSS {peak[0]:.0f} MB (target < 200 MB; 352 instances: "
+              f"{max(rss['dicom-node push, STOW-RS 352']):.0f} MB)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path)
@@ -182,9 +299,20 @@ def main() -> int:
     parser.add_argument("--only-compressed", action="store_true",
                         help="only the compressed-delivery case")
     parser.add_argument("--profile", action="store_true", help="where dicom-node's time goes")
+    parser.add_argument("--web", action="store_true", help="also the DICOMweb cases")
+    parser.add_argument("--only-web", action="store_true", help="only the DICOMweb cases")
+    parser.add_argument("--big-gb", type=float, default=2.0,
+                        help="size of the series whose STOW-RS push RSS is measured (0: skip)")
     args = parser.parse_args()
+    # our package's bytecode, as an installed package has it (pip compiles at install time):
+    # the whole-process times are not to include compiling dicom-node's own modules
+    import compileall
+
+    compileall.compile_dir(str(ROOT / "node"), quiet=1)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-push-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.only_web:
+        return web_case(work, args.repeat, args.big_gb)
     if args.only_compressed:
         return compressed_case(work, args.compressed_repeat or 3)
     folder, total_bytes = make_dicom(work, args.instances)
@@ -202,6 +330,8 @@ def main() -> int:
         print(f"\n352-instance push vs storescu: {best_small:.2f}x  (target >= 1.0x)")
     if args.compressed_repeat:
         compressed_case(work, args.compressed_repeat)
+    if args.web:
+        web_case(work, args.repeat, args.big_gb)
 
     if args.profile:
         import cProfile

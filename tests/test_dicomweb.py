@@ -315,3 +315,17 @@ def test_the_node_records_each_instance_and_resends_only_the_unconfirmed(web_pac
     assert len(sizes) == 2 and sizes[1] < sizes[0]  # the second request carried two of five
     series = web_pacs.series(job["series_uid"])
     assert series is not None and len(series["Instances"]) == 5
+
+
+def test_a_malformed_file_fails_alone_and_the_rest_is_stored(web_pacs, login, tmp_path):
+    files = _series_files(tmp_path, "sub-web07_T1w", seed=32)
+    broken = files[2]
+    broken.write_bytes(broken.read_bytes()[:-100])  # pixel data cut short
+    dest = build_destination("web", {"url": web_pacs.web_url, "batch_instances": 3, "auth": {
+        "kind": "basic", "username": "dicom-node", "password_env": PASSWORD_ENV}})
+    report = store(dest, NODE_AET, [read_dicom_file(f) for f in files])
+    bad = [r for r in report.results if not r.outcome.delivered]
+    assert report.delivered == 5 and [r.file.path for r in bad] == [broken]
+    assert bad[0].outcome is Outcome.PERMANENT and "malformed" in bad[0].message
+    assert _held(web_pacs, files) == {read_dicom_file(f).sop_instance_uid for f in files
+                                      if f != broken}

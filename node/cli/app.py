@@ -175,6 +175,14 @@ def _destination(args: argparse.Namespace, config):
             "host": args.host, "port": args.port, "ae_title": args.called_aet or "ANY-SCP"})
     else:
         dest = config.destination(args.destination)
+        dimse = [flag for flag, value in (("--called-aet", args.called_aet),
+                                          ("--calling-aet", args.calling_aet),
+                                          ("--acse-timeout", args.acse_timeout),
+                                          ("--dimse-timeout", args.dimse_timeout))
+                 if value is not None]
+        if dest.web and dimse:
+            raise ValueError(f"{', '.join(dimse)}: {dest.name} is a DICOMweb destination "
+                             f"({dest.address}), which has no AE titles or DIMSE timeouts")
         if args.called_aet:
             dest = dataclasses.replace(dest, ae_title=check_ae_title("--called-aet",
                                                                      args.called_aet))

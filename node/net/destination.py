@@ -77,8 +77,10 @@ class Destination:
     labelmap: bool = False  # it takes Label Map Segmentation Storage: SEGs are LABELMAP
     url: str | None = None  # a DICOMweb base URL (http(s)://host:port/dicom-web): STOW-RS
     auth: WebAuth = field(default_factory=WebAuth)  # DICOMweb only
-    batch_bytes: int = 32 * 1024**2  # DICOMweb: the most bytes of files in one STOW-RS request
-    batch_instances: int = 200  # DICOMweb: the most instances in one STOW-RS request
+    batch_bytes: int = 16 * 1024**2  # DICOMweb: the most bytes of files in one STOW-RS request
+    batch_instances: int = 50  # DICOMweb: the most instances in one STOW-RS request (small
+    # requests let the server store one while the next arrives: 352 instances to Orthanc
+    # in 0.85 s in batches of 200, 0.72-0.77 s in batches of 25 to 88)
 
     @property
     def address(self) -> str:

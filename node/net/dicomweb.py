@@ -165,24 +165,22 @@ def client_for(dest: Destination) -> httpx.Client:
     """An HTTP client for ``dest``: TLS verified by default (its ``tls.ca`` or the system's
     CAs, an optional client certificate), timeouts from the destination, no redirects, and no
     proxy or CA taken from the environment (an environment variable is not a config)."""
-    verify: Any = True
-    cert = None
+    verify: Any = False  # plain http: no TLS, so nothing to load (a CA bundle costs ~0.1 s)
     tls = dest.tls
-    if tls is not None:
-        if not tls.verify:
-            verify = False
-        else:
-            verify = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+    if (dest.url or "").startswith("https:"):
+        # the system's CAs (where a hospital installs its own), or the one in tls.ca
+        verify = ssl.create_default_context(cafile=str(tls.ca) if tls and tls.ca else None)
+        if tls is not None and not tls.verify:
+            verify.check_hostname = False
+            verify.verify_mode = ssl.CERT_NONE
+        elif tls is not None:
             verify.check_hostname = tls.verify_hostname
-        if tls.cert is not None:
+        if tls is not None and tls.cert is not None:
             password = os.environ.get(tls.key_password_env) if tls.key_password_env else None
-            if isinstance(verify, ssl.SSLContext):
-                verify.load_cert_chain(str(tls.cert), str(tls.key), password)
-            else:
-                cert = (str(tls.cert), str(tls.key), password)
+            verify.load_cert_chain(str(tls.cert), str(tls.key), password)
     timeout = httpx.Timeout(dest.network_timeout, connect=dest.connect_timeout)
     limits = httpx.Limits(max_connections=max(1, dest.max_associations) + 1)
-    return httpx.Client(verify=verify, cert=cert, timeout=timeout, limits=limits,
+    return httpx.Client(verify=verify, timeout=timeout, limits=limits,
                         follow_redirects=False, trust_env=False,
                         headers={"User-Agent": USER_AGENT})
 
@@ -303,6 +301,7 @@ class _Part:
     file: DicomFile
     size: int
     data: bytes | None = None
+    checked: bool = False  # its structure walked (in the worker, while the other requests go)
 
     def header(self, boundary: str) -> bytes:
         # (no transfer-syntax parameter: Orthanc's plugin then ignores the part, and a
@@ -322,6 +321,14 @@ class _Part:
             raise OSError(f"{self.file.path} changed while it was sent")
 
 
+def _sized(f: DicomFile) -> _Part:
+    """``f`` as batching sees it: its size (InputError when it cannot be read)."""
+    try:
+        return _Part(f, f.path.stat().st_size)
+    except OSError as exc:
+        raise InputError(f.path, f"cannot read ({exc.strerror or exc})") from None
+
+
 def _part(f: DicomFile) -> _Part:
     """``f`` ready to go: its structure checked (a malformed file fails alone, InputError),
     sent as it is when it is a Part 10 file, else given a file meta by pydicom."""
@@ -333,7 +340,7 @@ def _part(f: DicomFile) -> _Part:
     finally:
         fp.close()
     if part10:
-        return _Part(described, size)
+        return _Part(described, size, checked=True)
     from pydicom import dcmread
 
     try:
@@ -344,7 +351,7 @@ def _part(f: DicomFile) -> _Part:
         raise InputError(f.path, f"cannot be made a Part 10 file ({peer_text(str(exc), 120)})"
                          ) from None
     data = out.getvalue()
-    return _Part(described, len(data), data)
+    return _Part(described, len(data), data, checked=True)
 
 
 def batches(parts: Sequence[_Part], max_bytes: int, max_count: int) -> list[list[_Part]]:
@@ -459,10 +466,21 @@ def read_answer(body: bytes) -> dict[str, tuple[Outcome, int | None, str]]:
             said[uid] = (Outcome.TRANSIENT, None, "failed without a Failure Reason")
         else:
             outcome, meaning = classify_status(code)
+            meaning = _STOW_REASONS.get(code, meaning)
             if outcome is Outcome.DUPLICATE:
                 meaning += ": the archive holds this instance already"
             said[uid] = (outcome, code, f"Failure Reason {meaning}")
     return said
+
+
+#: Failure Reasons a STOW-RS answer gives (PS3.18 10.5.3), in words that say what to do.
+_STOW_REASONS = {
+    0xC122: "0xC122 Referenced Transfer Syntax not supported: the server does not take this "
+            'encoding; set compression = "none" for this destination',
+    0x0122: "0x0122 Referenced SOP Class not supported: the server does not take this kind of "
+            'object; set an iod it takes (iod = "image" for classic images)',
+    0x0110: "0x0110 Processing failure",
+}
 
 
 def _code(value: Any) -> int | None:
@@ -546,7 +564,7 @@ def store(dest: Destination, calling_ae: str, files: Sequence[DicomFile],
     parts = []
     for f in files:
         try:
-            parts.append(_part(f))
+            parts.append(_sized(f))
         except InputError as exc:
             record(InstanceResult(describe(f), Outcome.PERMANENT, None, exc.reason,
                                   time.monotonic() - t0))
@@ -585,6 +603,16 @@ def store(dest: Destination, calling_ae: str, files: Sequence[DicomFile],
 def _run_batch(client: httpx.Client, login: Login, batch: list[_Part], t0: float,
                work: deque, lock: threading.Lock, record: Callable[[InstanceResult], None],
                report: StoreReport) -> None:
+    ready = []
+    for part in batch:  # each file checked just before it goes, while other requests run
+        try:
+            ready.append(part if part.checked else _part(part.file))
+        except InputError as exc:
+            record(InstanceResult(describe(part.file), Outcome.PERMANENT, None, exc.reason,
+                                  time.monotonic() - t0))
+    if not ready:
+        return
+    batch = ready
     try:
         sent = _send_batch(client, login, batch, t0)
     except NetworkFailure as failure:

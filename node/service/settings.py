@@ -590,9 +590,11 @@ def _build_web_destination(name: str, raw: dict, base: Path | None) -> Destinati
     return Destination(
         name=name, host=host, port=port, ae_title="", url=url,
         auth=_web_auth(where, raw.get("auth")),
-        batch_bytes=_number(f"{where}.batch_bytes", raw.get("batch_bytes", 32 * 1024**2),
+        batch_bytes=_number(f"{where}.batch_bytes",
+                            raw.get("batch_bytes", Destination.batch_bytes),
                             integer=True, minimum=1024),
-        batch_instances=_number(f"{where}.batch_instances", raw.get("batch_instances", 200),
+        batch_instances=_number(f"{where}.batch_instances",
+                                raw.get("batch_instances", Destination.batch_instances),
                                 integer=True, minimum=1),
         connect_timeout=_number(f"{where}.connect_timeout", raw.get("connect_timeout", 10.0)),
         network_timeout=_number(f"{where}.network_timeout", raw.get("network_timeout", 60.0)),

@@ -329,3 +329,32 @@ def test_a_malformed_file_fails_alone_and_the_rest_is_stored(web_pacs, login, tm
     assert bad[0].outcome is Outcome.PERMANENT and "malformed" in bad[0].message
     assert _held(web_pacs, files) == {read_dicom_file(f).sop_instance_uid for f in files
                                       if f != broken}
+
+
+def test_https_is_verified_against_the_ca_the_config_names(web_pacs, tmp_path):
+    """DICOMweb over HTTPS (a TLS front on loopback, its certificate from a private CA):
+    refused as untrusted without tls.ca (the system's CAs do not know it), delivered with it;
+    and a certificate for another host name is refused too."""
+    from support.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    front = FaultProxy(web_pacs.server, tls={"cert": pki["server"], "key": pki["server_key"]})
+    try:
+        assert front.url.startswith("https://127.0.0.1:")
+        files = [read_dicom_file(f) for f in _series_files(tmp_path, "sub-web08_T1w", seed=33)]
+        untrusted = store(build_destination("web", {"url": front.url}), NODE_AET, files)
+        assert untrusted.delivered == 0
+        assert "certificate is not trusted" in untrusted.failures[0].message
+        assert "set tls.ca" in untrusted.failures[0].message
+        assert not untrusted.failures[0].transient  # an operator must act: an alert
+        trusted = store(build_destination("web", {"url": front.url,
+                                                  "tls": {"ca": str(pki["ca"])}}),
+                        NODE_AET, files)
+        assert trusted.ok and trusted.delivered == 6
+        other = make_pki(tmp_path / "other", name="other")
+        stranger = store(build_destination("web", {"url": front.url,
+                                                   "tls": {"ca": str(other["ca"])}}),
+                         NODE_AET, files[:1])
+        assert stranger.delivered == 0 and "not trusted" in stranger.failures[0].message
+    finally:
+        front.close()

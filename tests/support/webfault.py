@@ -41,8 +41,11 @@ class FaultProxy:
     """``FaultProxy(orthanc).url`` is a DICOMweb base URL; ``faults`` may change between
     requests; ``requests`` lists (method, path, bytes in, status out)."""
 
-    def __init__(self, orthanc) -> None:
+    def __init__(self, orthanc, tls: dict | None = None) -> None:
+        """``tls``: serve HTTPS with ``{"cert": ..., "key": ...}`` (a hospital's TLS front;
+        Debian's Orthanc 1.10 crashes on its own HTTPS connections)."""
         self.orthanc = orthanc
+        self.scheme = "https" if tls else "http"
         self.faults = Faults()
         self.requests: list[tuple[str, str, int, int]] = []
         self.tokens: dict[str, float] = {}  # token -> expiry (time.monotonic())
@@ -63,16 +66,22 @@ class FaultProxy:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls["cert"]), str(tls["key"]))
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+        return f"{self.scheme}://127.0.0.1:{self.server.server_address[1]}/dicom-web"
 
     @property
     def token_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/token"
+        return f"{self.scheme}://127.0.0.1:{self.server.server_address[1]}/token"
 
     def close(self) -> None:
         self.server.shutdown()

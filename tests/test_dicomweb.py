@@ -358,3 +358,24 @@ def test_https_is_verified_against_the_ca_the_config_names(web_pacs, tmp_path):
         assert stranger.delivered == 0 and "not trusted" in stranger.failures[0].message
     finally:
         front.close()
+
+
+def test_a_refused_compressed_syntax_is_sent_again_decompressed(web_pacs, proxy, tmp_path):
+    """A server that takes no JPEG-LS answers 0xC122 for those parts: they are sent again
+    decompressed (the same SOP Instance UIDs, every pixel value), as a DIMSE peer without the
+    syntax gets them."""
+    from node.convert.options import ConversionOptions
+
+    src = _nifti(tmp_path, "sub-fault10_T1w", seed=34)
+    series = convert_file(src, None, ConversionOptions(compression="jpeg-ls"))
+    files = sorted(write_series(series, tmp_path / "jpegls").glob("*.dcm"))
+    assert read_dicom_file(files[0]).transfer_syntax == "1.2.840.10008.1.2.4.80"
+    proxy.faults.refuse_compressed = True
+    report = _send(proxy, files, batch_instances=4)
+    assert report.ok and report.delivered == 6, [r.message for r in report.results]
+    assert proxy.statuses().count(409) == 2  # both batches refused whole, then resent
+    for f in files:
+        oid = web_pacs.lookup(read_dicom_file(f).sop_instance_uid)
+        stored = pydicom.dcmread(io.BytesIO(web_pacs.get_bytes(f"/instances/{oid}/file")))
+        assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        assert (stored.pixel_array == pydicom.dcmread(f).pixel_array).all()

@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import ssl
+import tempfile
 import threading
 import time
 import uuid
@@ -38,6 +39,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -45,7 +47,7 @@ import httpx
 from node import __version__
 from node.errors import InputError
 from node.net.destination import Destination
-from node.net.files import DicomFile, describe, open_checked
+from node.net.files import UNCOMPRESSED, DicomFile, describe, open_checked
 from node.net.scu import EchoResult, InstanceResult, StoreReport
 from node.net.status import FailureKind, NetworkFailure, Outcome, classify_status, peer_text
 
@@ -302,6 +304,7 @@ class _Part:
     size: int
     data: bytes | None = None
     checked: bool = False  # its structure walked (in the worker, while the other requests go)
+    copy: Path | None = None  # re-encoded for a server that refused its transfer syntax
 
     def header(self, boundary: str) -> bytes:
         # (no transfer-syntax parameter: Orthanc's plugin then ignores the part, and a
@@ -313,7 +316,7 @@ class _Part:
             yield self.data
             return
         sent = 0
-        with open(self.file.path, "rb") as fp:
+        with open(self.copy or self.file.path, "rb") as fp:
             while chunk := fp.read(min(_CHUNK, self.size - sent)):
                 sent += len(chunk)
                 yield chunk
@@ -352,6 +355,26 @@ def _part(f: DicomFile) -> _Part:
                          ) from None
     data = out.getvalue()
     return _Part(described, len(data), data, checked=True)
+
+
+def _uncompressed(part: _Part, scratch: Path) -> _Part:
+    """``part`` decompressed into Explicit VR Little Endian, written to ``scratch`` (not held
+    in memory), keeping its SOP Instance UID and every pixel value: for a server that refused
+    its compressed transfer syntax (Failure Reason 0xC122), as a DIMSE peer without the
+    syntax gets it. InputError when pydicom cannot decode it."""
+    from pydicom import dcmread
+
+    f = part.file
+    copy = scratch / f"{f.sop_instance_uid}.dcm"
+    try:
+        ds = dcmread(f.path)
+        ds.decompress(generate_instance_uid=False)  # (the same instance, another encoding)
+        ds.save_as(copy, enforce_file_format=True)
+    except Exception as exc:
+        raise InputError(f.path, f"the server does not take transfer syntax "
+                         f"{f.transfer_syntax} and the file cannot be decompressed here "
+                         f"({peer_text(str(exc), 120)})") from None
+    return _Part(f, copy.stat().st_size, checked=True, copy=copy)
 
 
 def batches(parts: Sequence[_Part], max_bytes: int, max_count: int) -> list[list[_Part]]:
@@ -474,6 +497,8 @@ def read_answer(body: bytes) -> dict[str, tuple[Outcome, int | None, str]]:
 
 
 #: Failure Reasons a STOW-RS answer gives (PS3.18 10.5.3), in words that say what to do.
+#: "Referenced Transfer Syntax not supported" (PS3.18 10.5.3)
+_SYNTAX_REFUSED = 0xC122
 _STOW_REASONS = {
     0xC122: "0xC122 Referenced Transfer Syntax not supported: the server does not take this "
             'encoding; set compression = "none" for this destination',
@@ -492,9 +517,17 @@ def _code(value: Any) -> int | None:
     return code
 
 
-def _send_batch(client: httpx.Client, login: Login, parts: list[_Part], t0: float
-                ) -> list[InstanceResult] | tuple[list[_Part], list[_Part]]:
-    """POST one batch; a result per instance, or the two halves to send instead (413)."""
+@dataclass
+class _Sent:
+    """What one request settled, and what is to be sent again instead."""
+
+    results: list[InstanceResult]
+    halves: list[list[_Part]]  # after a 413: the batch in two
+    refused_syntax: list[_Part]  # compressed instances refused with 0xC122: sent decompressed
+
+
+def _send_batch(client: httpx.Client, login: Login, parts: list[_Part], t0: float) -> _Sent:
+    """POST one batch: a result for each instance it settles, and what to send again."""
     dest = login.dest
     boundary = uuid.uuid4().hex
     length, produce = _body(parts, boundary)
@@ -508,18 +541,18 @@ def _send_batch(client: httpx.Client, login: Login, parts: list[_Part], t0: floa
         raise refused
     if answer.status == 413 and len(parts) > 1:
         half = len(parts) // 2
-        return parts[:half], parts[half:]
+        return _Sent([], [parts[:half], parts[half:]], [])
 
     def result(part: _Part, outcome: Outcome, code: int | None, message: str) -> InstanceResult:
         return InstanceResult(part.file, outcome, code, f"HTTP {answer.status}: {message}",
                               time.monotonic() - t0)
 
     if answer.status == 413:
-        return [result(parts[0], Outcome.PERMANENT, None, f"the server refuses a request of "
-                       f"{length} bytes with this one instance as too large")]
+        return _Sent([result(parts[0], Outcome.PERMANENT, None, f"the server refuses a request of "
+                       f"{length} bytes with this one instance as too large")], [], [])
     if answer.status == 415:
-        return [result(p, Outcome.PERMANENT, None, "the server does not take "
-                       "application/dicom") for p in parts]
+        return _Sent([result(p, Outcome.PERMANENT, None, "the server does not take "
+                              "application/dicom") for p in parts], [], [])
     try:
         said = read_answer(answer.body)
         why = ""
@@ -530,17 +563,20 @@ def _send_batch(client: httpx.Client, login: Login, parts: list[_Part], t0: floa
     if answer.status in (429, 503):
         wait = peer_text(answer.headers.get("Retry-After", "-"), 40)
         why = f"the server is busy (Retry-After: {wait})"
-    out = []
+    out, again = [], []
     for part in parts:
         uid = part.file.sop_instance_uid
-        if uid in said:
+        if uid in said and said[uid][1] == _SYNTAX_REFUSED and part.copy is None and (
+                part.file.transfer_syntax not in UNCOMPRESSED):
+            again.append(part)  # sent again decompressed (see _run_batch)
+        elif uid in said:
             out.append(result(part, *said[uid]))
         elif why:
             out.append(result(part, Outcome.TRANSIENT, None, f"not counted as stored: {why}"))
         else:
             out.append(result(part, Outcome.TRANSIENT, None, "the server's answer does not "
                               "list this instance as stored: not counted as stored"))
-    return out
+    return _Sent(out, [], again)
 
 
 def store(dest: Destination, calling_ae: str, files: Sequence[DicomFile],
@@ -570,7 +606,7 @@ def store(dest: Destination, calling_ae: str, files: Sequence[DicomFile],
                                   time.monotonic() - t0))
     work = deque(batches(parts, dest.batch_bytes, dest.batch_instances))
     stop = threading.Event()
-    with client_for(dest) as client:
+    with client_for(dest) as client, tempfile.TemporaryDirectory(prefix="dicom-node-stow-") as tmp:
         login = Login(dest, client)
 
         def worker() -> None:
@@ -579,7 +615,7 @@ def store(dest: Destination, calling_ae: str, files: Sequence[DicomFile],
                     if not work:
                         return
                     batch = work.popleft()
-                _run_batch(client, login, batch, t0, work, lock, record, report)
+                _run_batch(client, login, batch, t0, work, lock, record, report, Path(tmp))
 
         n = max(1, min(dest.max_associations, len(work)))
         with ThreadPoolExecutor(n, thread_name_prefix="stow-rs") as pool:
@@ -602,7 +638,7 @@ def store(dest: Destination, calling_ae: str, files: Sequence[DicomFile],
 
 def _run_batch(client: httpx.Client, login: Login, batch: list[_Part], t0: float,
                work: deque, lock: threading.Lock, record: Callable[[InstanceResult], None],
-               report: StoreReport) -> None:
+               report: StoreReport, scratch: Path) -> None:
     ready = []
     for part in batch:  # each file checked just before it goes, while other requests run
         try:
@@ -629,12 +665,20 @@ def _run_batch(client: httpx.Client, login: Login, batch: list[_Part], t0: float
             record(InstanceResult(part.file, Outcome.TRANSIENT, None, f"not sent: {exc}",
                                   time.monotonic() - t0))
         return
-    if isinstance(sent, tuple):
-        with lock:
-            work.extendleft(reversed(sent))
-        return
-    for result in sent:
+    for result in sent.results:
         record(result)
+    instead = list(sent.halves)
+    redone = []
+    for part in sent.refused_syntax:
+        try:
+            redone.append(_uncompressed(part, scratch))
+        except InputError as exc:
+            record(InstanceResult(part.file, Outcome.PERMANENT, _SYNTAX_REFUSED, exc.reason,
+                                  time.monotonic() - t0))
+    if redone:
+        instead.append(redone)
+    with lock:  # first in line: a split batch, or the decompressed copies
+        work.extendleft(reversed(instead))
 
 
 # --- QIDO-RS and the echo -------------------------------------------------------------------

@@ -32,6 +32,7 @@ class Faults:
     list_none: bool = False  # STOW-RS: 200 with both sequences empty (Orthanc stored them)
     truncate: bool = False  # STOW-RS: the answer cut in half (its Content-Length promised more)
     slow: float = 0.0  # seconds to wait before answering
+    refuse_compressed: bool = False  # STOW-RS: 0xC122 for parts in a compressed syntax
     client_id: str | None = None  # OAuth2: demand bearer tokens issued to this client
     client_secret: str = ""
     token_seconds: float = 60.0  # how long an issued token is good for
@@ -130,7 +131,16 @@ class FaultProxy:
             return busy, {"Retry-After": f.retry_after}, b""
         if f.too_large is not None and len(body) > f.too_large:
             return 413, {}, b""
+        refused: list[dict] = []
+        if f.refuse_compressed and h.command == "POST":
+            body, refused = _without_compressed(h.headers["Content-Type"], body)
         status, headers, answer = self._forward(h, body)
+        if refused:  # what the server refused is listed beside what it stored
+            stow = json.loads(answer) if answer.strip() else {}
+            stow["00081198"] = {"vr": "SQ", "Value": [
+                *stow.get("00081198", {}).get("Value", []), *refused]}
+            answer = json.dumps(stow).encode()
+            status = 202 if stow.get("00081199", {}).get("Value") else 409
         with self.lock:
             dropping = f.drop and f.drop_times != 0
             if dropping and f.drop_times is not None and h.command == "POST":
@@ -185,3 +195,26 @@ class FaultProxy:
         h.send_header("Content-Length", str(len(answer)))
         h.end_headers()
         h.wfile.write(answer)
+
+
+def _without_compressed(content_type: str, body: bytes) -> tuple[bytes, list[dict]]:
+    """The multipart body without its parts in a compressed transfer syntax, and a
+    FailedSOPSequence item (Failure Reason 0xC122) for each of them."""
+    import io
+
+    import pydicom
+
+    boundary = content_type.split("boundary=")[1].split(";")[0].strip().strip('"').encode()
+    kept, refused = [], []
+    for chunk in body.split(b"--" + boundary)[1:-1]:
+        head, _, data = chunk.partition(b"\r\n\r\n")
+        data = data[:-2]  # the CRLF before the next boundary
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            refused.append({"00081150": {"vr": "UI", "Value": [str(ds.SOPClassUID)]},
+                            "00081155": {"vr": "UI", "Value": [str(ds.SOPInstanceUID)]},
+                            "00081197": {"vr": "US", "Value": [0xC122]}})
+        else:
+            kept.append(head + b"\r\n\r\n" + data)
+    out = b"".join(b"--" + boundary + part + b"\r\n" for part in kept)
+    return out + b"--" + boundary + b"--\r\n", refused

@@ -102,11 +102,11 @@ class Pacs:
     def count_instances(self) -> int:
         return int(self.get("/statistics")["CountInstances"])
 
-    def config_toml(self, path: Path, extra: str = "") -> Path:
+    def config_toml(self, path: Path, extra: str = "", node_extra: str = "") -> Path:
         """A node config whose default destination is this PACS; ``extra`` is more TOML for
         ``[destinations.pacs]`` (e.g. timeouts, a tls table)."""
         path.write_text(
-            f'[node]\nae_title = "{NODE_AET}"\ndefault_destination = "pacs"\n\n'
+            f'[node]\nae_title = "{NODE_AET}"\ndefault_destination = "pacs"\n{node_extra}\n'
             f'[destinations.pacs]\nhost = "127.0.0.1"\nport = {self.port}\n'
             f'ae_title = "{self.aet}"\n{extra}\n'
         )

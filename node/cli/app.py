@@ -280,11 +280,17 @@ def cmd_push(args: argparse.Namespace) -> int:
             _error(f"{problem.message} (skipped)")
         return _Progress(len(g.files), sys.stderr.isatty() and not args.json)
 
+    commit = args.commit or dest.commitment
+    if commit and dest.web:
+        _error(f"--commit: {dest.name} is a DICOMweb destination; storage commitment is DIMSE "
+               "(PS3.4 J)")
+        return EXIT_USAGE
     try:
         reference = _reference(args, config, dest)
         result = push(args.paths, dest, config.node.ae_title, profile, config.node.uid_root,
                       jobs=args.jobs or None, verify=args.verify, on_gathered=gathered,
-                      reference=reference)
+                      reference=reference, commit=commit,
+                      listen=(config.node.commitment_host, config.node.commitment_port))
     except (DicomNodeError, ValueError) as exc:  # the profile, the reference
         _error(getattr(exc, "message", str(exc)))
         return EXIT_USAGE
@@ -301,6 +307,8 @@ def _render_push(args: argparse.Namespace, result) -> int:
     report, summaries = result.report, result.series
     if result.verify_error:
         _error(f"verify: {result.verify_error}")
+    if result.commit_error:
+        _error(f"commit: {result.commit_error}")
     if args.json:
         print(json.dumps({
             "destination": report.destination,
@@ -313,6 +321,7 @@ def _render_push(args: argparse.Namespace, result) -> int:
             "interrupted": report.interrupted,
             "association_failures": sorted({f.message for f in report.failures}),
             **({"verified": bool(result.verified)} if args.verify else {}),
+            **({"committed": bool(result.committed)} if result.committed is not None else {}),
         }, indent=2))
     else:
         for s in summaries:
@@ -322,6 +331,8 @@ def _render_push(args: argparse.Namespace, result) -> int:
             if args.verify:
                 line += (f"  PACS has {s.verified_count}" if s.verified_count is not None
                          else "  PACS has none")
+            if s.committed is not None:
+                line += f"  committed {s.committed}/{s.instances}"
             print(line)
             for message in s.messages:
                 print(f"    {message}")
@@ -335,6 +346,9 @@ def _render_push(args: argparse.Namespace, result) -> int:
         if args.verify:
             print("verify: every series is complete in the PACS" if result.verified
                   else "verify: INCOMPLETE: the PACS is missing instances")
+        if result.committed is not None:
+            print("commit: the archive committed every instance" if result.committed
+                  else "commit: NOT every instance is committed")
     for failure in sorted({f.message for f in report.failures}):
         if report.ok:  # another association sent what this one could not
             print(f"dicom-node: warning: {failure} (the other associations delivered "

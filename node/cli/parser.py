@@ -166,6 +166,9 @@ def _push(sub, common: argparse.ArgumentParser) -> None:
                       help="conversion processes for NIfTI inputs (default: one per core)")
     push.add_argument("--verify", action="store_true",
                       help="then ask the PACS (C-FIND) whether every series is complete")
+    push.add_argument("--commit", action="store_true",
+                      help="then ask the archive to commit every instance (storage commitment, "
+                      "PS3.4 J); its report comes here or to [node].commitment_port")
     push.add_argument("--json", action="store_true", help="print a machine-readable summary")
     _attach_options(push)
     push.set_defaults(func=cmd_push)

@@ -45,6 +45,7 @@ _DEST_KEYS = {
     "host", "port", "ae_title", "calling_ae_title", "max_pdu", "connect_timeout",
     "acse_timeout", "dimse_timeout", "network_timeout", "max_associations",
     "transfer_syntaxes", "tls", "query_destination", "iod", "compression", "labelmap",
+    "commitment", "commitment_timeout",
 }
 _TLS_KEYS = {"ca", "cert", "key", "key_password_env", "verify_hostname", "verify"}
 #: A DICOMweb destination's keys (url instead of host, port and AE titles; no DIMSE timeouts).
@@ -120,6 +121,12 @@ class NodeSettings:
     memory_limit: int = setting(0, "bytes all conversions together may use; a file that needs "
                                 "more is quarantined, a job waits while others use it "
                                 "(0: half the machine's memory)", minimum=0)
+    commitment_port: int = setting(0, "port of our storage commitment SCP, where an archive "
+                                   "sends its N-EVENT-REPORT on an association of its own "
+                                   "(our AE title is ae_title); 0: reports only on the "
+                                   "request's association", minimum=0, maximum=65535)
+    commitment_host: str = setting("127.0.0.1", "address that SCP listens on (0.0.0.0 for an "
+                                   "archive on another machine)")
 
 
 @dataclass(frozen=True)
@@ -660,6 +667,9 @@ def build_destination(name: str, raw: Any, base: Path | None = None) -> Destinat
         compression=_choice(f"{where}.compression", raw.get("compression", "none"),
                             COMPRESSIONS) or "none",
         labelmap=_checked(f"{where}.labelmap", raw.get("labelmap", False), bool, {}),
+        commitment=_checked(f"{where}.commitment", raw.get("commitment", False), bool, {}),
+        commitment_timeout=_number(f"{where}.commitment_timeout",
+                                   raw.get("commitment_timeout", 60.0), minimum=0.1),
     )
 
 

@@ -26,6 +26,7 @@ class SeriesReport:
     seconds: float = 0.0
     messages: list[str] = field(default_factory=list)
     verified_count: int | None = None
+    committed: int | None = None  # None: commitment not asked
 
     def as_json(self) -> dict:
         out = {
@@ -37,6 +38,8 @@ class SeriesReport:
             out["messages"] = self.messages
         if self.verified_count is not None:
             out["pacs_instances"] = self.verified_count
+        if self.committed is not None:
+            out["committed"] = self.committed
         return out
 
 
@@ -80,10 +83,12 @@ class PushResult:
     verified: bool | None = None  # None: not asked
     verify_error: str | None = None
     ignored: int = 0  # BIDS metadata files found in folders, not sent
+    committed: bool | None = None  # None: not asked; True: every instance committed
+    commit_error: str | None = None
 
     @property
     def exit_ok(self) -> bool:
-        return self.report.ok and self.verified is not False
+        return self.report.ok and self.verified is not False and self.committed is not False
 
 
 def push(
@@ -91,13 +96,15 @@ def push(
     uid_root: str, *,
     jobs: int | None = None, verify: bool = False,
     on_gathered: Callable[[Gathered], Callable | None] | None = None,
-    reference=None,
+    reference=None, commit: bool = False, listen: tuple[str, int] | None = None,
 ) -> PushResult:
     """Prepare every input, send them all over the destination's associations (the same
     :func:`~node.service.delivery.send` as the node), then optionally verify by C-FIND.
 
     ``on_gathered`` sees what was prepared before sending (warnings, problems, the count) and
-    may return a per-instance progress callback.
+    may return a per-instance progress callback. ``commit``: then ask the destination to
+    commit each series (storage commitment), with our SCP at ``listen`` (host, port) for a
+    report that comes on an association of the archive's.
     """
     from node.service.delivery import send
 
@@ -113,7 +120,66 @@ def push(
         verify_series(result, dest, calling_ae)
     elif verify:
         result.verified = True  # nothing was sent, nothing is missing
+    if commit and not report.interrupted:
+        commit_series(result, dest, calling_ae, listen)
     return result
+
+
+def commit_series(result: PushResult, dest, calling_ae: str,
+                  listen: tuple[str, int] | None) -> None:
+    """Storage commitment (PS3.4 J) of what each series delivered: one N-ACTION per series,
+    then its report, on the request's association or at our SCP on ``listen``, within the
+    destination's ``commitment_timeout``. Committed only what a report names as committed."""
+    from pydicom.uid import generate_uid
+
+    from node.net.commitment import CommitmentListener, request_commitment
+    from node.net.status import NetworkFailure
+
+    delivered: dict[str, list[tuple[str, str]]] = {}
+    for r in result.report.results:
+        if r.outcome.delivered:
+            delivered.setdefault(r.file.series_uid, []).append(
+                (r.file.sop_class_uid, r.file.sop_instance_uid))
+    listener = None
+    try:
+        if listen is not None and listen[1]:
+            listener = CommitmentListener(calling_ae, listen[1], listen[0])
+        ok = True
+        for s in result.series:
+            instances = delivered.get(s.series_uid, [])
+            s.committed = 0
+            if not instances:
+                ok = False
+                continue
+            transaction = generate_uid()
+            asked = {uid for _, uid in instances}
+            if listener is not None:
+                listener.expect(transaction, dest, asked)
+            outcome = request_commitment(dest, calling_ae, transaction, instances,
+                                         linger=2.0 if listener is not None
+                                         else dest.commitment_timeout)
+            if outcome is None and listener is not None:
+                outcome = listener.wait(transaction, dest.commitment_timeout)
+            if outcome is None:
+                _note(s, f"no storage commitment report within {dest.commitment_timeout:g} s"
+                      + ("" if listener is not None else "; an archive that reports on an "
+                         "association of its own needs [node].commitment_port"))
+                ok = False
+                continue
+            s.committed = len(outcome.committed)
+            for uid in sorted(asked - outcome.committed)[:3]:
+                _note(s, f"{uid}: {outcome.describe(uid)}")
+            ok &= s.committed == s.instances
+        result.committed = ok
+    except NetworkFailure as exc:
+        result.commit_error, result.committed = exc.message, False
+    except OSError as exc:  # our SCP's port
+        result.commit_error, result.committed = (
+            f"the storage commitment SCP cannot listen on {listen[0]}:{listen[1]} ({exc}); "
+            "change [node].commitment_port" if listen else str(exc)), False
+    finally:
+        if listener is not None:
+            listener.close()
 
 
 def verify_series(result: PushResult, dest, calling_ae: str) -> None:

@@ -1,0 +1,142 @@
+"""Storage commitment (PS3.4 Annex J) against Orthanc with commitment on (its report comes on
+an association of its own, to our SCP) and against a hostile archive on loopback. Only what
+a report from the archive we asked names, for a transaction we started, counts as committed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import NODE_AET, free_port, run_node, start_pacs
+from pydicom.uid import generate_uid
+from support.commitpeer import CommitPeer
+from support.network import _nifti
+
+from node.convert.output import write_series
+from node.convert.series import convert_file
+from node.net.commitment import CommitmentListener, CommitmentRefused, request_commitment
+from node.net.files import read_dicom_file
+from node.service.settings import build_destination
+
+pytestmark = pytest.mark.peers  # Orthanc
+
+
+@pytest.fixture(scope="module")
+def committing(tmp_path_factory):
+    """An Orthanc that serves storage commitment and reports to our SCP's port."""
+    import orthanc as orthanc_script
+
+    scp_port = free_port()
+    storage = tmp_path_factory.mktemp("orthanc-commit")
+    pacs = start_pacs(storage, overrides={"DicomModalities": {"dicom-node": {
+        "AET": NODE_AET, "Host": "127.0.0.1", "Port": scp_port, "AllowEcho": True,
+        "AllowStore": True, "AllowFind": True, "AllowStorageCommitment": True}}})
+    yield pacs, scp_port
+    orthanc_script.stop(storage)
+
+
+def _config(tmp_path, pacs, scp_port: int, extra: str = ""):
+    return pacs.config_toml(tmp_path / "node.toml", extra=extra, node_extra=(
+        f'commitment_port = {scp_port}\ncommitment_host = "127.0.0.1"\n'))
+
+
+def test_push_commit_reports_every_instance_committed(committing, tmp_path):
+    pacs, scp_port = committing
+    src = _nifti(tmp_path, "sub-commit01_T1w", seed=41)
+    proc = run_node("push", src, "--config", _config(tmp_path, pacs, scp_port), "--commit",
+                    "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["committed"] is True and summary["series"][0]["committed"] == 6
+    text = run_node("push", src, "--config", _config(tmp_path, pacs, scp_port), "--commit")
+    assert "committed 6/6" in text.stdout and "committed every instance" in text.stdout
+
+
+def test_an_instance_the_archive_lost_is_reported_not_committed(committing, tmp_path):
+    """Deleted from Orthanc after it was stored: the report fails it with 0x0112 (no such
+    object instance); a push of the same files sends it again and then all are committed."""
+    pacs, scp_port = committing
+    series = convert_file(_nifti(tmp_path, "sub-commit02_T1w", seed=42))
+    folder = write_series(series, tmp_path / "dicom")
+    cfg = _config(tmp_path, pacs, scp_port)
+    assert run_node("push", folder, "--config", cfg).returncode == 0
+    files = [read_dicom_file(f) for f in sorted(folder.glob("*.dcm"))]
+    lost = files[2].sop_instance_uid
+    pacs.server.request(f"/instances/{pacs.lookup(lost)}", method="DELETE")
+    dest = build_destination("pacs", {"host": "127.0.0.1", "port": pacs.port,
+                                      "ae_title": pacs.aet})
+    listener = CommitmentListener(NODE_AET, scp_port)
+    try:
+        transaction = generate_uid()
+        listener.expect(transaction, dest, {f.sop_instance_uid for f in files})
+        early = request_commitment(dest, NODE_AET, transaction,
+                                   [(f.sop_class_uid, f.sop_instance_uid) for f in files])
+        result = early or listener.wait(transaction, 30)
+    finally:
+        listener.close()
+    assert result is not None and result.failed == {lost: 0x0112}
+    assert result.committed == {f.sop_instance_uid for f in files} - {lost}
+    assert "0x0112 no such object instance" in result.describe(lost)
+    again = run_node("push", folder, "--config", cfg, "--commit", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["series"][0]["committed"] == 6
+
+
+def test_push_commit_without_a_report_says_so_and_fails(tmp_path):
+    peer = CommitPeer(free_port(), mode="never")
+    try:
+        dest = build_destination("a", {"host": "127.0.0.1", "port": peer.port,
+                                       "ae_title": "ARCHIVE"})
+        assert request_commitment(dest, NODE_AET, generate_uid(), [("1.2.3", "1.2.3.4")],
+                                  linger=0.5) is None
+    finally:
+        peer.close()
+
+
+def _ask(peer: CommitPeer, listener: CommitmentListener, n: int = 3, wait: float = 3.0):
+    dest = build_destination("a", {"host": "127.0.0.1", "port": peer.port,
+                                   "ae_title": "ARCHIVE"})
+    instances = [("1.2.840.10008.5.1.4.1.1.4", f"1.2.826.0.1.{n}.{i}") for i in range(n)]
+    transaction = generate_uid()
+    listener.expect(transaction, dest, {uid for _, uid in instances})
+    early = request_commitment(dest, NODE_AET, transaction, instances, linger=0.2)
+    return early or listener.wait(transaction, wait), instances
+
+
+@pytest.mark.parametrize("mode", ["report", "never", "wrong-uid", "strangers", "other-aet",
+                                  "flood"])
+def test_only_a_report_of_our_transaction_from_our_archive_counts(mode):
+    listener = CommitmentListener(NODE_AET, 0)
+    peer = CommitPeer(listener.port, mode=mode)
+    try:
+        result, instances = _ask(peer, listener)
+    finally:
+        peer.close()
+        listener.close()
+    asked = {uid for _, uid in instances}
+    if mode == "report":
+        assert result is not None and result.committed == asked and peer.reports_sent == [0]
+    elif mode == "strangers":  # our transaction, but none of our instances: none committed
+        assert result is not None and result.committed == frozenset()
+        assert all(result.describe(u).endswith("the report did not name it") for u in asked)
+    else:
+        assert result is None  # nothing committed, whatever was sent
+        expected = {"never": [], "wrong-uid": [0x0110], "other-aet": [0x0110],
+                    "flood": [0x0110] * 40}[mode]
+        assert peer.reports_sent == expected
+
+
+def test_an_archive_without_commitment_is_refused_with_the_fix():
+    peer = CommitPeer(free_port(), mode="refuse")
+    try:
+        dest = build_destination("a", {"host": "127.0.0.1", "port": peer.port,
+                                       "ae_title": "ARCHIVE"})
+        with pytest.raises(CommitmentRefused, match="set commitment = false"):
+            request_commitment(dest, NODE_AET, generate_uid(), [("1.2.3", "1.2.3.4")])
+    finally:
+        peer.close()
+
+
+def test_commitment_is_refused_for_a_dicomweb_destination():
+    with pytest.raises(ValueError, match="commitment do not apply to a DICOMweb destination"):
+        build_destination("w", {"url": "http://127.0.0.1:1/dicom-web", "commitment": True})

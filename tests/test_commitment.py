@@ -140,3 +140,94 @@ def test_an_archive_without_commitment_is_refused_with_the_fix():
 def test_commitment_is_refused_for_a_dicomweb_destination():
     with pytest.raises(ValueError, match="commitment do not apply to a DICOMweb destination"):
         build_destination("w", {"url": "http://127.0.0.1:1/dicom-web", "commitment": True})
+
+
+# --- the node ----------------------------------------------------------------------------------
+
+def _node(node_factory, pacs, scp_port: int, name: str, **keys):
+    return node_factory(pacs.port, name,
+                        destination_toml="commitment = true\ncommitment_timeout = 4\n",
+                        commitment_port=scp_port, commitment_host='"127.0.0.1"', **keys)
+
+
+def _history(node, job_id: int) -> list[str]:
+    import sqlite3
+
+    db = sqlite3.connect(node.state / "journal.sqlite")
+    try:
+        return [s for (s,) in db.execute("SELECT to_state FROM history WHERE job_id = ? "
+                                         "ORDER BY id", (job_id,))]
+    finally:
+        db.close()
+
+
+def _outcomes(node, job_id: int) -> set[str]:
+    import sqlite3
+
+    db = sqlite3.connect(node.state / "journal.sqlite")
+    try:
+        return {o for (o,) in db.execute("SELECT outcome FROM instances WHERE job_id = ?",
+                                         (job_id,))}
+    finally:
+        db.close()
+
+
+def test_the_node_moves_a_source_only_once_the_archive_committed_it(committing, node_factory,
+                                                                    tmp_path):
+    from support.node import drop, nifti_bytes, wait_until
+
+    pacs, scp_port = committing
+    node = _node(node_factory, pacs, scp_port, "n1").start()
+    source = drop(node.inbox, "sub-commit03_T1w.nii.gz",
+                  nifti_bytes(tmp_path, "sub-commit03_T1w.nii.gz", seed=43))
+    job = wait_until(lambda: next((j for j in node.jobs() if j["state"] == "done"), None), 60,
+                     "the job to be committed")
+    wait_until(lambda: not source.exists(), 10, "the source to be moved")
+    assert node.stop() == 0
+    assert _history(node, job["id"]) == ["queued", "converting", "sending", "committing",
+                                         "done"]
+    assert _outcomes(node, job["id"]) == {"committed"} and job["commit_uid"]
+
+
+def test_sigkill_while_committing_keeps_the_source_and_the_node_asks_again(
+        committing, node_factory, tmp_path):
+    """The first node's SCP is not where Orthanc sends reports: killed while its job waits in
+    committing, the source is still there; restarted where Orthanc reports, it finds the
+    report overdue, asks again, and only then moves the source."""
+    import signal
+
+    from support.node import drop, nifti_bytes, wait_until
+
+    pacs, scp_port = committing
+    node = _node(node_factory, pacs, free_port(), "n2").start()
+    source = drop(node.inbox, "sub-commit04_T1w.nii.gz",
+                  nifti_bytes(tmp_path, "sub-commit04_T1w.nii.gz", seed=44))
+    wait_until(lambda: "committing" in node.states(), 60, "the job to wait for its report")
+    node.stop(signal.SIGKILL)
+    assert source.exists() and node.states() == ["committing"]
+    text = node.config.read_text()
+    start = text.index("commitment_port = ")
+    end = text.index("\n", start)
+    node.config.write_text(text[:start] + f"commitment_port = {scp_port}" + text[end:])
+    node.start()
+    job = wait_until(lambda: next((j for j in node.jobs() if j["state"] == "done"), None), 90,
+                     "the job to be committed after the restart")
+    wait_until(lambda: not source.exists(), 10, "the source to be moved")
+    assert node.stop() == 0
+    steps = _history(node, job["id"])
+    assert steps[:4] == ["queued", "converting", "sending", "committing"]
+    assert "retry-wait" in steps and steps[-2:] == ["committing", "done"]
+    assert _outcomes(node, job["id"]) == {"committed"}
+
+
+def test_an_archive_without_commitment_fails_the_job_and_keeps_the_source(pacs, node_factory,
+                                                                          tmp_path):
+    from support.node import drop, nifti_bytes, wait_until
+
+    node = _node(node_factory, pacs, free_port(), "n3").start()
+    source = drop(node.inbox, "sub-commit05_T1w.nii.gz",
+                  nifti_bytes(tmp_path, "sub-commit05_T1w.nii.gz", seed=45))
+    job = wait_until(lambda: next((j for j in node.jobs() if j["state"] == "failed"), None),
+                     60, "the job to fail")
+    assert node.stop() == 0
+    assert "commitment = false" in job["last_error"] and source.exists()

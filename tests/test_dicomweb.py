@@ -379,3 +379,25 @@ def test_a_refused_compressed_syntax_is_sent_again_decompressed(web_pacs, proxy,
         stored = pydicom.dcmread(io.BytesIO(web_pacs.get_bytes(f"/instances/{oid}/file")))
         assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
         assert (stored.pixel_array == pydicom.dcmread(f).pixel_array).all()
+
+
+def test_verify_catches_a_server_that_says_stored_and_holds_nothing(web_pacs, proxy,
+                                                                    node_factory, tmp_path):
+    """A server that lists every instance as stored and keeps none: with verify = true the
+    node counts the series (QIDO-RS) and never calls the job done or moves the source."""
+    from support.node import nifti_bytes
+
+    proxy.faults.lie = True
+    node = node_factory(0, destination=f'url = "{proxy.url}"\nverify = true\n').start()
+    source = drop(node.inbox, "sub-web09_T1w.nii.gz", nifti_bytes(tmp_path,
+                                                                 "sub-web09_T1w.nii.gz",
+                                                                 seed=35))
+    job = wait_until(lambda: next((j for j in node.jobs() if j["state"] == "retry-wait"
+                                   and j["attempts"] >= 2), None), 60, "two refused attempts")
+    assert "verify: the PACS counts 0 of 5 instances" in job["last_error"]
+    assert job["delivered"] == 0
+    assert "done" not in node.states() and source.exists()
+    proxy.faults.lie = False  # an honest server: delivered, counted, done
+    wait_until(lambda: "done" in node.states(), 60, "the job to be done")
+    assert node.stop() == 0
+    assert web_pacs.series(node.jobs()[0]["series_uid"]) is not None

@@ -17,7 +17,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 
@@ -151,7 +151,18 @@ def request_commitment(dest: Destination, calling_ae: str, transaction_uid: str,
         asked = {u for _, u in instances}
         early = None  # a report may come before the N-ACTION's response (DCMTK #732)
         for _ in range(4):
-            response = assoc.receive(dest.dimse_timeout, "N-ACTION response")
+            try:
+                response = assoc.receive(dest.dimse_timeout, "N-ACTION response")
+            except NetworkFailure as exc:
+                if exc.kind != FailureKind.ABORTED:
+                    raise
+                # how an archive that serves no commitment to us answers (Orthanc without
+                # AllowStorageCommitment): a refusal, not a network fault
+                raise CommitmentRefused(FailureKind.REJECTED, f"{exc.message} when asked for "
+                                        "storage commitment: it does not serve it to us (in "
+                                        "Orthanc: AllowStorageCommitment for this modality); "
+                                        "set commitment = false for this destination, or "
+                                        "allow it there", transient=False) from None
             if response.us(COMMAND_FIELD) != N_EVENT_REPORT_RQ:
                 break
             early = _answer_report(assoc, dest, response, transaction_uid, asked) or early
@@ -229,6 +240,14 @@ class _Waiting:
     result: CommitmentResult | None = None
 
 
+def _addresses(dest: Destination) -> frozenset[str]:
+    """The addresses the archive's reports may come from (its host, resolved)."""
+    try:
+        return frozenset(a[4][0] for a in socket.getaddrinfo(dest.host, dest.port))
+    except OSError:
+        return frozenset({dest.host})
+
+
 class CommitmentListener:
     """A small SCP that takes N-EVENT-REPORTs for the transactions we started (pynetdicom's
     acceptor, one AE title and port), from the archive each was sent to: its AE title and
@@ -236,11 +255,18 @@ class CommitmentListener:
     else is answered with a failure status and changes nothing."""
 
     def __init__(self, ae_title: str, port: int, host: str = "127.0.0.1",
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0,
+                 resolve: Callable[[str], tuple[Destination, set[str]] | None] | None = None,
+                 on_result: Callable[[str, CommitmentResult], None] | None = None) -> None:
+        """``resolve``: the destination and asked instances of a transaction not registered
+        with :meth:`expect` (the node's journal: it outlives a restart), or None; then
+        ``on_result`` records its result (durably, before the report is acknowledged; it
+        raises to refuse it)."""
         from pynetdicom import AE, evt
         from pynetdicom.sop_class import StorageCommitmentPushModel
 
         self.ae_title = ae_title
+        self._resolve, self._on_result = resolve, on_result
         self._waiting: dict[str, _Waiting] = {}
         self._lock = threading.Lock()
         ae = AE(ae_title=ae_title)
@@ -255,12 +281,8 @@ class CommitmentListener:
 
     def expect(self, transaction_uid: str, dest: Destination, asked: set[str]) -> None:
         """Wait for ``transaction_uid``'s report from ``dest`` (before the N-ACTION goes)."""
-        try:
-            addresses = frozenset(a[4][0] for a in socket.getaddrinfo(dest.host, dest.port))
-        except OSError:
-            addresses = frozenset({dest.host})
         with self._lock:
-            self._waiting[transaction_uid] = _Waiting(dest, addresses, set(asked))
+            self._waiting[transaction_uid] = _Waiting(dest, _addresses(dest), set(asked))
 
     def settle(self, transaction_uid: str, result: CommitmentResult) -> None:
         """The report came on the request's own association."""
@@ -293,6 +315,15 @@ class CommitmentListener:
             return 0x0110, None
         with self._lock:
             waiting = self._waiting.get(transaction_uid)
+        if waiting is None and self._resolve is not None and transaction_uid:
+            try:
+                found = self._resolve(transaction_uid)
+            except Exception as exc:  # the journal away: the archive may report again
+                log.warning("storage commitment %s: cannot look it up (%s)", transaction_uid,
+                            exc)
+                return 0x0110, None
+            if found is not None:
+                waiting = _Waiting(found[0], _addresses(found[0]), set(found[1]))
         if waiting is None or waiting.done.is_set():
             log.warning("storage commitment: a report for no transaction we wait for, from "
                         "%s; refused", peer_text(str(requestor.ae_title), 20))
@@ -309,6 +340,13 @@ class CommitmentListener:
             log.warning("storage commitment %s: an unusable report (%s)", transaction_uid,
                         peer_text(str(exc), 100))
             return 0x0110, None
+        if transaction_uid not in self._waiting and self._on_result is not None:
+            try:  # recorded before it is acknowledged; the job then no longer waits for it
+                self._on_result(transaction_uid, result)
+            except Exception as exc:
+                log.warning("storage commitment %s: not recorded (%s)", transaction_uid, exc)
+                return 0x0110, None
+            return 0x0000, None
         with self._lock:  # settled once: a second report for it is refused
             if waiting.done.is_set():
                 return 0x0110, None

@@ -75,6 +75,7 @@ class Destination:
     iod: str | None = None  # the object this PACS takes (overrides the profile's)
     compression: str = "none"  # lossless encoding of what is sent: none, rle, jpeg-ls, ...
     labelmap: bool = False  # it takes Label Map Segmentation Storage: SEGs are LABELMAP
+    verify: bool = False  # the node counts each series at the PACS (C-FIND / QIDO-RS) after sending
     commitment: bool = False  # ask for storage commitment (PS3.4 J) after sending
     commitment_timeout: float = 60.0  # seconds to wait for the archive's commitment report
     url: str | None = None  # a DICOMweb base URL (http(s)://host:port/dicom-web): STOW-RS

@@ -233,6 +233,79 @@ def _fix_for(batch: Batch) -> str:
     return 'set an iod this destination takes: iod = "image" for classic images'
 
 
+def _verify(batch: Batch, dest: Destination, calling_ae: str,
+            result: DeliveryResult) -> DeliveryResult:
+    """``verify = true``: done only when the PACS counts every instance of the series
+    (C-FIND or QIDO-RS at series level); else retried (it may still be storing them)."""
+    from node.net.remote import series_instance_counts
+
+    try:
+        count = series_instance_counts(dest, calling_ae, [(batch.study_uid, batch.series_uid)]
+                                       ).get(batch.series_uid)
+    except NetworkFailure as exc:
+        return dataclasses.replace(result, verdict=JobState.RETRY_WAIT, error_class="verify",
+                                   message=f"verify: {exc.message}")
+    if count is not None and count >= len(batch.files):
+        return result
+    # which instances are missing is not known: none counts as delivered, all are resent
+    rows = [(f.sop_instance_uid, None, "unverified") for f in batch.files]
+    return dataclasses.replace(result, verdict=JobState.RETRY_WAIT, error_class="verify",
+                               instance_rows=rows, delivered=0,
+                               message=f"verify: the PACS counts {count or 0} of "
+                               f"{len(batch.files)} instances of the series; all are sent "
+                               "again")
+
+
+def _commit(batch: Batch, dest: Destination, calling_ae: str, result: DeliveryResult,
+            on_stage: Callable[..., None] | None) -> DeliveryResult:
+    """Storage commitment of the whole series, every instance (also those an earlier attempt
+    stored): the job moves to ``committing`` with the Transaction UID and the instances'
+    C-STORE results in the journal *before* the N-ACTION goes, so a node killed at any
+    instant takes the report after its restart, or asks again when it is overdue. The
+    verdict when the report came on the request's association; else ``committing``."""
+    from pydicom.uid import generate_uid
+
+    from node.net.commitment import CommitmentRefused, request_commitment
+
+    transaction = generate_uid()
+    if on_stage is not None:
+        on_stage("committing", commit_uid=transaction, instance_rows=result.instance_rows,
+                 next_attempt=time.time() + dest.commitment_timeout)
+    waiting = dataclasses.replace(result, instance_rows=[])  # recorded already
+    try:
+        report = request_commitment(dest, calling_ae, transaction,
+                                    [(f.sop_class_uid, f.sop_instance_uid) for f in batch.files],
+                                    linger=min(2.0, dest.commitment_timeout))
+    except CommitmentRefused as exc:
+        return dataclasses.replace(waiting, verdict=JobState.FAILED, message=exc.message,
+                                   error_class="commitment")
+    except NetworkFailure as exc:
+        return dataclasses.replace(waiting, verdict=JobState.RETRY_WAIT,
+                                   message=f"storage commitment: {exc.message}",
+                                   error_class=f"network:{exc.kind.value}")
+    if report is None:
+        return dataclasses.replace(waiting, verdict=JobState.COMMITTING, message=(
+            f"waiting for the storage commitment report of transaction {transaction}"))
+    verdict, message, rows = commitment_verdict({f.sop_instance_uid for f in batch.files},
+                                                report)
+    return dataclasses.replace(waiting, verdict=verdict, message=message, instance_rows=rows,
+                               error_class=None if verdict == JobState.DONE else "commitment")
+
+
+def commitment_verdict(asked: set[str], report) -> tuple[JobState, str, list]:
+    """A job's state from its storage commitment report (PS3.4 J.3.3), and a row per
+    instance: done when every instance is committed; else retried, and the instances not
+    committed are sent again (they are no longer counted as delivered) and committed again."""
+    rows = [(uid, None, "committed") if uid in report.committed
+            else (uid, report.failed.get(uid), "uncommitted") for uid in sorted(asked)]
+    missing = sorted(asked - report.committed)
+    if not missing:
+        return JobState.DONE, "", rows
+    return JobState.RETRY_WAIT, (f"{len(missing)} of {len(asked)} instance(s) not committed "
+                                 f"(e.g. {missing[0]}: {report.describe(missing[0])}); sent "
+                                 "again"), rows
+
+
 def _changed_since_queued(job: Job, source: Path, sidecar: Path | None
                           ) -> DeliveryResult | None:
     """The failure to record when the source or its sidecar is gone or no longer what was
@@ -255,7 +328,7 @@ def deliver(
     config: Config,
     spool_root: Path,
     already: set[str] | None = None,
-    on_stage: Callable[[str], None] | None = None,
+    on_stage: Callable[..., None] | None = None,
     study=None,
 ) -> DeliveryResult:
     """One journal job: check the source is as queued, :func:`prepare`, :func:`send`.
@@ -299,6 +372,10 @@ def deliver(
             on_stage("sending")
         one = dataclasses.replace(dest, max_associations=1)
         _, (result,) = send([batch], one, config.node.ae_title, already or set())
+        if result.verdict == JobState.DONE and dest.verify:
+            result = _verify(batch, dest, config.node.ae_title, result)
+        if result.verdict == JobState.DONE and dest.commitment:
+            result = _commit(batch, dest, config.node.ae_title, result, on_stage)
         t2 = time.monotonic()
         if config.node.previews and is_nifti(source):  # after the send: never delays it
             _preview(batch, source, StateDirs(spool_root.parent).preview(job.id))

@@ -99,13 +99,20 @@ def _deliver_in_worker(job: Job, config: Config, state_root: str, already: set[s
         _worker_logging = True
     dirs = StateDirs(Path(state_root))
 
-    def on_stage(stage: str) -> None:
+    def on_stage(stage: str, instance_rows=None, **changes) -> None:
+        """A step begins: sending; or committing, with its Transaction UID and the
+        instances' results, committed before the N-ACTION goes."""
         journal = config.open_journal(create=False)
         try:
-            moved = journal.transition(job.id, stage, owner=owner)
+            if instance_rows:
+                journal.record_instances(job.id, instance_rows)
+            moved = journal.transition(job.id, stage, owner=owner, **changes)
         finally:
             journal.close()
-        log_transition(moved, job.state, stage)
+        log_transition(moved, state[0], stage)
+        state[0] = moved.state
+
+    state = [job.state]  # the step before, as the log line names it
 
     def study(values, series_uid: str, own_number):
         """The journal remembers each study's values across jobs (one set per study)."""
@@ -213,6 +220,17 @@ class Node:
         self._inflight: dict[int, _InFlight] = {}
         self._echo_due = 0.0
         self._renew_due = 0.0
+        from node.service.commitments import Commitments
+
+        try:
+            self.commitments = (Commitments(config, self.metrics, backoff_seconds) if deliver
+                                else None)
+        except OSError as exc:
+            self.lock.release()
+            why = exc.strerror or exc
+            raise NodeStartError(f"[node].commitment_port {config.node.commitment_port}: the "
+                                 f"storage commitment SCP cannot listen there ({why}); "
+                                 "choose a free port") from None
         from node.service.watcher import FolderWatcher, Stabilizer
 
         self.stabilizer = Stabilizer()
@@ -336,6 +354,9 @@ class Node:
         sent_now = sum(1 for _, _, o in result.instance_rows
                        if o in ("success", "warning", "duplicate"))
         self.metrics.instances.inc(sent_now)
+        if result.verdict == JobState.COMMITTING:  # its report comes to our SCP
+            log.info("job %d: %s", job.id, result.message, extra={"fields": {"job": job.id}})
+            return
         if result.verdict == JobState.DONE:
             done = self.journal.transition(job.id, "done", owner=self.owner,
                                            delivered=result.delivered,
@@ -580,6 +601,13 @@ class Node:
                 self.stabilizer.forget(found.path)
         self._claim_and_submit()
         self._collect()
+        if self.commitments is not None:
+            self.commitments.step(self.journal)
+            while not self.commitments.done.empty():  # done by a report to our SCP
+                done = self.commitments.done.get_nowait()
+                self._after_action(done, self.config.local_path(done.source),
+                                   self.config.local_path(done.sidecar) if done.sidecar
+                                   else None, done.after)
         while not self._orphans.empty():
             self._late_sidecar(*self._orphans.get_nowait())
         if self.watching and now >= self._echo_due:
@@ -694,6 +722,8 @@ class Node:
             if self._inflight:
                 for proc in list(getattr(self._pool, "_processes", {}).values()):
                     proc.kill()
+        if self.commitments is not None:
+            self.commitments.close()
         self.metrics.stop()
         self.intake.close()
         with contextlib.suppress(sqlite3.Error):

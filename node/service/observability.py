@@ -113,6 +113,12 @@ class Metrics:
                                          "Conversion latency per job", registry=self.registry)
         self.delivery_seconds = Histogram("dicom_node_delivery_seconds",
                                           "Send latency per job", registry=self.registry)
+        self.commitments = Counter("dicom_node_commitments", "Storage commitment outcomes "
+                                   "(committed, failed, timeout)", ["result"],
+                                   registry=self.registry)
+        self.commit_seconds = Histogram("dicom_node_commitment_seconds", "From the N-ACTION "
+                                        "to the report that every instance is committed",
+                                        registry=self.registry)
         self.heartbeat = time.monotonic()
         self._server = None
 

@@ -45,13 +45,13 @@ _DEST_KEYS = {
     "host", "port", "ae_title", "calling_ae_title", "max_pdu", "connect_timeout",
     "acse_timeout", "dimse_timeout", "network_timeout", "max_associations",
     "transfer_syntaxes", "tls", "query_destination", "iod", "compression", "labelmap",
-    "commitment", "commitment_timeout",
+    "commitment", "commitment_timeout", "verify",
 }
 _TLS_KEYS = {"ca", "cert", "key", "key_password_env", "verify_hostname", "verify"}
 #: A DICOMweb destination's keys (url instead of host, port and AE titles; no DIMSE timeouts).
 _WEB_KEYS = {
     "url", "auth", "batch_bytes", "batch_instances", "connect_timeout", "network_timeout",
-    "max_associations", "tls", "query_destination", "iod", "compression", "labelmap",
+    "max_associations", "tls", "query_destination", "iod", "compression", "labelmap", "verify",
 }
 _DIMSE_ONLY = sorted(_DEST_KEYS - _WEB_KEYS)
 _AUTH_KEYS = {"kind", "username", "password_env", "token_env", "token_url", "client_id",
@@ -614,6 +614,7 @@ def _build_web_destination(name: str, raw: dict, base: Path | None) -> Destinati
         compression=_choice(f"{where}.compression", raw.get("compression", "none"),
                             COMPRESSIONS) or "none",
         labelmap=_checked(f"{where}.labelmap", raw.get("labelmap", False), bool, {}),
+        verify=_checked(f"{where}.verify", raw.get("verify", False), bool, {}),
     )
 
 
@@ -667,6 +668,7 @@ def build_destination(name: str, raw: Any, base: Path | None = None) -> Destinat
         compression=_choice(f"{where}.compression", raw.get("compression", "none"),
                             COMPRESSIONS) or "none",
         labelmap=_checked(f"{where}.labelmap", raw.get("labelmap", False), bool, {}),
+        verify=_checked(f"{where}.verify", raw.get("verify", False), bool, {}),
         commitment=_checked(f"{where}.commitment", raw.get("commitment", False), bool, {}),
         commitment_timeout=_number(f"{where}.commitment_timeout",
                                    raw.get("commitment_timeout", 60.0), minimum=0.1),

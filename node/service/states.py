@@ -13,6 +13,7 @@ class JobState(StrEnum):
     QUEUED = "queued"
     CONVERTING = "converting"
     SENDING = "sending"
+    COMMITTING = "committing"  # stored; waiting for the archive's storage commitment report
     DONE = "done"
     RETRY_WAIT = "retry-wait"
     FAILED = "failed"
@@ -26,7 +27,8 @@ _S = JobState
 ALLOWED: dict[JobState, frozenset[JobState]] = {
     _S.QUEUED: frozenset({_S.CONVERTING, _S.QUARANTINED, _S.CANCELLED}),
     _S.CONVERTING: frozenset({_S.SENDING, _S.RETRY_WAIT, _S.FAILED, _S.QUARANTINED, _S.QUEUED}),
-    _S.SENDING: frozenset({_S.DONE, _S.RETRY_WAIT, _S.FAILED, _S.QUEUED}),
+    _S.SENDING: frozenset({_S.DONE, _S.RETRY_WAIT, _S.FAILED, _S.QUEUED, _S.COMMITTING}),
+    _S.COMMITTING: frozenset({_S.DONE, _S.RETRY_WAIT, _S.FAILED, _S.QUEUED, _S.CANCELLED}),
     _S.RETRY_WAIT: frozenset({_S.CONVERTING, _S.QUEUED, _S.FAILED, _S.CANCELLED}),
     _S.FAILED: frozenset({_S.QUEUED, _S.CANCELLED}),
     _S.QUARANTINED: frozenset({_S.QUEUED, _S.CANCELLED}),

@@ -33,6 +33,7 @@ class Faults:
     truncate: bool = False  # STOW-RS: the answer cut in half (its Content-Length promised more)
     slow: float = 0.0  # seconds to wait before answering
     refuse_compressed: bool = False  # STOW-RS: 0xC122 for parts in a compressed syntax
+    lie: bool = False  # STOW-RS: 200 listing every part as stored, and nothing forwarded
     client_id: str | None = None  # OAuth2: demand bearer tokens issued to this client
     client_secret: str = ""
     token_seconds: float = 60.0  # how long an issued token is good for
@@ -131,6 +132,11 @@ class FaultProxy:
             return busy, {"Retry-After": f.retry_after}, b""
         if f.too_large is not None and len(body) > f.too_large:
             return 413, {}, b""
+        if f.lie and h.command == "POST":
+            listed = [{"00081155": {"vr": "UI", "Value": [uid]}}
+                      for uid in _instance_uids(h.headers["Content-Type"], body)]
+            return 200, {"Content-Type": "application/dicom+json"}, json.dumps(
+                {"00081199": {"vr": "SQ", "Value": listed}}).encode()
         refused: list[dict] = []
         if f.refuse_compressed and h.command == "POST":
             body, refused = _without_compressed(h.headers["Content-Type"], body)
@@ -218,3 +224,17 @@ def _without_compressed(content_type: str, body: bytes) -> tuple[bytes, list[dic
             kept.append(head + b"\r\n\r\n" + data)
     out = b"".join(b"--" + boundary + part + b"\r\n" for part in kept)
     return out + b"--" + boundary + b"--\r\n", refused
+
+
+def _instance_uids(content_type: str, body: bytes) -> list[str]:
+    import io
+
+    import pydicom
+
+    boundary = content_type.split("boundary=")[1].split(";")[0].strip().strip('"').encode()
+    uids = []
+    for chunk in body.split(b"--" + boundary)[1:-1]:
+        data = chunk.partition(b"\r\n\r\n")[2][:-2]
+        uids.append(str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+                        .SOPInstanceUID))
+    return uids

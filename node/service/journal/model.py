@@ -42,6 +42,7 @@ class Job(NamedTuple):
     owner: str | None = None  # "node:pid" of the process that holds (or last held) the job
     lease_until: float = 0.0  # the owner's claim is good until then; renewed by heartbeats
     memory: int = 0  # estimated peak bytes to convert it (intake.MEMORY_FACTOR x voxels)
+    commit_uid: str | None = None  # the storage commitment transaction it waits for
 
     @classmethod
     def from_row(cls, names: tuple[str, ...], row) -> Job:
@@ -67,7 +68,7 @@ _STATE = JOB_FIELDS.index("state")
 MUTABLE_FIELDS = frozenset({
     "source", "sidecar", "sha256", "size", "attempts", "next_attempt", "last_error",
     "error_class", "alert", "series_uid", "study_uid", "instances", "delivered",
-    "quarantine_path", "owner", "lease_until"})
+    "quarantine_path", "owner", "lease_until", "commit_uid"})
 #: The states in which a job is held by an owner under a lease.
 ACTIVE = frozenset({JobState.CONVERTING, JobState.SENDING})
 

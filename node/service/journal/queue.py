@@ -271,7 +271,20 @@ class Queue(QueryRunner):
         return int(count)
 
     def delivered_instances(self, job_id: int) -> set[str]:
+        """Instances stored by an earlier attempt (and not reported uncommitted since)."""
         return {uid for (uid,) in self._all("delivered_instances", job_id=job_id)}
+
+    def instance_uids(self, job_id: int) -> set[str]:
+        """Every instance the job has a result for (what a commitment request listed)."""
+        return {uid for (uid,) in self._all("job_instance_uids", job_id=job_id)}
+
+    def by_commit_uid(self, transaction_uid: str) -> Job | None:
+        """The job waiting in ``committing`` for this storage commitment transaction."""
+        return self._job("job_by_commit_uid", uid=transaction_uid)
+
+    def committing_due(self, now: float) -> list[Job]:
+        """Jobs whose commitment report is overdue (its deadline is their next_attempt)."""
+        return self._jobs("committing_due", now=now)
 
     # --- reading ------------------------------------------------------------------------------
 

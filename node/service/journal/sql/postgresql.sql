@@ -52,7 +52,7 @@ UPDATE jobs SET state = %(state)s, attempts = %(attempts)s, next_attempt = %(nex
     last_error = %(last_error)s, error_class = %(error_class)s, alert = %(alert)s,
     series_uid = %(series_uid)s, study_uid = %(study_uid)s, instances = %(instances)s,
     delivered = %(delivered)s, quarantine_path = %(quarantine_path)s, owner = %(owner)s,
-    lease_until = %(lease_until)s, updated = %(updated)s
+    lease_until = %(lease_until)s, commit_uid = %(commit_uid)s, updated = %(updated)s
 WHERE id = %(id)s AND state = %(from_state)s AND owner IS NOT DISTINCT FROM %(from_owner)s
     AND updated = %(from_updated)s
     RETURNING id)
@@ -69,7 +69,8 @@ UPDATE jobs SET state = %(state)s, source = %(source)s, sidecar = %(sidecar)s,
     next_attempt = %(next_attempt)s, last_error = %(last_error)s, error_class = %(error_class)s,
     alert = %(alert)s, series_uid = %(series_uid)s, study_uid = %(study_uid)s,
     instances = %(instances)s, delivered = %(delivered)s, quarantine_path = %(quarantine_path)s,
-    owner = %(owner)s, lease_until = %(lease_until)s, updated = %(updated)s
+    owner = %(owner)s, lease_until = %(lease_until)s, commit_uid = %(commit_uid)s,
+    updated = %(updated)s
 WHERE id = %(id)s AND state = %(from_state)s AND owner IS NOT DISTINCT FROM %(from_owner)s
     AND updated = %(from_updated)s
     RETURNING id)
@@ -149,7 +150,7 @@ ON CONFLICT (job_id, sop_instance_uid) DO UPDATE SET status = EXCLUDED.status,
 
 -- name: delivered_instances
 SELECT sop_instance_uid FROM instances WHERE job_id = %(job_id)s
-    AND outcome IN ('success', 'warning', 'duplicate')
+    AND outcome IN ('success', 'warning', 'duplicate', 'committed')
 
 -- name: count_timeout
 INSERT INTO instance_timeouts AS t (job_id, sop_instance_uid, count)
@@ -282,3 +283,12 @@ CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)
 -- name: insert_legacy_version
 INSERT INTO schema_version (version) SELECT %(version)s
 WHERE NOT EXISTS (SELECT 1 FROM schema_version)
+
+-- name: job_by_commit_uid
+SELECT * FROM jobs WHERE commit_uid = %(uid)s AND state = 'committing'
+
+-- name: committing_due
+SELECT * FROM jobs WHERE state = 'committing' AND next_attempt <= %(now)s ORDER BY id
+
+-- name: job_instance_uids
+SELECT sop_instance_uid FROM instances WHERE job_id = %(job_id)s

@@ -46,7 +46,7 @@ UPDATE jobs SET state = :state, attempts = :attempts, next_attempt = :next_attem
     last_error = :last_error, error_class = :error_class, alert = :alert,
     series_uid = :series_uid, study_uid = :study_uid, instances = :instances,
     delivered = :delivered, quarantine_path = :quarantine_path, owner = :owner,
-    lease_until = :lease_until, updated = :updated
+    lease_until = :lease_until, commit_uid = :commit_uid, updated = :updated
 WHERE id = :id AND state = :from_state AND owner IS :from_owner
     AND updated = :from_updated
 
@@ -58,7 +58,7 @@ UPDATE jobs SET state = :state, source = :source, sidecar = :sidecar,
     next_attempt = :next_attempt, last_error = :last_error, error_class = :error_class,
     alert = :alert, series_uid = :series_uid, study_uid = :study_uid,
     instances = :instances, delivered = :delivered, quarantine_path = :quarantine_path,
-    owner = :owner, lease_until = :lease_until, updated = :updated
+    owner = :owner, lease_until = :lease_until, commit_uid = :commit_uid, updated = :updated
 WHERE id = :id AND state = :from_state AND owner IS :from_owner
     AND updated = :from_updated
 
@@ -132,7 +132,7 @@ ON CONFLICT (job_id, sop_instance_uid) DO UPDATE SET status = excluded.status,
 
 -- name: delivered_instances
 SELECT sop_instance_uid FROM instances WHERE job_id = :job_id
-    AND outcome IN ('success', 'warning', 'duplicate')
+    AND outcome IN ('success', 'warning', 'duplicate', 'committed')
 
 -- name: count_timeout
 INSERT INTO instance_timeouts (job_id, sop_instance_uid, count) VALUES (:job_id, :uid, 1)
@@ -244,3 +244,12 @@ SELECT version, name, applied FROM schema_migrations ORDER BY version
 
 -- name: table_names
 SELECT name FROM sqlite_master WHERE type = 'table'
+
+-- name: job_by_commit_uid
+SELECT * FROM jobs WHERE commit_uid = :uid AND state = 'committing'
+
+-- name: committing_due
+SELECT * FROM jobs WHERE state = 'committing' AND next_attempt <= :now ORDER BY id
+
+-- name: job_instance_uids
+SELECT sop_instance_uid FROM instances WHERE job_id = :job_id

@@ -16,7 +16,8 @@ INSTANCE = "1.2.840.10008.1.20.1.1"
 
 
 class CommitPeer:
-    """``mode``: "report" (a proper report on a new association), "never", "wrong-uid",
+    """``mode``: "report" (a proper report on a new association), "same" (on the request's
+    association), "never", "wrong-uid",
     "strangers", "other-aet", "flood", "refuse"."""
 
     def __init__(self, node_port: int, node_aet: str = "DICOM_NODE", mode: str = "report",
@@ -40,9 +41,20 @@ class CommitPeer:
         self.requests.append(request)
         if self.mode == "refuse":
             return 0x0123, None  # no such action
-        if self.mode != "never":
+        if self.mode == "same":  # on this association, once the response has gone
+            threading.Thread(target=self._report_here, args=(event.assoc, request),
+                             daemon=True).start()
+        elif self.mode != "never":
             threading.Thread(target=self._report, args=(request,), daemon=True).start()
         return 0x0000, None
+
+    def _report_here(self, assoc, request: Dataset) -> None:
+        time.sleep(0.2)
+        report = Dataset()
+        report.TransactionUID = request.TransactionUID
+        report.ReferencedSOPSequence = request.ReferencedSOPSequence
+        status, _ = assoc.send_n_event_report(report, 1, StorageCommitmentPushModel, INSTANCE)
+        self.reports_sent.append(int(status.Status) if status else -2)
 
     def _report(self, request: Dataset) -> None:
         time.sleep(0.3)

@@ -52,6 +52,9 @@ from node.net.scu import EchoResult, InstanceResult, StoreReport
 from node.net.status import FailureKind, NetworkFailure, Outcome, classify_status, peer_text
 
 log = logging.getLogger("node.net")
+# httpx logs every request at INFO (its URL and status): a line per batch in the node's log,
+# and the token endpoint's exchanges; what matters is said by our own messages
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 USER_AGENT = f"dicom-node/{__version__}"
 #: The most of a server's answer we read (a STOW-RS answer is ~300 bytes per instance).

@@ -231,3 +231,27 @@ def test_an_archive_without_commitment_fails_the_job_and_keeps_the_source(pacs, 
                      60, "the job to fail")
     assert node.stop() == 0
     assert "commitment = false" in job["last_error"] and source.exists()
+
+
+def test_the_scp_over_tls_takes_reports_only_from_a_certified_archive(tmp_path):
+    import ssl
+
+    from support.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    listener = CommitmentListener(NODE_AET, 0, tls=(str(pki["server"]), str(pki["server_key"]),
+                                                    str(pki["ca"])))
+    certified = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki["ca"]))
+    certified.load_cert_chain(str(pki["client"]), str(pki["client_key"]))
+    results = {}
+    try:
+        for name, context in (("tls", certified), ("plain", None)):
+            peer = CommitPeer(listener.port, tls=context)
+            try:
+                results[name] = (_ask(peer, listener, wait=2.0)[0], peer.reports_sent)
+            finally:
+                peer.close()
+    finally:
+        listener.close()
+    assert results["tls"][0] is not None and len(results["tls"][0].committed) == 3
+    assert results["plain"][0] is None and results["plain"][1] == [-1]  # no association

@@ -290,7 +290,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         result = push(args.paths, dest, config.node.ae_title, profile, config.node.uid_root,
                       jobs=args.jobs or None, verify=args.verify, on_gathered=gathered,
                       reference=reference, commit=commit,
-                      listen=(config.node.commitment_host, config.node.commitment_port))
+                      listen=_commitment_listen(config))
     except (DicomNodeError, ValueError) as exc:  # the profile, the reference
         _error(getattr(exc, "message", str(exc)))
         return EXIT_USAGE
@@ -298,6 +298,11 @@ def cmd_push(args: argparse.Namespace) -> int:
         _error(f"--study-of: {exc.message}")
         return EXIT_FAILURE
     return _render_push(args, result)
+
+
+def _commitment_listen(config) -> tuple:
+    """Where push's storage commitment SCP listens: host, port and its TLS files."""
+    return config.node.commitment_host, config.node.commitment_port, config.commitment_tls()
 
 
 def _render_push(args: argparse.Namespace, result) -> int:

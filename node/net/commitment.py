@@ -257,11 +257,13 @@ class CommitmentListener:
     def __init__(self, ae_title: str, port: int, host: str = "127.0.0.1",
                  timeout: float = 30.0,
                  resolve: Callable[[str], tuple[Destination, set[str]] | None] | None = None,
-                 on_result: Callable[[str, CommitmentResult], None] | None = None) -> None:
+                 on_result: Callable[[str, CommitmentResult], None] | None = None,
+                 tls: tuple[str, str, str] | None = None) -> None:
         """``resolve``: the destination and asked instances of a transaction not registered
         with :meth:`expect` (the node's journal: it outlives a restart), or None; then
         ``on_result`` records its result (durably, before the report is acknowledged; it
-        raises to refuse it)."""
+        raises to refuse it). ``tls``: (certificate, key, CA or "") files: only TLS
+        associations, with a client certificate signed by the CA when one is given."""
         from pynetdicom import AE, evt
         from pynetdicom.sop_class import StorageCommitmentPushModel
 
@@ -275,8 +277,16 @@ class CommitmentListener:
         ae.require_called_aet = True
         ae.maximum_associations = 4
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-        self._server = ae.start_server((host, port), block=False, evt_handlers=[
-            (evt.EVT_N_EVENT_REPORT, self._on_report)])
+        context = None
+        if tls is not None:
+            import ssl
+
+            cert, key, ca = tls
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca or None)
+            context.load_cert_chain(cert, key)
+            context.verify_mode = ssl.CERT_REQUIRED if ca else ssl.CERT_NONE
+        self._server = ae.start_server((host, port), block=False, ssl_context=context,
+                                       evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report)])
         self.port = self._server.server_address[1]
 
     def expect(self, transaction_uid: str, dest: Destination, asked: set[str]) -> None:

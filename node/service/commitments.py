@@ -45,8 +45,10 @@ class Commitments:
         self.listener: CommitmentListener | None = None
         n = config.node
         if n.commitment_port and any(d.commitment for d in config.destinations.values()):
+            tls = config.commitment_tls()
             self.listener = CommitmentListener(n.ae_title, n.commitment_port, n.commitment_host,
-                                               resolve=self._resolve, on_result=self._record)
+                                               resolve=self._resolve, on_result=self._record,
+                                               tls=tls)
             log.info("storage commitment SCP %s on %s:%d", n.ae_title, n.commitment_host,
                      self.listener.port)
 

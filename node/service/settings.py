@@ -127,6 +127,11 @@ class NodeSettings:
                                    "request's association", minimum=0, maximum=65535)
     commitment_host: str = setting("127.0.0.1", "address that SCP listens on (0.0.0.0 for an "
                                    "archive on another machine)")
+    commitment_tls_cert: str = setting("", "that SCP's certificate (PEM): it then takes only "
+                                       "TLS associations (PS3.15 B.1)")
+    commitment_tls_key: str = setting("", "the certificate's private key (PEM)")
+    commitment_tls_ca: str = setting("", "CA that archives' client certificates must be "
+                                     "signed by (empty: no client certificate asked)")
 
 
 @dataclass(frozen=True)
@@ -262,6 +267,20 @@ class Config:
         """The journal as a node opens it at start: brought up to date when
         [node].auto_migrate allows, else made when new and refused when behind."""
         return self.open_journal(schema="migrate" if self.node.auto_migrate else "new")
+
+    def commitment_tls(self) -> tuple[str, str, str] | None:
+        """The storage commitment SCP's (certificate, key, CA) files, relative ones from the
+        config's folder; None without a certificate (no TLS)."""
+        n = self.node
+        if not n.commitment_tls_cert:
+            return None
+        base = self.path.parent if self.path else Path.cwd()
+
+        def where(name: str) -> str:
+            return str(base / name) if name and not Path(name).is_absolute() else name
+
+        return (where(n.commitment_tls_cert), where(n.commitment_tls_key),
+                where(n.commitment_tls_ca))
 
     def query_destination(self, dest: Destination) -> Destination:
         """Where the studies a series joins are looked up for ``dest``: its
@@ -715,6 +734,10 @@ def check_environment(config: Config) -> list[str]:
             problems.append(
                 f"{where}: [[watch]] #{i + 1} uses profile {profile.name!r}, which "
                 f"de-identifies: set {profile.pseudonym_secret_env or 'pseudonym_secret'}")
+    for key, f in zip(("commitment_tls_cert", "commitment_tls_key", "commitment_tls_ca"),
+                      config.commitment_tls() or (), strict=False):
+        if f and not Path(f).is_file():
+            problems.append(f"{where}: [node].{key} {f}: no such file")
     for name, dest in config.destinations.items():
         if dest.tls is not None:
             for label, f in (("ca", dest.tls.ca), ("cert", dest.tls.cert), ("key", dest.tls.key)):

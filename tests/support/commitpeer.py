@@ -21,8 +21,10 @@ class CommitPeer:
     "strangers", "other-aet", "flood", "refuse"."""
 
     def __init__(self, node_port: int, node_aet: str = "DICOM_NODE", mode: str = "report",
-                 aet: str = "ARCHIVE") -> None:
+                 aet: str = "ARCHIVE", tls=None) -> None:
+        """``tls``: an ssl.SSLContext its reports' associations to the node use."""
         self.node_port, self.node_aet, self.mode, self.aet = node_port, node_aet, mode, aet
+        self.tls = tls
         self.reports_sent: list[int] = []  # the node's answer status to each report
         self.requests: list[Dataset] = []
         ae = AE(ae_title=aet)
@@ -84,7 +86,8 @@ class CommitPeer:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
         role = build_role(StorageCommitmentPushModel, scp_role=True)
         assoc = ae.associate("127.0.0.1", self.node_port, ae_title=self.node_aet,
-                             ext_neg=[role])
+                             ext_neg=[role],
+                             tls_args=(self.tls, "127.0.0.1") if self.tls else None)
         if not assoc.is_established:
             self.reports_sent.append(-1)
             return

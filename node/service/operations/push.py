@@ -96,7 +96,7 @@ def push(
     uid_root: str, *,
     jobs: int | None = None, verify: bool = False,
     on_gathered: Callable[[Gathered], Callable | None] | None = None,
-    reference=None, commit: bool = False, listen: tuple[str, int] | None = None,
+    reference=None, commit: bool = False, listen: tuple | None = None,
 ) -> PushResult:
     """Prepare every input, send them all over the destination's associations (the same
     :func:`~node.service.delivery.send` as the node), then optionally verify by C-FIND.
@@ -104,7 +104,7 @@ def push(
     ``on_gathered`` sees what was prepared before sending (warnings, problems, the count) and
     may return a per-instance progress callback. ``commit``: then ask the destination to
     commit each series (storage commitment), with our SCP at ``listen`` (host, port) for a
-    report that comes on an association of the archive's.
+    report that comes on an association of the archive's (host, port[, (cert, key, CA)]).
     """
     from node.service.delivery import send
 
@@ -125,8 +125,7 @@ def push(
     return result
 
 
-def commit_series(result: PushResult, dest, calling_ae: str,
-                  listen: tuple[str, int] | None) -> None:
+def commit_series(result: PushResult, dest, calling_ae: str, listen: tuple | None) -> None:
     """Storage commitment (PS3.4 J) of what each series delivered: one N-ACTION per series,
     then its report, on the request's association or at our SCP on ``listen``, within the
     destination's ``commitment_timeout``. Committed only what a report names as committed."""
@@ -136,6 +135,7 @@ def commit_series(result: PushResult, dest, calling_ae: str,
     from node.net.status import NetworkFailure
 
     delivered: dict[str, list[tuple[str, str]]] = {}
+    tls = listen[2] if listen is not None and len(listen) > 2 else None
     for r in result.report.results:
         if r.outcome.delivered:
             delivered.setdefault(r.file.series_uid, []).append(
@@ -143,7 +143,7 @@ def commit_series(result: PushResult, dest, calling_ae: str,
     listener = None
     try:
         if listen is not None and listen[1]:
-            listener = CommitmentListener(calling_ae, listen[1], listen[0])
+            listener = CommitmentListener(calling_ae, listen[1], listen[0], tls=tls)
         ok = True
         for s in result.series:
             instances = delivered.get(s.series_uid, [])

@@ -187,6 +187,7 @@ def test_the_node_moves_a_source_only_once_the_archive_committed_it(committing, 
     assert _history(node, job["id"]) == ["queued", "converting", "sending", "committing",
                                          "done"]
     assert _outcomes(node, job["id"]) == {"committed"} and job["commit_uid"]
+    assert job["series_uid"] and job["instances"] == job["delivered"] == 5
 
 
 def test_sigkill_while_committing_keeps_the_source_and_the_node_asks_again(
@@ -255,3 +256,40 @@ def test_the_scp_over_tls_takes_reports_only_from_a_certified_archive(tmp_path):
         listener.close()
     assert results["tls"][0] is not None and len(results["tls"][0].committed) == 3
     assert results["plain"][0] is None and results["plain"][1] == [-1]  # no association
+
+
+def test_an_instance_lost_before_the_commitment_is_resent_and_committed(node_factory,
+                                                                        tmp_path):
+    """Orthanc loses one instance just after storing it (a Lua hook deletes it, once): the
+    report fails it with 0x0112, the job retries, sends that instance again (only it) and
+    asks again; the source is moved only then."""
+    import orthanc as orthanc_script
+    from support.node import drop, nifti_bytes, wait_until
+
+    lua = tmp_path / "lose-one.lua"
+    lua.write_text("lost = false\nfunction OnStoredInstance(instanceId, tags, metadata, "
+                   "origin)\n  if not lost and tags['InstanceNumber'] == '3' then\n"
+                   "    lost = true\n    Delete(instanceId)\n  end\nend\n")
+    scp_port = free_port()
+    storage = tmp_path / "orthanc-lossy"
+    pacs = start_pacs(storage, overrides={"LuaScripts": [str(lua)], "DicomModalities": {
+        "dicom-node": {"AET": NODE_AET, "Host": "127.0.0.1", "Port": scp_port,
+                       "AllowEcho": True, "AllowStore": True, "AllowFind": True,
+                       "AllowStorageCommitment": True}}})
+    try:
+        node = _node(node_factory, pacs, scp_port, "n4").start()
+        source = drop(node.inbox, "sub-commit06_T1w.nii.gz",
+                      nifti_bytes(tmp_path, "sub-commit06_T1w.nii.gz", seed=46))
+        job = wait_until(lambda: next((j for j in node.jobs() if j["state"] == "done"),
+                                      None), 90, "the job to be committed")
+        wait_until(lambda: not source.exists(), 10, "the source to be moved")
+        assert node.stop() == 0
+        steps = _history(node, job["id"])
+        assert steps.count("committing") == 2 and "retry-wait" in steps
+        assert _outcomes(node, job["id"]) == {"committed"}
+        log = node.logtext()
+        assert "1 of 5 instance(s) not committed" in log and "0x0112" in log
+        series = pacs.series(job["series_uid"])
+        assert series is not None and len(series["Instances"]) == 5
+    finally:
+        orthanc_script.stop(storage)

@@ -270,7 +270,9 @@ def _commit(batch: Batch, dest: Destination, calling_ae: str, result: DeliveryRe
     transaction = generate_uid()
     if on_stage is not None:
         on_stage("committing", commit_uid=transaction, instance_rows=result.instance_rows,
-                 next_attempt=time.time() + dest.commitment_timeout)
+                 next_attempt=time.time() + dest.commitment_timeout,
+                 series_uid=result.series_uid, study_uid=result.study_uid,
+                 instances=result.instances, delivered=result.delivered)
     waiting = dataclasses.replace(result, instance_rows=[])  # recorded already
     try:
         report = request_commitment(dest, calling_ae, transaction,

@@ -293,3 +293,32 @@ def test_an_instance_lost_before_the_commitment_is_resent_and_committed(node_fac
         assert series is not None and len(series["Instances"]) == 5
     finally:
         orthanc_script.stop(storage)
+
+
+@pytest.mark.parametrize("mode", ["never", "wrong-uid", "strangers", "other-aet", "flood"])
+def test_a_hostile_archive_never_makes_the_node_record_a_commitment_or_move_a_source(
+        mode, node_factory, tmp_path):
+    """An archive that takes every C-STORE and then reports wrongly (or never): the job is
+    never done, no instance is recorded committed, the source stays in the inbox."""
+    from support.node import drop, nifti_bytes, wait_until
+
+    scp_port = free_port()
+    peer = CommitPeer(scp_port, mode=mode, store=True)
+    try:
+        node = node_factory(peer.port, "n", destination_toml=(
+            "commitment = true\ncommitment_timeout = 2\n"), commitment_port=scp_port,
+            commitment_host='"127.0.0.1"')
+        text = node.config.read_text().replace('ae_title = "ORTHANC"', 'ae_title = "ARCHIVE"')
+        node.config.write_text(text)
+        node.start()
+        source = drop(node.inbox, "sub-hostile_T1w.nii.gz",
+                      nifti_bytes(tmp_path, "sub-hostile_T1w.nii.gz", seed=47))
+        job = wait_until(lambda: next((j for j in node.jobs() if j["attempts"] >= 2
+                                       and j["state"] == "retry-wait"), None), 60,
+                         "two attempts without a commitment")
+        assert node.stop() == 0
+    finally:
+        peer.close()
+    assert "done" not in _history(node, job["id"]) and source.exists()
+    assert "committed" not in _outcomes(node, job["id"])
+    assert job["error_class"] == "commitment"

@@ -152,3 +152,18 @@ def test_check_config_names_a_missing_secret_and_never_shows_one(tmp_path):
     assert 'token_env = "TEST_WEB_TOKEN"' in shown.stdout
     assert "tok-SECRET-123" not in shown.stdout + shown.stderr
     assert "ae_title" not in shown.stdout.split("[destinations.web]")[1]
+
+
+@pytest.mark.parametrize(("destination", "words"), [
+    ('url = "https//pacs/dicom-web"', "[destinations.web].url: 'https//pacs/dicom-web' is not "
+                                      "an http(s) URL with a host; write it as url = "),
+    ('url = "https://pacs/dicom-web"\nauth = { kind = "kerberos" }',
+     "[destinations.web].auth.kind: write one of none, basic, bearer, oauth2, not 'kerberos'"),
+])
+def test_check_config_refuses_a_bad_web_destination_in_one_line(tmp_path, destination, words):
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[node]\nstate_dir = "var"\n[destinations.web]\n{destination}\n')
+    proc = run_node("check-config", "--config", cfg, "--no-echo")
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

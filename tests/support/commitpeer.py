@@ -21,7 +21,7 @@ class CommitPeer:
     "strangers", "other-aet", "flood", "refuse"."""
 
     def __init__(self, node_port: int, node_aet: str = "DICOM_NODE", mode: str = "report",
-                 aet: str = "ARCHIVE", tls=None) -> None:
+                 aet: str = "ARCHIVE", tls=None, store: bool = False) -> None:
         """``tls``: an ssl.SSLContext its reports' associations to the node use."""
         self.node_port, self.node_aet, self.mode, self.aet = node_port, node_aet, mode, aet
         self.tls = tls
@@ -30,9 +30,14 @@ class CommitPeer:
         ae = AE(ae_title=aet)
         ae.add_supported_context(StorageCommitmentPushModel)
         ae.add_supported_context(Verification)
+        if store:  # it answers every C-STORE with success (and keeps nothing)
+            from pynetdicom import StoragePresentationContexts
+
+            for context in StoragePresentationContexts[:120]:
+                ae.add_supported_context(context.abstract_syntax)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
-        self.server = ae.start_server(("127.0.0.1", 0), block=False,
-                                      evt_handlers=[(evt.EVT_N_ACTION, self._on_action)])
+        self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+            (evt.EVT_N_ACTION, self._on_action), (evt.EVT_C_STORE, lambda event: 0x0000)])
         self.port = self.server.server_address[1]
 
     def close(self) -> None:

@@ -1,12 +1,15 @@
 """What ships beside the package, read as files: the Dockerfile, the compose file and the
-systemd unit agree with the repository (no external tool: the ``unit`` marker)."""
+systemd unit agree with the repository; and systemd's own scoring of the unit's sandbox
+(systemd-analyze, the one test here that needs an external tool)."""
 
 from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import ROOT
 
@@ -66,3 +69,30 @@ def test_compose_and_systemd_unit():
     assert re.search(r"^ExecStart=\S+/dicom-node watch$", unit, re.M)
     assert "KillSignal=SIGTERM" in unit
     assert "KillMode=mixed" in unit  # the node drains its workers; they are not signalled
+
+
+@pytest.mark.peers  # systemd-analyze (Debian's systemd)
+def test_the_systemd_unit_is_hardened_to_ok_by_systemd_analyze(tmp_path):
+    """systemd's own scoring of the unit (offline: this machine's PID 1 need not be systemd)
+    at 3.0 or below ("OK"), with the sandbox the node needs: writable state and inbox only."""
+    unit = ROOT / "config" / "dicom-node.service"
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)],
+                          capture_output=True, text=True, timeout=60)
+    found = re.search(r"Overall exposure level for dicom-node\.service: ([0-9.]+) (\w+)",
+                      proc.stdout)
+    assert found, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert float(found.group(1)) <= 3.0 and found.group(2) == "OK", found.group(0)
+    text = unit.read_text()
+    for directive in ("ProtectSystem=strict", "ProtectHome=true", "PrivateDevices=true",
+                      "NoNewPrivileges=true", "SystemCallFilter=@system-service",
+                      "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX"):
+        assert re.search(rf"^{re.escape(directive)}$", text, re.M), directive
+    writable = re.search(r"^ReadWritePaths=(.+)$", text, re.M).group(1).split()
+    assert "/var/lib/dicom-node" in writable and any("inbox" in p for p in writable)
+    assert re.search(r"^MemoryMax=\d+[KMG]$", text, re.M)
+    weaker = (tmp_path / "dicom-node.service")  # the check can fail: without the sandbox
+    weaker.write_text(re.sub(r"^(Protect|Private|Restrict|SystemCall|Capability|Memory)\S*$\n",
+                             "", text, flags=re.M))
+    worse = subprocess.run(["systemd-analyze", "security", "--offline=true", str(weaker)],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", worse).group(1)) > 3.0

@@ -346,3 +346,20 @@ def test_verify_never_sends_an_empty_series_key(pacs, tmp_path):
     assert counts == {"": None, series.uids.series: 6}
 
 
+
+
+def test_push_set_gives_a_nifti_without_bids_entities_its_patient(pacs, tmp_path):
+    """As convert: --set fills what the file name cannot (no sub- entity), and --modality."""
+    src = write_nifti(tmp_path / "brain.nii.gz", ramp_data((8, 8, 3), "int16", seed=5),
+                      affine_from(np.eye(3)))
+    cfg = pacs.config_toml(tmp_path / "node.toml")
+    without = run_node("push", src, "--config", cfg)
+    assert without.returncode != 0 and "give --set PatientID=" in without.stderr
+    proc = run_node("push", src, "--config", cfg, "--set", "PatientID=SET-001", "--set",
+                    "StudyID=S7", "--modality", "CT", "--json")
+    assert proc.returncode == 0, proc.stderr
+    series_uid = json.loads(proc.stdout)["series"][0]["series_uid"]
+    tags = pacs.get(f"/series/{pacs.lookup(series_uid)}/shared-tags?simplify")
+    assert (tags["PatientID"], tags["StudyID"], tags["Modality"]) == ("SET-001", "S7", "CT")
+    bad = run_node("push", src, "--config", cfg, "--set", "PatientID")
+    assert bad.returncode == 2 and "write KEYWORD=VALUE" in bad.stderr

@@ -266,6 +266,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, profiles=False)  # profiles only for NIfTI inputs
         dest = _destination(args, config)
+        overrides = _parse_overrides(args.set or [])
     except (DicomNodeError, ValueError) as exc:
         _error(getattr(exc, "message", str(exc)))
         return EXIT_USAGE
@@ -289,7 +290,8 @@ def cmd_push(args: argparse.Namespace) -> int:
         reference = _reference(args, config, dest)
         result = push(args.paths, dest, config.node.ae_title, profile, config.node.uid_root,
                       jobs=args.jobs or None, verify=args.verify, on_gathered=gathered,
-                      reference=reference, commit=commit,
+                      reference=reference, commit=commit, overrides=overrides,
+                      modality=args.modality,
                       listen=_commitment_listen(config))
     except (DicomNodeError, ValueError) as exc:  # the profile, the reference
         _error(getattr(exc, "message", str(exc)))

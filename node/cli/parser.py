@@ -162,6 +162,11 @@ def _push(sub, common: argparse.ArgumentParser) -> None:
                       help="configured destination (default: [node].default_destination)")
     _peer_options(push)
     push.add_argument("--profile", help="mapping profile for NIfTI inputs")
+    push.add_argument("--set", action="append", metavar="KEYWORD=VALUE",
+                      help="override an attribute of the NIfTI inputs' series, as in convert "
+                      "(repeatable), e.g. --set PatientID=P001 for a file without sub-")
+    push.add_argument("--modality", choices=["MR", "CT", "OT"], type=str.upper,
+                      help="override the profile's modality for NIfTI inputs")
     push.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
                       help="conversion processes for NIfTI inputs (default: one per core)")
     push.add_argument("--verify", action="store_true",

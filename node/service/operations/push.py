@@ -97,6 +97,7 @@ def push(
     jobs: int | None = None, verify: bool = False,
     on_gathered: Callable[[Gathered], Callable | None] | None = None,
     reference=None, commit: bool = False, listen: tuple | None = None,
+    overrides: dict[str, str] | None = None, modality: str | None = None,
 ) -> PushResult:
     """Prepare every input, send them all over the destination's associations (the same
     :func:`~node.service.delivery.send` as the node), then optionally verify by C-FIND.
@@ -105,12 +106,14 @@ def push(
     may return a per-instance progress callback. ``commit``: then ask the destination to
     commit each series (storage commitment), with our SCP at ``listen`` (host, port) for a
     report that comes on an association of the archive's (host, port[, (cert, key, CA)]).
+    ``overrides`` and ``modality``: as convert's --set and --modality, for NIfTI inputs.
     """
     from node.service.delivery import send
 
     with tempfile.TemporaryDirectory(prefix="dicom-node-push-") as spool:
         options = ConversionOptions(uid_root=uid_root, reference=reference, iod=dest.iod,
-                                    compression=dest.compression, labelmap=dest.labelmap)
+                                    compression=dest.compression, labelmap=dest.labelmap,
+                                    overrides=overrides or None, modality=modality)
         gathered = gather(paths, Path(spool), profile, options, jobs)
         progress = on_gathered(gathered) if on_gathered else None
         report, outcomes = send(gathered.batches, dest, calling_ae, progress=progress)

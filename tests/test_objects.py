@@ -4,6 +4,7 @@ unknown orientation (issue "Clinical-grade objects", defects 1-6)."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -117,3 +118,28 @@ def test_unknown_orientation_is_recorded_in_the_dicom(tmp_path, config):
     oriented = write_nifti(tmp_path / "ok" / "sub-01_T1w.nii.gz", np.ones((6, 5, 3), np.int16),
                            affine_from(AXIAL_RAS))
     assert "ImageComments" not in next(convert_file(oriented, config.profile()).datasets())
+
+
+@pytest.mark.parametrize(("code", "words"), [
+    (2006, "FSL_FNIRT_DISPLACEMENT_FIELD"), (2007, "FSL_CUBIC_SPLINE_COEFFICIENTS"),
+    (2008, "FSL_DCT_COEFFICIENTS"), (2016, "FSL_TOPUP_CUBIC_SPLINE_COEFFICIENTS"),
+    (1005, "SYMMATRIX"), (2002, "NODE_INDEX"), (3006, "CIFTI-2"),
+    (4242, "an intent code no table knows (4242)"),
+])
+def test_every_non_image_intent_is_refused_by_name(tmp_path, code, words):
+    """Not only VECTOR: FSL's warp and coefficient codes, CIFTI-2 and unknown codes too."""
+    img = nib.Nifti1Image(np.zeros((8, 8, 4), dtype=np.float32), affine_from(AXIAL_RAS))
+    img.header["intent_code"] = code
+    path = tmp_path / f"sub-01_intent{code}.nii.gz"
+    nib.save(img, str(path))
+    with pytest.raises(InputError, match=re.escape(words)):
+        convert_file(path)
+
+
+@pytest.mark.parametrize("code", [0, 3, 5, 22, 1002, 2001, 2018])
+def test_image_intents_convert(tmp_path, code):
+    img = nib.Nifti1Image(np.ones((8, 8, 4), dtype=np.int16), affine_from(AXIAL_RAS))
+    img.header["intent_code"] = code
+    path = tmp_path / f"sub-01_intent{code}.nii.gz"
+    nib.save(img, str(path))
+    assert convert_file(path).layout.n_instances == 4

@@ -205,14 +205,42 @@ NON_IMAGE_INTENTS = {
 }
 
 
+NON_IMAGE_INTENTS |= {
+    2002: "node indices of a surface (NODE_INDEX)",
+    # FSL's own codes (fsl's nifti1.h): warps and spline coefficients, not images
+    2006: "a displacement field (FSL_FNIRT_DISPLACEMENT_FIELD)",
+    2007: "cubic spline coefficients of a warp (FSL_CUBIC_SPLINE_COEFFICIENTS)",
+    2008: "DCT coefficients of a warp (FSL_DCT_COEFFICIENTS)",
+    2009: "quadratic spline coefficients of a warp (FSL_QUADRATIC_SPLINE_COEFFICIENTS)",
+    2016: "cubic spline coefficients of a field (FSL_TOPUP_CUBIC_SPLINE_COEFFICIENTS)",
+    2017: "quadratic spline coefficients of a field (FSL_TOPUP_QUADRATIC_SPLINE_COEFFICIENTS)",
+}
+#: Intent codes whose voxels are image values: none, the statistics (2-24: t, z, p ... maps),
+#: estimate, label, NeuroNames label, dimensionless, time series, and FSL's topup field map
+#: (2018, Hz on the voxel grid). Any other code, including CIFTI-2's (3000-3012, grayordinates
+#: rather than voxels) and codes no table knows, is refused with its name.
+IMAGE_INTENTS = frozenset({0, *range(2, 25), 1001, 1002, 1003, 1011, 2001, 2018})
+
+
 def _check_intent(path: Path, header: Any) -> None:
     try:
         code = int(header["intent_code"])
     except (KeyError, TypeError, ValueError):
         return
+    if code in IMAGE_INTENTS:
+        return
     if code in NON_IMAGE_INTENTS:
-        raise InputError(path, f"the header's intent says it holds {NON_IMAGE_INTENTS[code]}, "
-                         "not image intensities; DICOM images cannot carry it")
+        what = NON_IMAGE_INTENTS[code]
+    elif 3000 <= code <= 3099:
+        what = f"CIFTI-2 data (intent {code}: grayordinates or parcels, not a voxel grid)"
+    else:
+        import nibabel.nifti1
+
+        label = nibabel.nifti1.intent_codes.label.get(code)
+        what = (f"'{label}' data (intent code {code})" if label
+                else f"data of an intent code no table knows ({code})")
+    raise InputError(path, f"the header's intent says it holds {what}, not image "
+                     "intensities; DICOM images cannot carry it")
 
 
 def _effective_shape(path: Path, header: Any) -> tuple[int, int, int, int]:

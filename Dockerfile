@@ -6,14 +6,24 @@
 # The node runs as uid 10001: mounted folders must be writable by it (chown -R 10001 ./inbox
 # ./var), or run it as yourself with --user "$(id -u):$(id -g)". The entrypoint says so.
 # No secrets are baked in: pass them at run time (e.g. -e DICOM_NODE_PSEUDONYM_SECRET=...).
-FROM python:3.11-slim-bookworm
+# BASE: any Debian bookworm with python3 and python3-venv. Without a registry, make one from
+# Debian packages (scripts/base-image) and build with podman or buildah:
+#   scripts/base-image && podman build --network=host \
+#     --build-arg BASE=localhost/dicom-node-base:bookworm -t dicom-node .
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
 
 WORKDIR /opt/dicom-node
 COPY pyproject.toml README.md ./
 COPY node ./node
 COPY scripts/install scripts/docker-entrypoint ./scripts/
 COPY config/docker.toml ./config/docker.toml
-RUN scripts/install --no-apt --venv /opt/dicom-node/venv \
+# pip_ca (optional, build time only, never in the image): the CA of a TLS-inspecting proxy
+# between the build and PyPI, e.g. --secret id=pip_ca,src=/etc/ssl/certs/ca-certificates.crt
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+    && scripts/install --no-apt --venv /opt/dicom-node/venv \
+    && rm -rf /root/.cache \
     && useradd --system --create-home --uid 10001 dicomnode \
     && mkdir -p /data/inbox /data/var \
     && chown -R dicomnode /data

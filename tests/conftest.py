@@ -8,7 +8,7 @@ import pytest
 from node.service.settings import config_from_dict
 
 JUDGES = ("dciodvfy", "dcm2niix", "dcmdump", "dcmdjpls", "storescp", "echoscu", "storescu",
-          "Orthanc", "chromium", "chromedriver", "systemd-analyze")
+          "Orthanc", "chromium", "chromedriver", "systemd-analyze", "podman", "mmdebstrap")
 
 
 def pytest_configure(config):

@@ -96,3 +96,28 @@ def test_the_systemd_unit_is_hardened_to_ok_by_systemd_analyze(tmp_path):
     worse = subprocess.run(["systemd-analyze", "security", "--offline=true", str(weaker)],
                            capture_output=True, text=True, timeout=60).stdout
     assert float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", worse).group(1)) > 3.0
+
+
+def test_every_file_the_package_reads_is_in_its_package_data():
+    """A non-editable install (pip install ., the container) gets only .py files and what
+    package-data names: every other file under node/ must be named there (the journal's SQL
+    once was not, and a built image could not open a journal)."""
+    import fnmatch
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]
+    missing = []
+    for path in sorted((ROOT / "node").rglob("*")):
+        if not path.is_file() or path.suffix in (".py", ".pyc") or "__pycache__" in path.parts:
+            continue
+        relative = path.relative_to(ROOT)
+        covered = False
+        for package, patterns in data.items():
+            folder = ROOT / Path(*package.split("."))
+            if folder in path.parents:
+                inner = path.relative_to(folder).as_posix()
+                covered |= any(fnmatch.fnmatch(inner, p) for p in patterns)
+        if not covered:
+            missing.append(str(relative))
+    assert missing == []

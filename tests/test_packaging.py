@@ -29,7 +29,9 @@ def _dockerfile() -> list[tuple[str, str]]:
 
 def test_dockerfile_matches_the_repository():
     steps = _dockerfile()
-    assert steps[0] == ("FROM", "python:3.11-slim-bookworm")
+    # the base is a build argument whose default is a public Debian/Python image
+    assert steps[0] == ("ARG", "BASE=python:3.11-slim-bookworm")
+    assert steps[1] == ("FROM", "${BASE}")
     for word, rest in steps:
         if word == "COPY":
             *sources, _dest = shlex.split(rest)

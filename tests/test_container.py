@@ -113,3 +113,70 @@ def test_the_node_in_the_container_delivers_and_drains_on_sigterm(image, pacs, t
     assert time.monotonic() - t0 < 30
     assert '"state": "done"' in logs or "-> done" in logs or "done" in logs
     assert (var / "journal.sqlite").exists() and any((var / "done").rglob("*.nii.gz"))
+
+
+def test_the_stack_runs_as_a_pod_with_podman_kube_play(image, tmp_path):
+    """deploy/kube.yaml (node + Debian's Orthanc in one pod), with this test's folders and a
+    free loopback port: a dropped NIfTI reaches the pod's Orthanc; the pod goes down clean."""
+    import yaml
+
+    orthanc = "localhost/dicom-node-orthanc:bookworm"
+    if _podman("image", "exists", orthanc, check=False).returncode != 0:
+        made = subprocess.run([str(ROOT / "scripts" / "base-image"), "--orthanc"],
+                              capture_output=True, text=True, timeout=900)
+        assert made.returncode == 0, made.stdout + made.stderr
+    pod = yaml.safe_load((ROOT / "deploy" / "kube.yaml").read_text())
+    spec = pod["spec"]
+    node = next(c for c in spec["containers"] if c["name"] == "node")
+    node["image"] = image
+    metrics = free_port()
+    node["ports"][0]["hostPort"] = metrics
+    assert node["ports"][0]["hostIP"] == "127.0.0.1"
+    inbox, var = tmp_path / "inbox", tmp_path / "var"
+    for folder, volume in ((inbox, "inbox"), (var, "var")):
+        folder.mkdir()
+        os.chown(folder, 10001, 10001)
+        next(v for v in spec["volumes"] if v["name"] == volume)["hostPath"]["path"] = str(folder)
+    pod["metadata"]["name"] = name = f"dicom-node-stack-{os.getpid()}"
+    play = tmp_path / "kube.yaml"
+    play.write_text(yaml.safe_dump(pod))
+    conf = tmp_path / "containers.conf"  # runc and this machine's limits, as _podman uses
+    nofile = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 4096)
+    nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], 4096)
+    conf.write_text(f'[containers]\ndefault_ulimits = ["nofile={nofile}:{nofile}", '
+                    f'"nproc={nproc}:{nproc}"]\n[engine]\nruntime = "runc"\n')
+    env = {**os.environ, "CONTAINERS_CONF": str(conf)}
+    up = subprocess.run(["podman", "kube", "play", str(play)], capture_output=True, text=True,
+                        timeout=300, env=env)
+    assert up.returncode == 0, up.stderr[-3000:]
+    try:
+        import urllib.request
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/healthz",
+                                            timeout=1) as rsp:
+                    return json.loads(rsp.read())["ok"]
+            except OSError:
+                return False
+
+        wait_until(healthy, 60, "the pod's node /healthz")
+        dropped = drop(inbox, "sub-pod01_T1w.nii.gz",
+                       nifti_bytes(tmp_path, "sub-pod01_T1w.nii.gz", seed=52))
+        os.chown(dropped, 10001, 10001)
+
+        def stored() -> int:
+            probe = subprocess.run(
+                ["podman", "exec", f"{name}-node", "python", "-c",
+                 "import urllib.request, json; print(json.load(urllib.request.urlopen("
+                 "'http://127.0.0.1:8042/statistics'))['CountInstances'])"],
+                capture_output=True, text=True, timeout=30)
+            return int(probe.stdout.strip() or 0)
+
+        wait_until(lambda: stored() >= 5, 90, "the series in the pod's Orthanc")
+        wait_until(lambda: not dropped.exists(), 30, "the source moved to done/")
+    finally:
+        down = subprocess.run(["podman", "kube", "down", str(play)], capture_output=True,
+                              text=True, timeout=120, env=env)
+    assert down.returncode == 0, down.stderr[-2000:]
+    assert any((var / "done").rglob("*.nii.gz"))

@@ -40,6 +40,17 @@ def _podman(*args: str, timeout: float = 600, check: bool = True) -> subprocess.
     return proc
 
 
+def _healthy(port: int) -> bool:
+    """The node's /healthz says ok (on the host's loopback)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as rsp:
+            return json.loads(rsp.read())["ok"]
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def image():
     """The image, built from this checkout on a Debian base made here (no registry)."""
@@ -85,17 +96,7 @@ def test_the_node_in_the_container_delivers_and_drains_on_sigterm(image, pacs, t
             "-e", "DICOM_NODE_NODE_METRICS_HOST=127.0.0.1",
             "-e", "DICOM_NODE_NODE_SHUTDOWN_SECONDS=20", image)
     try:
-        import urllib.request
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/healthz",
-                                            timeout=1) as rsp:
-                    return json.loads(rsp.read())["ok"]
-            except OSError:
-                return False
-
-        wait_until(healthy, 60, "the containerised node's /healthz")
+        wait_until(lambda: _healthy(metrics), 60, "the containerised node's /healthz")
         data = nifti_bytes(tmp_path, "sub-ctr01_T1w.nii.gz", seed=51)
         dropped = drop(inbox, "sub-ctr01_T1w.nii.gz", data)
         os.chown(dropped, 10001, 10001)
@@ -152,17 +153,7 @@ def test_the_stack_runs_as_a_pod_with_podman_kube_play(image, tmp_path):
                         timeout=300, env=env)
     assert up.returncode == 0, up.stderr[-3000:]
     try:
-        import urllib.request
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/healthz",
-                                            timeout=1) as rsp:
-                    return json.loads(rsp.read())["ok"]
-            except OSError:
-                return False
-
-        wait_until(healthy, 60, "the pod's node /healthz")
+        wait_until(lambda: _healthy(metrics), 60, "the pod's node /healthz")
         dropped = drop(inbox, "sub-pod01_T1w.nii.gz",
                        nifti_bytes(tmp_path, "sub-pod01_T1w.nii.gz", seed=52))
         os.chown(dropped, 10001, 10001)

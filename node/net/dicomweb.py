@@ -48,7 +48,7 @@ from node import __version__
 from node.errors import InputError
 from node.net.destination import Destination
 from node.net.files import UNCOMPRESSED, DicomFile, describe, open_checked
-from node.net.scu import EchoResult, InstanceResult, StoreReport
+from node.net.scu import EchoResult, InstanceResult, StoreReport, recorder
 from node.net.status import FailureKind, NetworkFailure, Outcome, classify_status, peer_text
 
 log = logging.getLogger("node.net")
@@ -592,14 +592,7 @@ def store(dest: Destination, calling_ae: str, files: Sequence[DicomFile],
 
     report = StoreReport(dest.address)
     t0 = time.monotonic()
-    lock = threading.Lock()
-
-    def record(result: InstanceResult) -> None:
-        with lock:
-            report.results.append(result)
-            if progress is not None:
-                progress(result)
-
+    record, lock = recorder(report, progress)
     parts = []
     for f in files:
         try:

@@ -140,6 +140,21 @@ class StoreReport:
         return self.failed == 0
 
 
+def recorder(report: StoreReport, progress: Callable[[InstanceResult], None] | None
+             ) -> tuple[Callable[[InstanceResult], None], threading.Lock]:
+    """The one way a store's threads add an instance's result to ``report`` (and tell
+    ``progress``), and the lock they share."""
+    lock = threading.Lock()
+
+    def record(result: InstanceResult) -> None:
+        with lock:
+            report.results.append(result)
+            if progress is not None:
+                progress(result)
+
+    return record, lock
+
+
 Context = tuple[str, tuple[str, ...]]  # (abstract syntax, transfer syntaxes)
 
 
@@ -322,14 +337,7 @@ def store(
 
     report = StoreReport(dest.address)
     t0 = time.monotonic()
-    lock = threading.Lock()
-
-    def record(result: InstanceResult) -> None:
-        with lock:
-            report.results.append(result)
-            if progress is not None:
-                progress(result)
-
+    record, lock = recorder(report, progress)
     n = max(1, min(dest.max_associations, len(files) // 50 + 1))
     stop = threading.Event()
     for group in plan_contexts(files, dest.transfer_syntaxes):

@@ -622,6 +622,13 @@ def _build_web_destination(name: str, raw: dict, base: Path | None) -> Destinati
         batch_instances=_number(f"{where}.batch_instances",
                                 raw.get("batch_instances", Destination.batch_instances),
                                 integer=True, minimum=1),
+        **_shared_fields(where, raw, base),
+    )
+
+
+def _shared_fields(where: str, raw: dict, base: Path | None) -> dict[str, Any]:
+    """The keys a DIMSE and a DICOMweb destination have alike, validated."""
+    return dict(
         connect_timeout=_number(f"{where}.connect_timeout", raw.get("connect_timeout", 10.0)),
         network_timeout=_number(f"{where}.network_timeout", raw.get("network_timeout", 60.0)),
         max_associations=_number(
@@ -657,7 +664,6 @@ def build_destination(name: str, raw: Any, base: Path | None = None) -> Destinat
     port = _number(f"{where}.port", raw["port"], integer=True, minimum=1)
     if port > 65535:
         raise ValueError(f"{where}.port: {port} is not a TCP port (1-65535)")
-    tls = _tls_settings(where, raw["tls"], base) if "tls" in raw else None
     syntaxes = raw.get("transfer_syntaxes", [])
     if not isinstance(syntaxes, list) or not all(
         isinstance(s, str) and _UID_ROOT.match(s) for s in syntaxes
@@ -673,21 +679,10 @@ def build_destination(name: str, raw: Any, base: Path | None = None) -> Destinat
             if "calling_ae_title" in raw else None
         ),
         max_pdu=_max_pdu(where, raw.get("max_pdu", Destination.max_pdu)),
-        connect_timeout=_number(f"{where}.connect_timeout", raw.get("connect_timeout", 10.0)),
         acse_timeout=_number(f"{where}.acse_timeout", raw.get("acse_timeout", 30.0)),
         dimse_timeout=_number(f"{where}.dimse_timeout", raw.get("dimse_timeout", 60.0)),
-        network_timeout=_number(f"{where}.network_timeout", raw.get("network_timeout", 60.0)),
-        max_associations=_number(
-            f"{where}.max_associations", raw.get("max_associations", 2), integer=True, minimum=1
-        ),
         transfer_syntaxes=tuple(syntaxes),
-        tls=tls,
-        query_destination=_query_destination(where, raw.get("query_destination")),
-        iod=_choice(f"{where}.iod", raw.get("iod"), IODS),
-        compression=_choice(f"{where}.compression", raw.get("compression", "none"),
-                            COMPRESSIONS) or "none",
-        labelmap=_checked(f"{where}.labelmap", raw.get("labelmap", False), bool, {}),
-        verify=_checked(f"{where}.verify", raw.get("verify", False), bool, {}),
+        **_shared_fields(where, raw, base),
         commitment=_checked(f"{where}.commitment", raw.get("commitment", False), bool, {}),
         commitment_timeout=_number(f"{where}.commitment_timeout",
                                    raw.get("commitment_timeout", 60.0), minimum=0.1),

@@ -81,7 +81,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
         _error(f"--study-of: {exc.message}")
         return EXIT_FAILURE
     if args.explain:
-        return _explain(args, profile, config.node.uid_root, overrides, reference)
+        status = _explain(args, profile, config.node.uid_root, overrides, reference)
+        if config.routes:
+            from node.errors import DicomNodeError
+            from node.service.operations.routes import explain_route
+
+            for path in args.inputs:
+                try:
+                    _print_route(explain_route(config, path))
+                except DicomNodeError as exc:
+                    _error(exc.message)
+                    status = EXIT_USAGE
+        return status
     return _report(convert_batch(
         args.inputs, args.output, profile, config.node.uid_root, sidecar=args.sidecar,
         overrides=overrides, modality=args.modality, jobs=args.jobs or None,
@@ -416,6 +427,43 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if status == EXIT_OK:
         print("config OK")
     return status
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    """dicom-node route FILE...: where each file would go, in which form, and why."""
+    import json
+
+    from node.errors import DicomNodeError
+    from node.service.operations.routes import explain_route
+
+    config = _config(args)
+    status = EXIT_OK
+    for path in args.files:
+        try:
+            report = explain_route(config, path)
+        except DicomNodeError as exc:
+            _error(exc.message)
+            status = EXIT_USAGE
+            continue
+        if args.json:
+            print(json.dumps(report.as_json()))
+        else:
+            _print_route(report)
+        if report.refused:
+            status = status or EXIT_FAILURE
+    return status
+
+
+def _print_route(report) -> None:
+    print(f"# {report.path} (watch {report.watch}; {', '.join(report.facts)})")
+    for line in report.why:
+        print(f"  {line}")
+    for copy in report.copies:
+        print(f"  -> {copy.describe()}")
+    if report.refused:
+        print("  -> nowhere: the node quarantines it with the reason \"no route\"")
+    else:
+        print(f"  priority {report.priority}")
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from node.cli.app import (
     cmd_push,
     cmd_quarantine,
     cmd_retry,
+    cmd_route,
     cmd_status,
     cmd_watch,
     cmd_work,
@@ -186,6 +187,16 @@ def _node_commands(sub, common: argparse.ArgumentParser) -> None:
         help="validate the config, show it (secrets masked), echo destinations")
     check.add_argument("--no-echo", action="store_true", help="skip the C-ECHO of destinations")
     check.set_defaults(func=cmd_check_config)
+
+    route = sub.add_parser(
+        "route", parents=[common],
+        help="which route a file matches, its destinations, in which form, and why",
+        description="Say where the node would send each FILE ([[route]] tables, or its "
+        "watch's destination) and in which form; nothing is sent. Exit 1 when a file "
+        "matches no route (the node would quarantine it).")
+    route.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    route.add_argument("--json", action="store_true", help="one JSON object per file")
+    route.set_defaults(func=cmd_route)
 
     watch = sub.add_parser("watch", parents=[common],
                            help="run the node: watched folders -> PACS",

@@ -76,6 +76,8 @@ class Destination:
     compression: str = "none"  # lossless encoding of what is sent: none, rle, jpeg-ls, ...
     labelmap: bool = False  # it takes Label Map Segmentation Storage: SEGs are LABELMAP
     verify: bool = False  # the node counts each series at the PACS (C-FIND / QIDO-RS) after sending
+    max_instances_per_second: float = 0.0  # a rate cap on what one store sends; 0 = none
+    max_bytes_per_second: float = 0.0  # the same in bytes of files
     commitment: bool = False  # ask for storage commitment (PS3.4 J) after sending
     commitment_timeout: float = 60.0  # seconds to wait for the archive's commitment report
     url: str | None = None  # a DICOMweb base URL (http(s)://host:port/dicom-web): STOW-RS

@@ -48,6 +48,7 @@ from node import __version__
 from node.errors import InputError
 from node.net.destination import Destination
 from node.net.files import UNCOMPRESSED, DicomFile, describe, open_checked
+from node.net.pace import pace_of
 from node.net.scu import EchoResult, InstanceResult, StoreReport, recorder
 from node.net.status import FailureKind, NetworkFailure, Outcome, classify_status, peer_text
 
@@ -600,8 +601,14 @@ def store(dest: Destination, calling_ae: str, files: Sequence[DicomFile],
         except InputError as exc:
             record(InstanceResult(describe(f), Outcome.PERMANENT, None, exc.reason,
                                   time.monotonic() - t0))
-    work = deque(batches(parts, dest.batch_bytes, dest.batch_instances))
+    most, most_bytes = dest.batch_instances, dest.batch_bytes
+    if dest.max_instances_per_second:  # a request carries at most one second of the cap
+        most = max(1, min(most, int(dest.max_instances_per_second)))
+    if dest.max_bytes_per_second:
+        most_bytes = max(1, min(most_bytes, int(dest.max_bytes_per_second)))
+    work = deque(batches(parts, most_bytes, most))
     stop = threading.Event()
+    pace = pace_of(dest)
     with client_for(dest) as client, tempfile.TemporaryDirectory(prefix="dicom-node-stow-") as tmp:
         login = Login(dest, client)
 
@@ -611,6 +618,7 @@ def store(dest: Destination, calling_ae: str, files: Sequence[DicomFile],
                     if not work:
                         return
                     batch = work.popleft()
+                pace.wait(len(batch), sum(p.size for p in batch))  # the rate cap, if any
                 _run_batch(client, login, batch, t0, work, lock, record, report, Path(tmp))
 
         n = max(1, min(dest.max_associations, len(work)))

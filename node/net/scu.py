@@ -52,6 +52,7 @@ from node.net.files import (
     _Unsendable,
     describe,
 )
+from node.net.pace import Pace, pace_of
 from node.net.status import FailureKind, NetworkFailure, Outcome, classify_status, peer_text
 from node.net.upper import Association
 
@@ -236,7 +237,7 @@ class _Opening:
 
 def _association_worker(
     dest: Destination, calling_ae: str, group: list[Context], pending: _Pending, t0: float,
-    record: Recorder, failures: list[NetworkFailure], opening: _Opening,
+    record: Recorder, failures: list[NetworkFailure], opening: _Opening, pace: Pace,
 ) -> None:
     """One association: take files from ``pending`` until none is left or it is lost."""
     with opening.lock:
@@ -250,12 +251,12 @@ def _association_worker(
             return
         opening.opened += 1
     with assoc:
-        _send_all(assoc, pending, t0, record, failures)
+        _send_all(assoc, pending, t0, record, failures, pace)
 
 
 def _send_all(
     assoc: Association, pending: _Pending, t0: float, record: Recorder,
-    failures: list[NetworkFailure],
+    failures: list[NetworkFailure], pace: Pace | None = None,
 ) -> None:
     """C-STORE files from ``pending`` on one association until none is left or it is lost.
 
@@ -290,6 +291,8 @@ def _send_all(
             message_id = message_id % 65535 + 1
             context_id, dataset, f = payload  # f now knows its study and series
             try:
+                if pace is not None and pace.capped:  # the destination's rate cap
+                    pace.wait(1, _size(f))
                 with dataset:
                     assoc.send(context_id, _store_rq(f, message_id), dataset)
                 following = pending.take()  # opened and checked while the peer stores
@@ -340,6 +343,7 @@ def store(
     record, lock = recorder(report, progress)
     n = max(1, min(dest.max_associations, len(files) // 50 + 1))
     stop = threading.Event()
+    pace = pace_of(dest)
     for group in plan_contexts(files, dest.transfer_syntaxes):
         classes = {c for c, _ in group}
         pending = _Pending((f for f in files if f.sop_class_uid in classes), stop)
@@ -349,7 +353,8 @@ def store(
         opening = _Opening()
         with ThreadPoolExecutor(n, thread_name_prefix="c-store") as pool:
             futures = [pool.submit(_association_worker, dest, calling_ae, group, pending, t0,
-                                   record, report.failures, opening) for _ in range(n)]
+                                   record, report.failures, opening, pace)
+                       for _ in range(n)]
             try:
                 for future in futures:
                     future.result()  # a bug in a thread is raised here, never lost
@@ -370,6 +375,13 @@ def store(
                                   last.message if last else "not sent", time.monotonic() - t0))
     report.seconds = time.monotonic() - t0
     return report
+
+
+def _size(f: DicomFile) -> int:
+    try:
+        return f.path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _not_sent(pending: _Pending, record: Recorder, t0: float, why: str) -> None:

@@ -24,6 +24,7 @@ One vocabulary runs from the wire to the journal: each instance's C-STORE status
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +41,7 @@ from node.net.remote import store
 from node.net.scu import InstanceResult, StoreReport
 from node.net.status import FailureKind, NetworkFailure, Outcome
 from node.service.journal import Job, JobState, StateDirs
+from node.service.routing import FORM_KEYS
 from node.service.settings import Config
 
 
@@ -325,6 +327,22 @@ def _changed_since_queued(job: Job, source: Path, sidecar: Path | None
     return None
 
 
+def destination_for(job: Job, config: Config) -> Destination:
+    """The destination as this job sends to it: in the form its route gave it (iod,
+    compression, labelmap), and with its share of the destination's rate cap when several
+    of its jobs may run at once."""
+    dest = config.destination(job.destination)
+    if job.form:
+        form = json.loads(job.form)
+        dest = dataclasses.replace(dest, **{k: form[k] for k in FORM_KEYS if k in form})
+    share = config.policy(job.destination).share(config.node.workers)
+    if share > 1 and (dest.max_instances_per_second or dest.max_bytes_per_second):
+        dest = dataclasses.replace(dest,
+                                   max_instances_per_second=dest.max_instances_per_second / share,
+                                   max_bytes_per_second=dest.max_bytes_per_second / share)
+    return dest
+
+
 def deliver(
     job: Job,
     config: Config,
@@ -332,14 +350,15 @@ def deliver(
     already: set[str] | None = None,
     on_stage: Callable[..., None] | None = None,
     study=None,
+    progress: Callable[[InstanceResult], None] | None = None,
 ) -> DeliveryResult:
     """One journal job: check the source is as queued, :func:`prepare`, :func:`send`.
 
     Instances in ``already`` (delivered by an earlier attempt) are not resent. The node's
     parallelism is its workers, so a job uses one association. ``study``: the journal's
     memory of the series' study (a StudyHook); a series that conflicts with it is
-    quarantined with the reason.
-    """
+    quarantined with the reason. ``progress``: each instance's result as it comes (the node
+    records confirmed ones at once: a node killed mid-series does not send them again)."""
     source = config.local_path(job.source)  # another node may have queued it
     sidecar = config.local_path(job.sidecar) if job.sidecar else None
     changed = _changed_since_queued(job, source, sidecar)
@@ -347,7 +366,7 @@ def deliver(
         return changed
     try:
         profile = config.profile(job.profile)
-        dest = config.destination(job.destination)
+        dest = destination_for(job, config)
     except ConfigError as exc:
         return DeliveryResult(JobState.FAILED, exc.message, "config")
 
@@ -373,7 +392,7 @@ def deliver(
         if on_stage is not None:
             on_stage("sending")
         one = dataclasses.replace(dest, max_associations=1)
-        _, (result,) = send([batch], one, config.node.ae_title, already or set())
+        _, (result,) = send([batch], one, config.node.ae_title, already or set(), progress)
         if result.verdict == JobState.DONE and dest.verify:
             result = _verify(batch, dest, config.node.ae_title, result)
         if result.verdict == JobState.DONE and dest.commitment:

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from node.convert.source import (
     is_nifti,
     sidecar_of,
 )
+from node.errors import InputError
+from node.service.routing import Chosen, Route, route
 
 log = logging.getLogger("node.service")
 
@@ -148,16 +151,19 @@ def profile_digest(profile: Profile) -> str:
     return hashlib.sha256(repr(profile).encode()).hexdigest()[:16]
 
 
-def job_key(path: Path, content: str, profile: Profile, destination: str) -> str:
+def job_key(path: Path, content: str, profile: Profile, destination: str,
+            form: str | None = None) -> str:
     """What makes two inputs the same job: the content, the file-name entities the profile's
-    templates use (a relabelled scan is another patient), the profile and the destination."""
+    templates use (a relabelled scan is another patient), the profile, the destination and
+    the form a route gives its copy there (none: the key of a release before routing)."""
     used = sorted({f for t in (*profile.filename.values(), *profile.fallback.values())
                    for f in _FIELD.findall(str(t))})
     entities = bids_entities(path)
     named = "\0".join(f"{k}={entities.get(k, '')}" for k in used)
     if "stem" in used or "name" in used:
         named += f"\0file={path.name}"
-    text = "\0".join([content, named, profile.name, profile_digest(profile), destination])
+    text = "\0".join([content, named, profile.name, profile_digest(profile), destination]
+                     + ([form] if form else []))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -174,14 +180,20 @@ class Identified:
     key: str = ""
     refused: Refused | None = None
     memory: int = 0  # estimated peak bytes to convert it
+    #: its jobs: where it goes (routing.Chosen) and each one's job key
+    jobs: tuple[tuple[Chosen, str], ...] = ()
+    priority: int = 0
 
 
 def identify(path: Path, watch, profile: Profile, sidecar_missing: bool = False,
-             memory_limit: int = 0) -> Identified:
+             memory_limit: int = 0, routes: tuple[Route, ...] = (),
+             profile_of: Callable[[str], Profile] | None = None) -> Identified:
     """Everything intake needs to know about one complete file; never raises for the file.
 
     ``memory_limit``: a file whose conversion would need more (its header's voxel bytes times
-    :data:`MEMORY_FACTOR`) is quarantined with the reason, never loaded."""
+    :data:`MEMORY_FACTOR`) is quarantined with the reason, never loaded. ``routes``: where
+    it goes ([[route]]; none: the watch's destination), ``profile_of`` the profiles routes
+    name."""
     try:
         st = regular_file(path, watch.path, getattr(watch, "follow_symlinks", False))
         check_magic(path, st.st_size)
@@ -201,13 +213,26 @@ def identify(path: Path, watch, profile: Profile, sidecar_missing: bool = False,
             except FileNotFoundError:
                 sidecar = None
         digest = content_digest(path, sidecar)
+        decision = route(routes, path, watch, profile.iod, sidecar)
+        if decision.refused:
+            raise Refused(decision.refused, quarantine=True)
+    except InputError as exc:  # a sidecar routing had to read
+        return Identified(path, watch, sidecar_missing,
+                          refused=Refused(exc.message, quarantine=True))
     except Refused as exc:
         return Identified(path, watch, sidecar_missing, refused=exc)
     except OSError as exc:
         return Identified(path, watch, sidecar_missing,
                           refused=Refused(f"cannot read ({exc.strerror})", quarantine=False))
-    return Identified(path, watch, sidecar_missing, sidecar, st.st_size, digest,
-                      job_key(path, digest, profile, watch.destination), memory=memory)
+    jobs = tuple((chosen, job_key(path, digest, _profile(chosen.profile, profile, profile_of),
+                                  chosen.destination, chosen.form_text))
+                 for chosen in decision.chosen)
+    return Identified(path, watch, sidecar_missing, sidecar, st.st_size, digest, jobs[0][1],
+                      memory=memory, jobs=jobs, priority=decision.priority)
+
+
+def _profile(name: str, default: Profile, profile_of) -> Profile:
+    return default if profile_of is None or name == default.name else profile_of(name)
 
 
 class Intake:
@@ -220,11 +245,13 @@ class Intake:
         self._args: dict[Path, tuple] = {}
 
     def submit(self, path: Path, watch, profile: Profile, sidecar_missing: bool,
-               memory_limit: int = 0) -> None:
+               memory_limit: int = 0, routes: tuple[Route, ...] = (),
+               profile_of: Callable[[str], Profile] | None = None) -> None:
         if path not in self._futures:
             self._args[path] = (watch, profile, sidecar_missing)
             self._futures[path] = self._pool.submit(identify, path, watch, profile,
-                                                    sidecar_missing, memory_limit)
+                                                    sidecar_missing, memory_limit, routes,
+                                                    profile_of)
 
     def done(self) -> list[Identified]:
         out = []

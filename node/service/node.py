@@ -122,8 +122,9 @@ def _deliver_in_worker(job: Job, config: Config, state_root: str, already: set[s
         finally:
             journal.close()
 
+    confirmed = _ConfirmedInstances(config, job.id)
     try:
-        return deliver(job, config, dirs.spool, already, on_stage, study)
+        return deliver(job, config, dirs.spool, already, on_stage, study, confirmed.add)
     except InvalidTransition as exc:  # the lease was lost: another process has the job
         return DeliveryResult(JobState.RETRY_WAIT, str(exc), "lease")
     except JournalUnavailable as exc:  # the shared journal is away: try again later
@@ -140,6 +141,46 @@ def _deliver_in_worker(job: Job, config: Config, state_root: str, already: set[s
         return DeliveryResult(JobState.FAILED, "internal error (a bug in dicom-node; the "
                               f"traceback is in the log): {type(exc).__name__}: {exc}",
                               "internal", detail=traceback.format_exc(limit=12))
+    finally:
+        confirmed.close()
+
+
+class _ConfirmedInstances:
+    """Instances the peer confirmed, written to the journal as they come (at most
+    ``every`` seconds apart, and before the worker ends): a node killed mid-series resumes
+    without sending them again, to this destination or (a fan-out) to any other."""
+
+    every = 0.25
+
+    def __init__(self, config: Config, job_id: int) -> None:
+        self.config, self.job_id = config, job_id
+        self.rows: list[tuple[str, int | None, str]] = []
+        self.flushed = time.monotonic()
+        self.journal = None
+
+    def add(self, result) -> None:
+        if not result.outcome.delivered:
+            return
+        self.rows.append((result.file.sop_instance_uid, result.status, result.outcome.value))
+        if time.monotonic() - self.flushed >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            if self.journal is None:
+                self.journal = self.config.open_journal(create=False)
+            self.journal.record_instances(self.job_id, self.rows)
+            self.rows = []
+        self.flushed = time.monotonic()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        except (OSError, sqlite3.Error, JournalUnavailable):
+            pass  # the node records every result again when the worker's verdict arrives
+        finally:
+            if self.journal is not None:
+                self.journal.close()
 
 
 def _disk_full(exc: BaseException) -> bool:
@@ -220,6 +261,8 @@ class Node:
         self._inflight: dict[int, _InFlight] = {}
         self._echo_due = 0.0
         self._renew_due = 0.0
+        #: the wall clock schedules are read on (a test gives its own)
+        self.clock: Callable[[], float] = time.time
         from node.service.commitments import Commitments
 
         try:
@@ -255,51 +298,77 @@ class Node:
         the same through its intake thread)."""
         profile = self.config.profile(watch.profile)
         return self._enqueue(identify(path, watch, profile, sidecar_missing,
-                                      self.memory_limit))
+                                      self.memory_limit, self.config.routes,
+                                      self.config.profile))
 
     def _enqueue(self, found: Identified):
-        """A job for an identified file (or quarantine, or a warning when it is refused)."""
+        """The jobs of an identified file, one per destination its route names (or
+        quarantine, or a warning when it is refused); the first of them."""
         path, watch = found.path, found.watch
         if found.refused is not None:
-            reason = found.refused.reason
-            if not found.refused.quarantine:
-                log.warning("%s: %s; left where it is", safe(path), reason)
-                if reason.startswith("cannot read"):  # may pass: try again at the next scan
-                    self.stabilizer.forget(path)
-                return None
-            ident = hashlib.sha256(os.fsencode(path) + str(found.size).encode()).hexdigest()
-            job, created = self.journal.enqueue(
-                path, f"refused:{ident}", found.size, watch.profile,
-                watch.destination, watch.after, None)
-            if created:
-                log_transition(job, "new", "queued")
-                self._quarantine(job, f"{path}: {reason}")
-            return job
-        job, created = self.journal.enqueue(
-            path, found.digest, found.size, watch.profile, watch.destination, watch.after,
-            found.sidecar, key=found.key, memory=found.memory)
-        if not created:
-            log.info("%s: same content, profile and destination as job %d (%s), not sent "
-                     "again", safe(path.name), job.id, job.state,
-                     extra={"fields": {"job": job.id, "source": safe(path)}})
-            if job.state == "done":
-                self._after_action(job, path, found.sidecar, watch.after)
-            return job
-        log_transition(job, "new", "queued")
-        if found.sidecar_missing:
+            return self._refused(found)
+        jobs, created = [], []
+        for chosen, key in found.jobs:
+            job, new = self.journal.enqueue(
+                path, found.digest, found.size, chosen.profile, chosen.destination,
+                watch.after, found.sidecar, key=key, memory=found.memory,
+                form=chosen.form_text, priority=found.priority)
+            jobs.append(job)
+            if new:
+                created.append(job)
+                log_transition(job, "new", "queued", f"to {chosen.destination}" + (
+                    f" ({chosen.form_text}, route {chosen.route!r})" if chosen.route else ""))
+            else:
+                log.info("%s: same content, profile and destination as job %d (%s), not "
+                         "sent again", safe(path.name), job.id, job.state,
+                         extra={"fields": {"job": job.id, "source": safe(path)}})
+        if not created and all(j.state == "done" for j in jobs):
+            self._after_action(jobs[0], path, found.sidecar, watch.after)
+        if created and found.sidecar_missing:
             expected = default_sidecar_path(path).name
-            self._quarantine(job, f"no BIDS sidecar {expected} arrived within "
+            self._quarantine(created, f"no BIDS sidecar {expected} arrived within "
                              f"{watch.sidecar_grace_seconds:g} s and this watch requires one; "
                              "add the sidecar next to the file and release it")
+        return jobs[0]
+
+    def _refused(self, found: Identified):
+        """A file that is no job: left in place with a warning, or a quarantined job."""
+        path, watch, reason = found.path, found.watch, found.refused.reason
+        if not found.refused.quarantine:
+            log.warning("%s: %s; left where it is", safe(path), reason)
+            if reason.startswith("cannot read"):  # may pass: try again at the next scan
+                self.stabilizer.forget(path)
+            return None
+        ident = hashlib.sha256(os.fsencode(path) + str(found.size).encode()).hexdigest()
+        job, created = self.journal.enqueue(
+            path, f"refused:{ident}", found.size, watch.profile,
+            watch.destination, watch.after, None)
+        if created:
+            log_transition(job, "new", "queued")
+            self._quarantine(job, f"{path}: {reason}")
         return job
+
+    def held_back(self) -> tuple[list[str], list[str]]:
+        """Destinations whose schedule is closed now (only their urgent jobs go) and those
+        with as many jobs in flight on this node as their ``concurrency`` allows."""
+        now = self.clock()
+        closed = [name for name, p in self.config.policies.items()
+                  if not p.schedule.is_open(now)]
+        busy: dict[str, int] = {}
+        for flight in self._inflight.values():
+            busy[flight.job.destination] = busy.get(flight.job.destination, 0) + 1
+        full = [name for name, p in self.config.policies.items()
+                if p.concurrency and busy.get(name, 0) >= p.concurrency]
+        return closed, full
 
     def _claim_and_submit(self) -> None:
         while len(self._inflight) < self.config.node.workers and not self.stopping.is_set():
             in_use = sum(f.job.memory for f in self._inflight.values())
+            closed, full = self.held_back()
             job = self.journal.claim(owner=self.owner,
                                      lease_seconds=self.config.node.lease_seconds,
                                      memory=self.memory_limit - in_use if self._inflight
-                                     else None)
+                                     else None, closed=closed, full=full)
             if job is None:
                 return
             log_transition(job, "queued" if job.attempts <= 1 else "retry-wait", "converting")
@@ -362,9 +431,7 @@ class Node:
                                            delivered=result.delivered,
                                            last_error=None, error_class=None, alert=0, **ident)
             log_transition(done, job.state, "done", f"{result.delivered} instances")
-            self._after_action(done, self.config.local_path(done.source),
-                               self.config.local_path(done.sidecar) if done.sidecar else None,
-                               done.after)
+            self._source_done(done)
             return
         self.metrics.failures.labels(result.error_class or "unknown").inc()
         if result.verdict == JobState.QUARANTINED:
@@ -407,14 +474,23 @@ class Node:
                     "take this instance (see the PACS's log); the job is failed, not retried")
         return result
 
-    def _quarantine(self, job: Job, reason: str) -> None:
+    def _quarantine(self, jobs: Job | list[Job], reason: str) -> None:
         """Move the source and its sidecar aside with a reason file; the node goes on.
 
-        A file that cannot be moved (a read-only inbox) stays where it is, and the reason
-        file says so; the job is quarantined all the same."""
+        ``jobs``: one job, or all the jobs of one file (its destinations), quarantined
+        together. When other jobs of the file still need it (another destination is still
+        being sent to), a copy goes aside and the file stays. A file that cannot be moved (a
+        read-only inbox) stays where it is, and the reason file says so; the jobs are
+        quarantined all the same."""
+        jobs = jobs if isinstance(jobs, list) else [jobs]
+        job = jobs[0]
         folder = self.dirs.quarantine / f"job-{job.id}"
         folder.mkdir(parents=True, exist_ok=True)
-        stayed = []
+        ours = {j.id for j in jobs}
+        others = [s for s in self.journal.siblings(job) if s.id not in ours
+                  and s.state not in ("done", "cancelled", "quarantined")]
+        stayed = [f"a copy: the file stays for job(s) {', '.join(str(o.id) for o in others)} "
+                  "(its other destinations)"] if others else []
         source = self.config.local_path(job.source)
         for path in (source, self.config.local_path(job.sidecar) if job.sidecar else None,
                      *gradient_paths(source)):
@@ -422,7 +498,7 @@ class Node:
                 stayed.append(f"{path} stays where it is (after = \"keep\")")
             elif path is not None and (path.exists() or path.is_symlink()):
                 try:
-                    shutil.move(str(path), folder / path.name)
+                    (shutil.copy2 if others else shutil.move)(str(path), folder / path.name)
                 except OSError as exc:
                     stayed.append(f"{path} could not be moved here ({exc.strerror}); it is "
                                   "still in the inbox")
@@ -432,9 +508,24 @@ class Node:
             + "Fix the file (or the profile), then: dicom-node quarantine release "
             f"{job.id}\n"
         )
-        moved = self.journal.transition(job.id, "quarantined", last_error=reason,
-                                        error_class="input", quarantine_path=str(folder))
-        log_transition(moved, job.state, "quarantined", reason)
+        for one in jobs:
+            moved = self.journal.transition(one.id, "quarantined", last_error=reason,
+                                            error_class="input", quarantine_path=str(folder))
+            log_transition(moved, one.state, "quarantined", reason)
+
+    def _source_done(self, job: Job) -> None:
+        """A job is done: its file is moved or deleted once every destination of it is done
+        (its other jobs: routed to several destinations)."""
+        waiting = [s for s in self.journal.siblings(job) if s.state not in ("done", "cancelled")]
+        if waiting:
+            log.info("job %d: done; %s stays for job(s) %s (%s)", job.id,
+                     safe(Path(job.source).name), ", ".join(str(s.id) for s in waiting),
+                     ", ".join(f"{s.destination}: {s.state}" for s in waiting),
+                     extra={"fields": {"job": job.id}})
+            return
+        self._after_action(job, self.config.local_path(job.source),
+                           self.config.local_path(job.sidecar) if job.sidecar else None,
+                           job.after)
 
     def _after_action(self, job: Job, source: Path, sidecar: Path | None, after: str) -> None:
         """What happens to a delivered source (and its sidecar): move, delete or keep.
@@ -587,7 +678,7 @@ class Node:
             return
         for path, watch, missing in self.stabilizer.ready():
             self.intake.submit(path, watch, self.config.profile(watch.profile), missing,
-                               self.memory_limit)
+                               self.memory_limit, self.config.routes, self.config.profile)
         identified = self.intake.done()
         for i, found in enumerate(identified):
             try:
@@ -604,10 +695,7 @@ class Node:
         if self.commitments is not None:
             self.commitments.step(self.journal)
             while not self.commitments.done.empty():  # done by a report to our SCP
-                done = self.commitments.done.get_nowait()
-                self._after_action(done, self.config.local_path(done.source),
-                                   self.config.local_path(done.sidecar) if done.sidecar
-                                   else None, done.after)
+                self._source_done(self.commitments.done.get_nowait())
         while not self._orphans.empty():
             self._late_sidecar(*self._orphans.get_nowait())
         if self.watching and now >= self._echo_due:

@@ -33,6 +33,8 @@ from node.convert.profile import (
 )
 from node.errors import ConfigError
 from node.net.destination import Destination, TlsSettings, WebAuth, check_ae_title
+from node.service.routing import Route, parse_routes
+from node.service.schedule import DeliveryPolicy, check_zone, parse_schedule
 
 log = logging.getLogger("node.settings")
 
@@ -47,11 +49,14 @@ _DEST_KEYS = {
     "transfer_syntaxes", "tls", "query_destination", "iod", "compression", "labelmap",
     "commitment", "commitment_timeout", "verify",
 }
+#: A destination's delivery policy (node.service.schedule): read by the node, not the network.
+_POLICY_KEYS = {"schedule", "concurrency"}
 _TLS_KEYS = {"ca", "cert", "key", "key_password_env", "verify_hostname", "verify"}
 #: A DICOMweb destination's keys (url instead of host, port and AE titles; no DIMSE timeouts).
 _WEB_KEYS = {
     "url", "auth", "batch_bytes", "batch_instances", "connect_timeout", "network_timeout",
     "max_associations", "tls", "query_destination", "iod", "compression", "labelmap", "verify",
+    "max_instances_per_second", "max_bytes_per_second", *_POLICY_KEYS,
 }
 _DIMSE_ONLY = sorted(_DEST_KEYS - _WEB_KEYS)
 _AUTH_KEYS = {"kind", "username", "password_env", "token_env", "token_url", "client_id",
@@ -132,6 +137,8 @@ class NodeSettings:
     commitment_tls_key: str = setting("", "the certificate's private key (PEM)")
     commitment_tls_ca: str = setting("", "CA that archives' client certificates must be "
                                      "signed by (empty: no client certificate asked)")
+    timezone: str = setting("", "time zone of destination schedules (an IANA name like "
+                            '"Europe/Berlin"; empty: the system\'s)')
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,9 @@ class WatchSettings:
                             choices=("auto", "expected", "optional"))
     follow_symlinks: bool = setting(False, "take symbolic links that point outside the "
                                     "watched folder")
+    priority: str = setting("normal", "urgent: its jobs are claimed before any other and sent "
+                            "even while a destination's schedule is closed",
+                            choices=("normal", "urgent"))
 
 
 @dataclass(frozen=True)
@@ -237,6 +247,12 @@ class Config:
     destinations: dict[str, Destination] = field(default_factory=dict)
     watches: tuple[WatchSettings, ...] = ()
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    routes: tuple[Route, ...] = ()  # [[route]]: empty = each watch's own destination
+    policies: dict[str, DeliveryPolicy] = field(default_factory=dict)
+
+    def policy(self, name: str) -> DeliveryPolicy:
+        """A destination's delivery policy (schedule, jobs at once); the default when none."""
+        return self.policies.get(name) or DeliveryPolicy()
 
     def local_path(self, path: str | Path) -> Path:
         """A path recorded in the journal as this node reaches it ([node].path_map: shared
@@ -426,10 +442,37 @@ def config_from_dict(
         watches_raw = raw.get("watch", [])
         if not isinstance(watches_raw, list):
             raise ValueError("watch folders are [[watch]] tables (an array of tables)")
-        watches = [_watch_settings(i, wraw, base, node, built, destinations)
+        routed = bool(raw.get("route"))
+        watches = [_watch_settings(i, wraw, base, node, built, destinations, routed)
                    for i, wraw in enumerate(watches_raw)]
+        routes = parse_routes(raw.get("route", []), destinations, built,
+                              tuple(w.path for w in watches))
+        if routes:
+            named = next((i for i, w in enumerate(watches_raw) if "destination" in w), None)
+            if named is not None:
+                raise ValueError(
+                    f"[[watch]] #{named + 1}: destination does not apply when [[route]] tables "
+                    "decide where files go; remove it, and route this folder's files with a "
+                    f'route (when = {{ watch = "{watches[named].path.name}" }})')
+        policies = _policies(raw.get("destinations", {}), node)
     return Config(node=node, profiles=built or {}, path=path, destinations=destinations,
-                  watches=tuple(watches), console=console)
+                  watches=tuple(watches), console=console, routes=routes, policies=policies)
+
+
+def _policies(raw: dict, node: NodeSettings) -> dict[str, DeliveryPolicy]:
+    """Each destination's schedule and jobs at once ([destinations.NAME] schedule,
+    concurrency). A rate cap without a concurrency sends one job at a time, so the cap holds
+    for the destination as a whole on this node."""
+    out = {}
+    for name, draw in raw.items():
+        where = f"[destinations.{name}]"
+        schedule = (parse_schedule(f"{where}.schedule", draw["schedule"], node.timezone)
+                    if "schedule" in draw else DeliveryPolicy().schedule)
+        paced = any(draw.get(k) for k in ("max_instances_per_second", "max_bytes_per_second"))
+        concurrency = _number(f"{where}.concurrency", draw.get("concurrency", 1 if paced else 0),
+                              integer=True)
+        out[name] = DeliveryPolicy(schedule, concurrency)
+    return out
 
 
 @contextmanager
@@ -482,13 +525,14 @@ def _node_settings(raw: dict[str, Any], base: Path) -> NodeSettings:
             raise ValueError(f'[node].path_map: {rule!r}: write "/shared/prefix=/local/prefix" '
                              "(absolute paths)")
     node = NodeSettings(**values)
+    check_zone("[node].timezone", node.timezone)
     state_dir = node.state_dir if node.state_dir.is_absolute() else base / node.state_dir
     return dataclasses.replace(node, state_dir=state_dir)
 
 
 def _watch_settings(
     i: int, raw: Any, base: Path, node: NodeSettings, profiles: dict | None,
-    destinations: dict,
+    destinations: dict, routed: bool = False,
 ) -> WatchSettings:
     where = f"[[watch]] #{i + 1}"
     check_table(where, raw, _WATCH_KEYS)
@@ -500,11 +544,13 @@ def _watch_settings(
     destination = raw.get("destination", node.default_destination)
     if destination is None and len(destinations) == 1:
         destination = next(iter(destinations))  # the only one, as for the console commands
-    if destination is None:
+    if destination is None and routed:
+        destination = ""  # [[route]] tables decide
+    elif destination is None:
         known = ", ".join(sorted(destinations)) or "none configured"
         raise ValueError(f"{where}: no destination: set destination = \"NAME\" here or "
                          f"[node].default_destination (known: {known})")
-    if destination not in destinations:
+    if destination not in destinations and not (routed and destination == ""):
         known = ", ".join(sorted(destinations)) or "none configured"
         raise ValueError(f"{where}: destination {destination!r} is not a [destinations.NAME] "
                          f"(known: {known})")
@@ -641,6 +687,10 @@ def _shared_fields(where: str, raw: dict, base: Path | None) -> dict[str, Any]:
                             COMPRESSIONS) or "none",
         labelmap=_checked(f"{where}.labelmap", raw.get("labelmap", False), bool, {}),
         verify=_checked(f"{where}.verify", raw.get("verify", False), bool, {}),
+        max_instances_per_second=_number(f"{where}.max_instances_per_second",
+                                         raw.get("max_instances_per_second", 0)),
+        max_bytes_per_second=_number(f"{where}.max_bytes_per_second",
+                                     raw.get("max_bytes_per_second", 0)),
     )
 
 

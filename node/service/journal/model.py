@@ -43,6 +43,8 @@ class Job(NamedTuple):
     lease_until: float = 0.0  # the owner's claim is good until then; renewed by heartbeats
     memory: int = 0  # estimated peak bytes to convert it (intake.MEMORY_FACTOR x voxels)
     commit_uid: str | None = None  # the storage commitment transaction it waits for
+    form: str | None = None  # its route's form for the destination (JSON); None: the destination's
+    priority: int = 0  # 1 = urgent: claimed first, sent even outside its destination's schedule
 
     @classmethod
     def from_row(cls, names: tuple[str, ...], row) -> Job:

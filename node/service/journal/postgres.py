@@ -185,6 +185,10 @@ class PostgresStore(Store):
         raise JournalError(f"{self.url}: back a PostgreSQL journal up with PostgreSQL's tools "
                            "(pg_dump, or the server's own backups)")
 
+    @staticmethod
+    def _name_lists(**lists):
+        return {key: list(names) for key, names in lists.items()}
+
     def enqueue(self, *args, **kwargs):
         """As the SQLite store's; two nodes that watch one folder may enqueue the same file
         at the same moment: the unique key lets one insert, the other finds its job."""

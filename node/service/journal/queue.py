@@ -14,7 +14,7 @@ state.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from node.service.journal.model import (
@@ -135,7 +135,7 @@ class Queue(QueryRunner):
     def enqueue(
         self, source: Path, sha256: str, size: int, profile: str, destination: str,
         after: str = "move", sidecar: Path | None = None, key: str | None = None,
-        memory: int = 0,
+        memory: int = 0, form: str | None = None, priority: int = 0,
     ) -> tuple[Job, bool]:
         """Add a job unless one exists for the same ``key`` (content and everything that shapes
         the output, see ``intake.job_key``), or without a key for the same content,
@@ -143,6 +143,8 @@ class Queue(QueryRunner):
 
         Returns (job, created). An existing failed or cancelled job for the content is queued
         again with the new path (a fresh drop of the same file is an operator asking again).
+        ``form``: the route's form for the destination (JSON, see routing.Chosen);
+        ``priority``: 1 for urgent.
         """
         with self._tx():
             if key is not None:
@@ -164,21 +166,26 @@ class Queue(QueryRunner):
             (new_id,) = self._one(  # type: ignore[misc]
                 "insert_job", source=str(source), sidecar=str(sidecar) if sidecar else None,
                 sha256=sha256, size=size, profile=profile, destination=destination,
-                after=after, state=JobState.QUEUED.value, now=now, key=key, memory=memory)
+                after=after, state=JobState.QUEUED.value, now=now, key=key, memory=memory,
+                form=form, priority=priority)
             self._history(new_id, None, JobState.QUEUED.value, 0, None, None, now)
         return self.get(new_id), True  # type: ignore[return-value]
 
     def claim(self, now: float | None = None, owner: str | None = None,
-              lease_seconds: float = 60.0, memory: int | None = None) -> Job | None:
-        """Take the oldest due job (queued, or retry-wait whose time has come): -> converting,
-        held by ``owner`` under a lease of ``lease_seconds`` (renewed by :meth:`renew`).
+              lease_seconds: float = 60.0, memory: int | None = None,
+              closed: Sequence[str] = (), full: Sequence[str] = ()) -> Job | None:
+        """Take the most urgent, then oldest, due job (queued, or retry-wait whose time has
+        come): -> converting, held by ``owner`` under a lease of ``lease_seconds`` (renewed by
+        :meth:`renew`).
 
-        ``memory``: the bytes left in the node's budget; when the oldest due job needs more,
-        nothing is claimed (it waits for jobs in flight to finish, and keeps its turn)."""
+        ``memory``: the bytes left in the node's budget; when the job due first needs more,
+        nothing is claimed (it waits for jobs in flight to finish, and keeps its turn).
+        ``closed``: destinations outside their schedule (only urgent jobs of them are taken);
+        ``full``: destinations at their cap of jobs at once (none of their jobs is taken)."""
         now = time.time() if now is None else now
         owner = owner or owner_id()
         with self._tx():
-            job = self._job("next_due", now=now)
+            job = self._job("next_due", now=now, **self._name_lists(closed=closed, full=full))
             if job is None or (memory is not None and job.memory > memory):
                 return None
             try:  # (the row is locked by the read: nobody moves it meanwhile)
@@ -186,6 +193,10 @@ class Queue(QueryRunner):
                                   owner=owner, lease_until=now + lease_seconds)
             except _MovedMeanwhile:
                 return None
+
+    def siblings(self, job: Job) -> list[Job]:
+        """The other jobs of the same file (same path and content): its other destinations."""
+        return self._jobs("siblings", source=job.source, sha256=job.sha256, id=job.id)
 
     def renew(self, owner: str, lease_seconds: float = 60.0) -> int:
         """Extend the leases of the jobs ``owner`` holds, and its heartbeat as a node; how

@@ -5,7 +5,9 @@ studies, audit, destinations, nodes) supply the logic and name their queries."""
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from operator import itemgetter
 from typing import Any
@@ -40,6 +42,12 @@ class QueryRunner(ABC):
     def _move_tx(self) -> AbstractContextManager[None]:
         """The transaction that one move, written on its own, needs (see moves_write_history)."""
         return nullcontext() if self.moves_write_history else self._tx()
+
+    @staticmethod
+    def _name_lists(**lists: Sequence[str]) -> dict[str, Any]:
+        """Lists of names as the engine's queries take them: SQLite reads JSON text
+        (json_each), PostgreSQL arrays (see PostgresStore)."""
+        return {key: json.dumps(list(names)) for key, names in lists.items()}
 
     @abstractmethod
     def _tx(self) -> AbstractContextManager[None]:

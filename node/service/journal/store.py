@@ -9,7 +9,7 @@ SQL is written once, here and in the parts' modules.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
@@ -41,9 +41,12 @@ class JournalStore(Protocol):
     # the queue
     def enqueue(self, source: Path, sha256: str, size: int, profile: str, destination: str,
                 after: str = "move", sidecar: Path | None = None, key: str | None = None,
-                memory: int = 0) -> tuple[Job, bool]: ...
+                memory: int = 0, form: str | None = None,
+                priority: int = 0) -> tuple[Job, bool]: ...
     def claim(self, now: float | None = None, owner: str | None = None,
-              lease_seconds: float = 60.0, memory: int | None = None) -> Job | None: ...
+              lease_seconds: float = 60.0, memory: int | None = None,
+              closed: Sequence[str] = (), full: Sequence[str] = ()) -> Job | None: ...
+    def siblings(self, job: Job) -> list[Job]: ...
     def move(self, job_id: int, state: str | JobState, *, owner: str | None = None,
              detail: str | None = None, **changes: object) -> Job: ...
     def transition(self, job_id: int, state: str | JobState, *, owner: str | None = None,

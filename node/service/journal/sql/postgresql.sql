@@ -24,9 +24,10 @@ SELECT * FROM jobs WHERE source = %(source)s ORDER BY id DESC LIMIT 1
 
 -- name: insert_job
 INSERT INTO jobs (source, sidecar, sha256, size, profile, destination, after, state, created,
-                  updated, key, memory)
+                  updated, key, memory, form, priority)
 VALUES (%(source)s, %(sidecar)s, %(sha256)s, %(size)s, %(profile)s, %(destination)s,
-        %(after)s, %(state)s, %(now)s, %(now)s, %(key)s, %(memory)s)
+        %(after)s, %(state)s, %(now)s, %(now)s, %(key)s, %(memory)s, %(form)s::text,
+        %(priority)s)
 RETURNING id
 
 -- name: move_hands
@@ -82,9 +83,19 @@ SELECT id, %(updated)s, %(from_state)s, %(state)s, %(line_attempt)s::integer, %(
 UPDATE jobs SET last_error = %(text)s, updated = %(now)s WHERE id = %(id)s
 
 -- name: next_due
+-- the most urgent, then oldest, due job of a destination that is not paused and not at its
+-- cap; an urgent job goes even while its destination's schedule is closed. Urgent jobs are
+-- claimed first by every node sharing the journal (the order is the database's)
 SELECT * FROM jobs WHERE state IN ('queued', 'retry-wait') AND next_attempt <= %(now)s
     AND destination NOT IN (SELECT name FROM paused)
-ORDER BY next_attempt, id LIMIT 1 FOR UPDATE SKIP LOCKED
+    AND NOT (destination = ANY(%(full)s::text[]))
+    AND (priority > 0 OR NOT (destination = ANY(%(closed)s::text[])))
+ORDER BY priority DESC, next_attempt, id LIMIT 1 FOR UPDATE SKIP LOCKED
+
+-- name: siblings
+-- the other jobs of one file (its other destinations, routed together)
+SELECT * FROM jobs WHERE source = %(source)s AND sha256 = %(sha256)s AND id <> %(id)s
+ORDER BY id
 
 -- name: renew_leases
 UPDATE jobs SET lease_until = %(until)s

@@ -24,9 +24,9 @@ SELECT * FROM jobs WHERE source = :source ORDER BY id DESC LIMIT 1
 
 -- name: insert_job
 INSERT INTO jobs (source, sidecar, sha256, size, profile, destination, after, state, created,
-                  updated, key, memory)
+                  updated, key, memory, form, priority)
 VALUES (:source, :sidecar, :sha256, :size, :profile, :destination, :after, :state, :now, :now,
-        :key, :memory)
+        :key, :memory, :form, :priority)
 RETURNING id
 
 -- name: move_hands
@@ -66,10 +66,18 @@ WHERE id = :id AND state = :from_state AND owner IS :from_owner
 UPDATE jobs SET last_error = :text, updated = :now WHERE id = :id
 
 -- name: next_due
--- the oldest due job of a destination that is not paused (BEGIN IMMEDIATE serializes claims)
+-- the most urgent, then oldest, due job of a destination that is not paused and not at its
+-- cap (:full, a JSON list); an urgent job goes even while its destination's schedule is
+-- closed (:closed, a JSON list). BEGIN IMMEDIATE serializes claims
 SELECT * FROM jobs WHERE state IN ('queued', 'retry-wait') AND next_attempt <= :now
     AND destination NOT IN (SELECT name FROM paused)
-ORDER BY next_attempt, id LIMIT 1
+    AND destination NOT IN (SELECT value FROM json_each(:full))
+    AND (priority > 0 OR destination NOT IN (SELECT value FROM json_each(:closed)))
+ORDER BY priority DESC, next_attempt, id LIMIT 1
+
+-- name: siblings
+-- the other jobs of one file (its other destinations, routed together)
+SELECT * FROM jobs WHERE source = :source AND sha256 = :sha256 AND id <> :id ORDER BY id
 
 -- name: renew_leases
 UPDATE jobs SET lease_until = :until WHERE owner = :owner AND state IN ('converting', 'sending')

@@ -1,0 +1,8 @@
+-- Routing (issue 23): one job per file per destination, each in its own form. A job keeps the
+-- form its route gave it (canonical JSON of iod, compression, labelmap; NULL = the
+-- destination's own) and its priority (1 = urgent: claimed before any other job, and sent
+-- even while its destination's schedule is closed).
+ALTER TABLE jobs ADD COLUMN form TEXT;
+ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX jobs_due ON jobs(state, priority, next_attempt);
+CREATE INDEX jobs_source ON jobs(source);

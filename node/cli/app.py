@@ -575,6 +575,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             parts.append(f"last delivery {last['state']} {_age(now - last['at'])} ago"
                          + (f": {safe(last['error'])}" if last["state"] != "done" and
                             last["error"] else ""))
+        if d.get("backlog"):
+            parts.append(f"backlog {d['backlog']}")
+        if not d.get("schedule", "").startswith("open (no schedule)"):
+            parts.append(f"schedule {d.get('schedule')}")
         print(f"destination {d['name']}: {health}" + (f"; {'; '.join(parts)}" if parts else ""))
     return EXIT_OK
 

@@ -29,32 +29,58 @@ _DERIVED_SUFFIXES = set(SEG_SUFFIXES) | {"map", "FA", "MD", "ADC", "T1map", "T2m
 _SAME_SCAN = ("sub", "ses", "acq", "run", "rec", "ce")
 
 
-def find_source_image(path: Path, entities: dict[str, str], given: str | Path | None) -> Path:
-    """The image a SEG or map refers to: ``given``, else the one NIfTI beside ``path`` with the
-    same subject, session, acquisition and run entities that is not itself derived."""
+def find_source_image(path: Path, entities: dict[str, str], given: str | Path | None,
+                      folders: tuple[Path, ...] = ()) -> Path:
+    """The image a SEG or map refers to: ``given``, else the one NIfTI with the same subject,
+    session, acquisition and run entities that is not itself derived, looked for beside
+    ``path``; then, for a BIDS derivative (``<root>/derivatives/<pipeline>/sub-01/anat/``),
+    in the raw dataset's folder (``<root>/sub-01/anat/``); then in ``folders`` in order (the
+    node's done folders: the image may have been delivered and moved before its SEG came)."""
     if given is not None:
         given = Path(given)
         if not given.is_file():
             raise InputError(given, "no such source image (--source)")
         return given
+    same = {k: v for k, v in entities.items() if k in _SAME_SCAN}
+    places = [path.parent, *_raw_folder(path), *folders]
+    found: list[Path] = []
+    for folder in places:
+        found = _candidates(folder, path, same)
+        if found:
+            break
+    if len(found) != 1:
+        where = f"{len(found)} candidates in {found[0].parent}" if found else "none beside it"
+        raise InputError(path, f"a SEG or parametric map refers to the image it was made from "
+                         f"({where}): name it with --source IMAGE.nii.gz")
+    return found[0]
+
+
+def _raw_folder(path: Path) -> list[Path]:
+    """A BIDS derivative's raw-data folder: derivatives/<pipeline>/<rest> -> <rest>."""
+    parts = path.parent.parts
+    if "derivatives" not in parts:
+        return []
+    i = len(parts) - 1 - parts[::-1].index("derivatives")
+    if i + 2 > len(parts):
+        return []
+    return [Path(*parts[:i], *parts[i + 2:])]
+
+
+def _candidates(folder: Path, path: Path, same: dict[str, str]) -> list[Path]:
     from node.convert.source import NIFTI_SUFFIXES
 
-    same = {k: v for k, v in entities.items() if k in _SAME_SCAN}
-    candidates = []
-    if same.get("sub") and path.parent.is_dir():
-        for other in sorted(path.parent.iterdir()):
-            if other == path or not other.name.lower().endswith(NIFTI_SUFFIXES):
-                continue
-            theirs = bids_entities(other)
-            if theirs.get("suffix") in _DERIVED_SUFFIXES or "desc" in theirs:
-                continue
-            if {k: v for k, v in theirs.items() if k in _SAME_SCAN} == same:
-                candidates.append(other)
-    if len(candidates) != 1:
-        found = f"{len(candidates)} candidates beside it" if candidates else "none beside it"
-        raise InputError(path, f"a SEG or parametric map refers to the image it was made from "
-                         f"({found}): name it with --source IMAGE.nii.gz")
-    return candidates[0]
+    if not same.get("sub") or not folder.is_dir():
+        return []
+    out = []
+    for other in sorted(folder.iterdir()):
+        if other == path or not other.name.lower().endswith(NIFTI_SUFFIXES):
+            continue
+        theirs = bids_entities(other)
+        if theirs.get("suffix") in _DERIVED_SUFFIXES or "desc" in theirs:
+            continue
+        if {k: v for k, v in theirs.items() if k in _SAME_SCAN} == same:
+            out.append(other)
+    return out
 
 
 def builder(iod: str, referenced: ConvertedSeries, provenance: str, labelmap: bool = False

@@ -30,8 +30,8 @@ class ConversionOptions:
     the series joins. ``study``: reconciles the series with the other series of its study (a
     batch's, the node's journal); without it the series stands alone. ``iod``: image,
     enhanced, seg, pmap or auto (default: the profile's). ``compression``: a lossless
-    encoding. ``source_image``: the image a SEG or map refers to. ``labelmap``: a SEG is
-    LABELMAP rather than BINARY.
+    encoding. ``source_image``: the image a SEG or map refers to (``source_folders``: where
+    else to look for it). ``labelmap``: a SEG is LABELMAP rather than BINARY.
     """
 
     uid_root: str = "2.25"
@@ -44,6 +44,7 @@ class ConversionOptions:
     compression: str = "none"
     source_image: str | Path | None = None
     labelmap: bool = False
+    source_folders: tuple[Path, ...] = ()  # where else a SEG's image may be (the node's done/)
 
     def replace(self, **changes: Any) -> ConversionOptions:
         return dataclasses.replace(self, **changes)

@@ -334,7 +334,8 @@ def _object_builder(plan: SeriesPlan, profile: Profile, opts: ConversionOptions,
     if iod in ("seg", "pmap"):
         if source.shape[3] > 1:
             raise InputError(source.path, f"a {iod} is made of a 3D volume; this file is 4D")
-        image = find_source_image(source.path, source.entities, opts.source_image)
+        image = find_source_image(source.path, source.entities, opts.source_image,
+                                  opts.source_folders)
         if image.resolve() == source.path.resolve():
             raise InputError(source.path, "a SEG or map cannot refer to itself: name the image "
                              "it was made from with --source")

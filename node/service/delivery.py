@@ -378,7 +378,7 @@ def deliver(
             batch = prepare(source, profile, spool, ConversionOptions(
                 uid_root=config.node.uid_root, sidecar=sidecar, study=study,
                 reference=reference, iod=dest.iod, compression=dest.compression,
-                labelmap=dest.labelmap))
+                labelmap=dest.labelmap, source_folders=StateDirs(spool_root.parent).recent_done()))
         except ConfigError as exc:
             return DeliveryResult(JobState.FAILED, exc.message, "config")
         except NoSpace as exc:

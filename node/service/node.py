@@ -156,31 +156,34 @@ class _ConfirmedInstances:
         self.config, self.job_id = config, job_id
         self.rows: list[tuple[str, int | None, str]] = []
         self.flushed = time.monotonic()
-        self.journal = None
+        self.lock = threading.Lock()
 
     def add(self, result) -> None:
         if not result.outcome.delivered:
             return
-        self.rows.append((result.file.sop_instance_uid, result.status, result.outcome.value))
+        with self.lock:
+            self.rows.append((result.file.sop_instance_uid, result.status,
+                              result.outcome.value))
         if time.monotonic() - self.flushed >= self.every:
             self.flush()
 
     def flush(self) -> None:
-        if self.rows:
-            if self.journal is None:
-                self.journal = self.config.open_journal(create=False)
-            self.journal.record_instances(self.job_id, self.rows)
-            self.rows = []
-        self.flushed = time.monotonic()
+        """Write what is pending (from whichever thread sends: a journal is opened and
+        closed here, as a SQLite connection belongs to the thread that opened it)."""
+        with self.lock:
+            rows, self.rows = self.rows, []
+            self.flushed = time.monotonic()
+        if rows:
+            journal = self.config.open_journal(create=False)
+            try:
+                journal.record_instances(self.job_id, rows)
+            finally:
+                journal.close()
 
     def close(self) -> None:
-        try:
+        # on failure the node records every result again when the worker's verdict arrives
+        with contextlib.suppress(OSError, sqlite3.Error, JournalUnavailable):
             self.flush()
-        except (OSError, sqlite3.Error, JournalUnavailable):
-            pass  # the node records every result again when the worker's verdict arrives
-        finally:
-            if self.journal is not None:
-                self.journal.close()
 
 
 def _disk_full(exc: BaseException) -> bool:

@@ -272,9 +272,10 @@ def job_page(console: Console, request: Request, who: Principal, _form) -> Respo
             return console.page(request, "missing.html", who, 404, what=f"job {job_id}")
         history = journal.history(job_id)
         delivered = journal.delivered_instances(job_id)
+        copies = sorted([job, *journal.siblings(job)], key=lambda j: j.id)
     preview = console.dirs.preview(job_id).is_file()
     return console.page(request, "job.html", who, job=job, history=history,
-                        delivered=len(delivered), preview=preview)
+                        delivered=len(delivered), preview=preview, copies=copies)
 
 
 def preview_png(console: Console, request: Request, who: Principal, _form) -> Response:

@@ -314,6 +314,10 @@ class Queue(QueryRunner):
     def jobs(self, state: str | None = None, limit: int | None = None) -> list[Job]:
         return self._jobs("jobs_page", state=state, limit=int(limit) if limit else None)
 
+    def backlog(self) -> dict[str, int]:
+        """Jobs waiting to be sent (queued, retry-wait), per destination."""
+        return {name: int(n) for name, n in self._all("backlog_by_destination")}
+
     def counts(self) -> dict[str, int]:
         return {state: 0 for state in STATES} | dict(self._all("count_by_state"))
 

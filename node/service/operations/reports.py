@@ -25,6 +25,7 @@ def status_report(journal: JournalStore, config, now: float | None = None) -> di
     echoes = {n: (c, ok, m) for n, c, ok, m in journal.echoes()}
     paused = journal.paused()
     latencies = journal.echo_latencies()
+    backlog = journal.backlog()
     for name in sorted(set(echoes) | set(outcomes) | set(config.destinations)):
         checked, echo_ok, message = echoes.get(name, (None, None, None))
         last = outcomes.get(name)
@@ -36,6 +37,7 @@ def status_report(journal: JournalStore, config, now: float | None = None) -> di
             "last_delivery": None if last is None else {
                 "at": last[0], "state": last[1], "error": last[2]},
             "paused": name in paused, "latency_ms": latencies.get(name),
+            **_delivery_policy(config, name, now), "backlog": backlog.get(name, 0),
         })
     nodes = journal.running_nodes()
     return {
@@ -49,6 +51,17 @@ def status_report(journal: JournalStore, config, now: float | None = None) -> di
                         for j in journal.last_errors()],
         "destinations": destinations,
     }
+
+
+def _delivery_policy(config, name: str, now: float) -> dict:
+    """A destination's schedule state, cap and rate cap, as the console and status show them."""
+    policy = config.policy(name)
+    dest = config.destinations.get(name)
+    return {"schedule": policy.schedule.describe(now),
+            "schedule_open": policy.schedule.is_open(now),
+            "concurrency": policy.share(config.node.workers),
+            "rate": {"instances_per_second": dest.max_instances_per_second,
+                     "bytes_per_second": dest.max_bytes_per_second} if dest else None}
 
 
 def node_report(journal: JournalStore, config, now: float) -> list[dict]:

@@ -111,6 +111,11 @@ SELECT * FROM jobs WHERE state = %(state)s ORDER BY id
 SELECT * FROM jobs WHERE (%(state)s::text IS NULL OR state = %(state)s::text) ORDER BY id
 LIMIT %(limit)s::bigint
 
+-- name: backlog_by_destination
+-- what waits to be sent, per destination (the console's backlog)
+SELECT destination, count(*) FROM jobs WHERE state IN ('queued', 'retry-wait')
+GROUP BY destination
+
 -- name: count_by_state
 SELECT state, count(*) FROM jobs GROUP BY state
 

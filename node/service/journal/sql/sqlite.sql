@@ -92,6 +92,11 @@ SELECT * FROM jobs WHERE state = :state ORDER BY id
 SELECT * FROM jobs WHERE (:state IS NULL OR state = :state) ORDER BY id
 LIMIT coalesce(:limit, -1)
 
+-- name: backlog_by_destination
+-- what waits to be sent, per destination (the console's backlog)
+SELECT destination, count(*) FROM jobs WHERE state IN ('queued', 'retry-wait')
+GROUP BY destination
+
 -- name: count_by_state
 SELECT state, count(*) FROM jobs GROUP BY state
 

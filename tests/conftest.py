@@ -120,23 +120,24 @@ def start_pacs(storage: Path, **kw) -> Pacs:
     return Pacs(server)
 
 
+def orthanc_in(tmp_path_factory, name: str, **kw):
+    """An Orthanc in its own storage folder, stopped when the fixture that yields it ends."""
+    storage = tmp_path_factory.mktemp(name)
+    yield start_pacs(storage, **kw)
+    orthanc_script.stop(storage)
+
+
 @pytest.fixture(scope="session")
 def web_pacs(tmp_path_factory):
     """An Orthanc with Debian's DICOMweb plugin (orthanc-dicomweb) at ``server.url +
     "/dicom-web"``, its REST and DICOMweb behind the same login."""
-    storage = tmp_path_factory.mktemp("orthanc-web")
-    server = start_pacs(storage, dicomweb=True)
-    yield server
-    orthanc_script.stop(storage)
+    yield from orthanc_in(tmp_path_factory, "orthanc-web", dicomweb=True)
 
 
 @pytest.fixture(scope="session")
 def pacs(tmp_path_factory):
     """One Orthanc for the test session, on free loopback ports, with its own storage."""
-    storage = tmp_path_factory.mktemp("orthanc")
-    server = start_pacs(storage)
-    yield server
-    orthanc_script.stop(storage)
+    yield from orthanc_in(tmp_path_factory, "orthanc")
 
 
 def run_node(*args, cwd: Path | None = None, timeout: float = 300, env=None):

@@ -246,3 +246,53 @@ def test_the_cli_verbs_are_audited_too(tmp_path):
     assert all(r["via"] == "cli" for r in rows)
     assert rows[0]["result"].startswith("refused")
     shutil.rmtree(tmp_path / "var")
+
+
+def test_the_console_shows_a_files_destinations_and_each_schedule(pacs, node_factory, tmp_path,
+                                                                   browser):
+    """Routing (issue 23): one file, two destinations; the second one's schedule is closed
+    (a weekday three days from now only), so its copy waits in its backlog."""
+    import datetime as dt
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    console_port = free_port()
+    later = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[
+        (dt.datetime.now(dt.UTC).weekday() + 3) % 7]
+    node = node_factory(pacs.port, timezone='"UTC"', destination_toml=f"""
+[destinations.later]
+host = "127.0.0.1"
+port = {pacs.port}
+ae_title = "{pacs.aet}"
+schedule = ["{later}"]
+max_instances_per_second = 3
+[[route]]
+name = "both"
+to = ["pacs", {{ destination = "later", iod = "enhanced" }}]
+[console]
+enabled = true
+port = {console_port}
+""")
+    node.start()
+    url = f"http://127.0.0.1:{console_port}"
+    drop(node.inbox, "sub-two_T1w.nii.gz", nifti_bytes(tmp_path, "t.nii.gz", seed=31))
+    wait_until(lambda: sorted(node.states()) == ["done", "queued"], 60,
+               "the PACS copy done, the other held by its schedule")
+    jobs = {j["destination"]: j for j in node.jobs()}
+    browser.get(url + "/destinations")
+    browser.save_screenshot(str(shots / "destinations.png"))
+    assert _text(browser, "#dest-later .schedule").startswith("closed until ")
+    assert _text(browser, "#dest-later .rate") == "3 instances/s"
+    assert _text(browser, "#dest-later .backlog") == "1"
+    assert _text(browser, "#dest-later .cap") == "1"  # a rate cap sends one job at a time
+    assert _text(browser, "#dest-pacs .schedule") == "open (no schedule)"
+    assert _text(browser, "#dest-pacs .backlog") == "0"
+    browser.get(url + f"/jobs/{jobs['pacs']['id']}")
+    browser.save_screenshot(str(shots / "job-copies.png"))
+    rows = _text(browser, "#copies").splitlines()
+    assert any("pacs" in r and "done" in r for r in rows), rows
+    assert any("later" in r and '"iod": "enhanced"' in r and "queued" in r for r in rows), rows
+    assert (node.inbox / "sub-two_T1w.nii.gz").exists()  # kept: one destination is not done
+    status = node.cli("status")
+    assert "destination later:" in status.stdout and "backlog 1" in status.stdout
+    assert "schedule closed until" in status.stdout

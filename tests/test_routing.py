@@ -323,3 +323,67 @@ to = ["pacs", {{ destination = "research", iod = "enhanced" }}]
                              timeout=60)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
     assert "nope.nii: no such file" in missing.stderr
+
+
+@pytest.mark.peers  # PostgreSQL
+def test_two_nodes_on_postgresql_take_the_urgent_jobs_before_any_bulk_job(pg_cluster):
+    """Two nodes (two connections, two owners) claim at the same moment from one shared
+    journal: whichever node claims, the urgent jobs go first, each to one node only."""
+    import threading
+
+    from node.service.journal import open_journal_at
+    from node.service.journal.postgres import close_pool
+
+    url = pg_cluster.fresh_database("routing_priority")
+    first = open_journal_at(url)
+    bulk = [_enqueue(first, n, "archive") for n in range(6)]
+    urgent = [_enqueue(first, 100 + n, "archive", priority=1) for n in range(2)]
+    now = time_after = urgent[-1].created + 1
+    nodes = [first, open_journal_at(url)]
+    taken: dict[str, list[int]] = {"a:1": [], "b:1": []}
+    start = threading.Barrier(2)
+
+    def work(store, owner: str) -> None:
+        start.wait(timeout=10)
+        job = store.claim(now=now, owner=owner)  # the bulk jobs are older, and open
+        if job is not None:
+            taken[owner].append(job.id)
+
+    threads = [threading.Thread(target=work, args=pair) for pair in zip(nodes, taken, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    claimed = taken["a:1"] + taken["b:1"]
+    assert sorted(claimed) == sorted(j.id for j in urgent)  # one urgent job each, no bulk
+    # the window opens: the bulk jobs, oldest first, shared between the nodes
+    rest = [nodes[i % 2].claim(now=time_after, owner=f"{'ab'[i % 2]}:1") for i in range(6)]
+    assert [j.id for j in rest] == [j.id for j in bulk]
+    for j in nodes:
+        j.close()
+    close_pool(url)
+
+
+def test_a_derivative_seg_finds_its_image_in_the_raw_dataset_or_the_done_folder(tmp_path):
+    from node.convert.derived import find_source_image
+    from node.convert.source import bids_entities
+    from node.errors import InputError
+
+    raw = write_nifti(tmp_path / "bids" / "sub-01" / "anat" / "sub-01_T1w.nii.gz",
+                      np.zeros((4, 4, 3), np.int16), np.eye(4))
+    write_nifti(tmp_path / "bids" / "sub-01" / "anat" / "sub-01_desc-brain_mask.nii.gz",
+                np.zeros((4, 4, 3), np.uint8), np.eye(4))  # derived: never the image
+    seg = write_nifti(tmp_path / "bids" / "derivatives" / "lesions" / "sub-01" / "anat"
+                      / "sub-01_desc-lesion_dseg.nii.gz", np.zeros((4, 4, 3), np.uint8),
+                      np.eye(4))
+    assert find_source_image(seg, bids_entities(seg), None) == raw
+    done = tmp_path / "done" / "sub-01" / "anat"
+    done.mkdir(parents=True)
+    moved = raw.rename(done / raw.name)  # delivered and moved before its SEG came
+    with pytest.raises(InputError, match="none beside it"):
+        find_source_image(seg, bids_entities(seg), None)
+    assert find_source_image(seg, bids_entities(seg), None, (done,)) == moved
+    other = write_nifti(done / "sub-01_T2w.nii.gz", np.zeros((4, 4, 3), np.int16), np.eye(4))
+    with pytest.raises(InputError, match="2 candidates in"):
+        find_source_image(seg, bids_entities(seg), None, (done,))
+    assert find_source_image(seg, bids_entities(seg), other) == other  # --source decides

@@ -835,6 +835,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             f"ingest: {n} files of {args.directory} in the journal"
             + (f"; the running node (pid {pid}) delivers them" if pid else ""), flush=True),
         on_deliver=(lambda i, n: _bar("deliver", i, n, t0)) if tty else None,
+        routed=args.destination is None, priority="urgent" if args.urgent else "normal",
     )
     if not result.states:  # enqueue only, or interrupted before delivery
         return EXIT_OK

@@ -277,7 +277,10 @@ def _ingest(sub, common: argparse.ArgumentParser) -> None:
     )
     ingest.add_argument("directory", type=Path, metavar="DIR", help="the tree to deliver")
     ingest.add_argument("--to", dest="destination", metavar="DEST",
-                        help="configured destination (default: [node].default_destination)")
+                        help="configured destination (default: the [[route]] tables, else "
+                        "[node].default_destination)")
+    ingest.add_argument("--urgent", action="store_true",
+                        help="its jobs go before any other, even outside schedules")
     ingest.add_argument("--profile", help="mapping profile (default: [node].default_profile)")
     ingest.add_argument("--enqueue-only", action="store_true",
                         help="only fill the journal; a running node delivers")

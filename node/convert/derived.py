@@ -42,7 +42,7 @@ def find_source_image(path: Path, entities: dict[str, str], given: str | Path | 
             raise InputError(given, "no such source image (--source)")
         return given
     same = {k: v for k, v in entities.items() if k in _SAME_SCAN}
-    places = [path.parent, *_raw_folder(path), *folders]
+    places = [path.parent, *raw_folder(path), *folders]
     found: list[Path] = []
     for folder in places:
         found = _candidates(folder, path, same)
@@ -55,7 +55,7 @@ def find_source_image(path: Path, entities: dict[str, str], given: str | Path | 
     return found[0]
 
 
-def _raw_folder(path: Path) -> list[Path]:
+def raw_folder(path: Path) -> list[Path]:
     """A BIDS derivative's raw-data folder: derivatives/<pipeline>/<rest> -> <rest>."""
     parts = path.parent.parts
     if "derivatives" not in parts:

@@ -334,14 +334,20 @@ def _object_builder(plan: SeriesPlan, profile: Profile, opts: ConversionOptions,
     if iod in ("seg", "pmap"):
         if source.shape[3] > 1:
             raise InputError(source.path, f"a {iod} is made of a 3D volume; this file is 4D")
-        image = find_source_image(source.path, source.entities, opts.source_image,
-                                  opts.source_folders)
-        if image.resolve() == source.path.resolve():
-            raise InputError(source.path, "a SEG or map cannot refer to itself: name the image "
-                             "it was made from with --source")
-        referenced = convert_file(image, profile, ConversionOptions(
-            uid_root=opts.uid_root, modality=plan.modality, reference=opts.reference,
-            study=opts.study, iod="image"))
+        for tries_left in (1, 0):  # the image may be moved (delivered) while it is found
+            image = find_source_image(source.path, source.entities, opts.source_image,
+                                      opts.source_folders)
+            if image.resolve() == source.path.resolve():
+                raise InputError(source.path, "a SEG or map cannot refer to itself: name the "
+                                 "image it was made from with --source")
+            try:
+                referenced = convert_file(image, profile, ConversionOptions(
+                    uid_root=opts.uid_root, modality=plan.modality, reference=opts.reference,
+                    study=opts.study, iod="image"))
+                break
+            except InputError:
+                if image.exists() or not tries_left:
+                    raise
         return builder(iod, referenced, provenance, opts.labelmap)
     if iod == "enhanced" and colour:
         return _true_colour

@@ -327,6 +327,25 @@ def _changed_since_queued(job: Job, source: Path, sidecar: Path | None
     return None
 
 
+def _done_folders(config: Config, source: Path, dirs: StateDirs) -> tuple[Path, ...]:
+    """Where a SEG's image may be once delivered and moved: the same folder of the watch,
+    or (a BIDS derivative) the raw dataset's, under each recent done/<date>/ (see
+    Node._after_action), newest first; then those folders themselves (older nodes moved
+    files there flat)."""
+    import os
+
+    from node.convert.derived import raw_folder
+
+    days = dirs.recent_done()
+    watch = config.watch_for(source)
+    inside: list[Path] = []
+    if watch is not None:
+        root, file = Path(os.path.abspath(watch.path)), Path(os.path.abspath(source))
+        inside = [Path(os.path.relpath(folder, root)) for folder in (file.parent, *raw_folder(file))
+                  if folder.is_relative_to(root)]
+    return tuple(d / rel for d in days for rel in inside) + days
+
+
 def destination_for(job: Job, config: Config) -> Destination:
     """The destination as this job sends to it: in the form its route gave it (iod,
     compression, labelmap), and with its share of the destination's rate cap when several
@@ -369,7 +388,6 @@ def deliver(
         dest = destination_for(job, config)
     except ConfigError as exc:
         return DeliveryResult(JobState.FAILED, exc.message, "config")
-
     t0 = time.monotonic()
     spool = spool_root / f"job-{job.id}"
     try:
@@ -378,7 +396,8 @@ def deliver(
             batch = prepare(source, profile, spool, ConversionOptions(
                 uid_root=config.node.uid_root, sidecar=sidecar, study=study,
                 reference=reference, iod=dest.iod, compression=dest.compression,
-                labelmap=dest.labelmap, source_folders=StateDirs(spool_root.parent).recent_done()))
+                labelmap=dest.labelmap,
+                source_folders=_done_folders(config, source, StateDirs(spool_root.parent))))
         except ConfigError as exc:
             return DeliveryResult(JobState.FAILED, exc.message, "config")
         except NoSpace as exc:

@@ -102,6 +102,7 @@ def _deliver_in_worker(job: Job, config: Config, state_root: str, already: set[s
     def on_stage(stage: str, instance_rows=None, **changes) -> None:
         """A step begins: sending; or committing, with its Transaction UID and the
         instances' results, committed before the N-ACTION goes."""
+        confirmed.flush()  # what was confirmed before goes first: results never go backwards
         journal = config.open_journal(create=False)
         try:
             if instance_rows:
@@ -544,7 +545,7 @@ class Node:
                 for f in files:
                     f.unlink(missing_ok=True)
                 return
-            target = self.dirs.done / dt.date.today().isoformat()
+            target = self.dirs.done / dt.date.today().isoformat() / self._in_watch(source)
             target.mkdir(parents=True, exist_ok=True)
             for f in files:
                 if f.exists():
@@ -558,6 +559,14 @@ class Node:
             log.warning("job %d %s: %s", job.id, safe(source.name), note,
                         extra={"fields": {"job": job.id}})
             self.journal.note(job.id, note)
+
+    def _in_watch(self, source: Path) -> Path:
+        """Where a file sits inside its watched folder (``sub-01/anat``), kept under done/ so
+        a BIDS tree stays one (and a SEG delivered later finds its image there)."""
+        watch = self.config.watch_for(source)
+        if watch is None:
+            return Path()
+        return Path(os.path.relpath(source.parent, os.path.abspath(watch.path)))
 
     def _late_sidecar(self, sidecar: Path, watch: WatchSettings) -> None:
         """A sidecar whose image was already delivered without it: say so, and move it to

@@ -298,6 +298,12 @@ class Config:
         return (where(n.commitment_tls_cert), where(n.commitment_tls_key),
                 where(n.commitment_tls_ca))
 
+    def watch_for(self, path: str | Path) -> WatchSettings | None:
+        """The watched folder a file is in (the deepest, should folders nest), or None."""
+        real = Path(os.path.abspath(path))
+        found = [w for w in self.watches if real.is_relative_to(os.path.abspath(w.path))]
+        return max(found, key=lambda w: len(w.path.parts)) if found else None
+
     def query_destination(self, dest: Destination) -> Destination:
         """Where the studies a series joins are looked up for ``dest``: its
         ``query_destination``, else itself (PACS usually answer C-FIND where they store)."""
@@ -840,10 +846,21 @@ def describe(config: Config) -> str:
                 value = {k.name: getattr(value, k.name) for k in fields(value)}
                 value["key"] = "****" if value["key"] else None
             lines.append(f"{f.name} = {_show(value)}")
+        policy = config.policy(name)
+        if not policy.schedule.always:
+            lines.append(f"schedule = {_show([w.text for w in policy.schedule.windows])}")
+        if policy.concurrency:
+            lines.append(f"concurrency = {policy.concurrency}")
     for w in config.watches:
         lines.append("\n[[watch]]")
         for f in fields(WatchSettings):
             lines.append(f"{f.name} = {_show(getattr(w, f.name))}")
+    for route in config.routes:
+        lines.append(f"\n[[route]]  # {route.name}")
+        lines.append("when = " + (", ".join(t.describe() for t in route.tests) or "every file"))
+        lines.append("to = " + ", ".join(
+            t.destination + (f" {t.form()}" if t.form() else "") for t in route.targets)
+            + (" (continue)" if route.cont else "") + (" (urgent)" if route.priority else ""))
     for name, p in config.profiles.items():
         secret = "****" if p.secret() else "(not set)"
         lines.append(f"\n[profiles.{name}]  # modality {p.modality}, derived {p.derived}, "

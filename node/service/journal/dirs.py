@@ -34,13 +34,14 @@ class StateDirs:
         return self.root / "previews"
 
     def recent_done(self, days: int = 7) -> tuple[Path, ...]:
-        """The done/<date> folders of the last ``days`` days, newest first (a SEG's image
-        delivered and moved before the SEG arrived is found there)."""
+        """The done/<date> folders of the last ``days`` days, newest first, whether they
+        exist yet or not (a SEG's image delivered and moved while the SEG is converted is
+        found there)."""
         import datetime as dt
 
         today = dt.date.today()
-        folders = (self.done / (today - dt.timedelta(days=n)).isoformat() for n in range(days))
-        return tuple(f for f in folders if f.is_dir())
+        return tuple(self.done / (today - dt.timedelta(days=n)).isoformat()
+                     for n in range(days))
 
     def preview(self, job_id: int) -> Path:
         return self.previews / f"job-{int(job_id)}.png"

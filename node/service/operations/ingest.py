@@ -22,7 +22,7 @@ def ingest(
     on_enqueue: Callable[[int, int], None] | None = None,
     on_enqueued: Callable[[int, int | None], None] | None = None,
     on_deliver: Callable[[int, int], None] | None = None,
-    poll_seconds: float = 0.5,
+    poll_seconds: float = 0.5, routed: bool = True, priority: str = "normal",
 ) -> IngestResult:
     """Archive mode: enqueue every wanted file under ``directory`` (kept where it is), then
     deliver until those jobs are finished. Resumable: content already in the journal is not
@@ -31,15 +31,21 @@ def ingest(
     Beside a running node (it holds the state folder's lock) ingest only enqueues, and waits
     while that node delivers: nothing is reset or worked twice. ``on_enqueued(n, pid)`` says
     how many jobs there are and which node delivers them (None: this process).
+
+    ``routed``: the config's [[route]] tables decide where each file goes (False: all go to
+    ``destination``, which the operator named). ``priority``: "urgent" overtakes any backlog.
     """
+    import dataclasses
 
     from node.service.journal import NodeLock
     from node.service.node import Node
     from node.service.settings import WatchSettings
     from node.service.watcher import scan
 
+    if not routed:
+        config = dataclasses.replace(config, routes=())
     tree = WatchSettings(path=directory.resolve(), destination=destination, profile=profile,
-                         after="keep")  # an archive is read, never moved or deleted
+                         after="keep", priority=priority)  # an archive is never changed
     probe = NodeLock(config.node.state_dir)
     holder = probe.acquire()
     probe.release()

@@ -54,10 +54,9 @@ class RouteReport:
 
 def watch_of(config: Config, path: Path) -> WatchSettings:
     """The watched folder a file is in (the deepest), else a stand-in for the default one."""
-    real = path.resolve()
-    found = [w for w in config.watches if real.is_relative_to(w.path.resolve())]
-    if found:
-        return max(found, key=lambda w: len(w.path.parts))
+    found = config.watch_for(path)
+    if found is not None:
+        return found
     if config.watches and not config.routes:
         return config.watches[0]
     return WatchSettings(path=path.parent, destination=config.node.default_destination or "",

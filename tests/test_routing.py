@@ -387,3 +387,60 @@ def test_a_derivative_seg_finds_its_image_in_the_raw_dataset_or_the_done_folder(
     with pytest.raises(InputError, match="2 candidates in"):
         find_source_image(seg, bids_entities(seg), None, (done,))
     assert find_source_image(seg, bids_entities(seg), other) == other  # --source decides
+
+
+# --- a file with several destinations: moved once, quarantined and released together -------
+
+def _fan_out_node(tmp_path):
+    from node.service.node import Node
+
+    config = _config(tmp_path, [{"name": "both", "to": [
+        "pacs", {"destination": "research", "iod": "enhanced"}]}])
+    return Node(config, watch=False, deliver=False), config.watches[0]
+
+
+def test_the_file_moves_only_when_every_destination_of_it_is_done(tmp_path):
+    from support.journal import force_state
+
+    from node.service.journal import JobState
+
+    node, watch = _fan_out_node(tmp_path)
+    source = write_nifti(watch.path / "sub-01" / "anat" / "sub-01_T1w.nii.gz",
+                         np.zeros((4, 4, 3), np.int16), np.eye(4))
+    first = node.enqueue_file(source, watch)
+    pacs_job, research_job = node.journal.jobs()
+    assert first.id == pacs_job.id and research_job.form == '{"iod": "enhanced"}'
+    assert pacs_job.key != research_job.key  # one job per destination and form
+    force_state(node.journal, pacs_job.id, JobState.DONE)
+    node._source_done(node.journal.get(pacs_job.id))
+    assert source.exists()  # the research copy is not sent yet
+    force_state(node.journal, research_job.id, JobState.DONE)
+    node._source_done(node.journal.get(research_job.id))
+    assert not source.exists()
+    moved = list((tmp_path / "var" / "done").rglob(source.name))
+    assert [p.relative_to(p.parents[2]) for p in moved] == [Path("sub-01/anat") / source.name]
+    node.shutdown()
+
+
+def test_a_file_refused_for_all_its_destinations_is_released_for_all(tmp_path):
+    from node.service.operations.jobs import delete_quarantined, release
+
+    node, watch = _fan_out_node(tmp_path)
+    source = write_nifti(watch.path / "sub-02_T1w.nii.gz", np.zeros((4, 4, 3), np.int16),
+                         np.eye(4))
+    node.enqueue_file(source, watch, sidecar_missing=True)
+    jobs = node.journal.jobs()
+    assert [j.state for j in jobs] == ["quarantined", "quarantined"]
+    assert jobs[0].quarantine_path == jobs[1].quarantine_path and not source.exists()
+    released = release(node.journal, jobs[1].id)
+    assert released.state == "queued" and source.exists()
+    assert [j.state for j in node.journal.jobs()] == ["queued", "queued"]
+    # one destination's copy refused while the other still needs the file: a copy goes aside
+    node._quarantine(node.journal.get(jobs[0].id), "the research archive refused it")
+    assert source.exists()
+    folder = Path(node.journal.get(jobs[0].id).quarantine_path)
+    assert (folder / source.name).exists()
+    assert "a copy: the file stays for job(s) 2" in next(folder.glob("*.reason.txt")).read_text()
+    delete_quarantined(node.journal, jobs[0].id)
+    assert [j.state for j in node.journal.jobs()] == ["cancelled", "queued"]
+    node.shutdown()

@@ -24,8 +24,18 @@ def delete_quarantined(journal: JournalStore, job_id: int) -> Job:
         raise OperationError(None, f"job {job_id}: not in quarantine")
     if job.quarantine_path:
         shutil.rmtree(job.quarantine_path, ignore_errors=True)
+    for other in _sharing(journal, job):  # the file's other destinations, quarantined with it
+        journal.transition(other.id, "cancelled", last_error="deleted from quarantine by an "
+                           "operator", quarantine_path=None)
     return journal.transition(job.id, "cancelled", last_error="deleted from quarantine by an "
                               "operator", quarantine_path=None)
+
+
+def _sharing(journal: JournalStore, job: Job) -> list[Job]:
+    """The other jobs of the same file quarantined in the same folder (a file refused for
+    every destination of it): released or deleted together."""
+    return [s for s in journal.siblings(job) if s.state == "quarantined"
+            and s.quarantine_path == job.quarantine_path]
 
 
 def release(journal: JournalStore, job_id: int) -> Job:
@@ -37,6 +47,7 @@ def release(journal: JournalStore, job_id: int) -> Job:
     if job is None or job.state != "quarantined" or not job.quarantine_path:
         raise OperationError(None, f"job {job_id}: not in quarantine")
     folder = Path(job.quarantine_path)
+    together = _sharing(journal, job)
     source = Path(job.source)
     gradients = [source.with_name(nifti_stem(source) + ext) for ext in (".bval", ".bvec")
                  ] if is_nifti(source) else []
@@ -49,9 +60,12 @@ def release(journal: JournalStore, job_id: int) -> Job:
         raise OperationError(None, f"job {job.id}: {source} is missing from quarantine and its "
                              "original place")
     sidecar = Path(job.sidecar) if job.sidecar and Path(job.sidecar).exists() else None
-    return journal.transition(job.id, "queued", sha256=content_digest(source, sidecar),
-                              size=source.stat().st_size, attempts=0, next_attempt=0,
-                              quarantine_path=None)
+    content = {"sha256": content_digest(source, sidecar), "size": source.stat().st_size}
+    for other in together:
+        journal.transition(other.id, "queued", attempts=0, next_attempt=0,
+                           quarantine_path=None, **content)
+    return journal.transition(job.id, "queued", attempts=0, next_attempt=0,
+                              quarantine_path=None, **content)
 
 
 def retry(journal: JournalStore, job_ids: Sequence[int] | None) -> tuple[list[int], list[int]]:

@@ -83,6 +83,7 @@ def _gone(exc: BaseException) -> JournalUnavailable:
 class PostgresStore(Store):
     engine = "postgresql"
     moves_write_history = True  # sql/postgresql.sql: move_* insert their history line
+    read_lag_seconds = 2.0  # see Outbox.read_lag_seconds
 
     def __init__(self, url: str, *, create: bool = True,
                  schema: SchemaMode | None = None) -> None:
@@ -202,7 +203,7 @@ class PostgresStore(Store):
 
 #: The tables a SQLite journal's content is copied from, in an order that keeps references.
 _COPIED = ("jobs", "instances", "instance_timeouts", "history", "nodes", "paused", "audit",
-           "destinations", "studies", "study_series")
+           "events", "receivers", "destinations", "studies", "study_series")
 
 
 def copy_from_sqlite(sqlite_path: str | Path, url: str) -> dict[str, int]:
@@ -227,7 +228,7 @@ def copy_from_sqlite(sqlite_path: str | Path, url: str) -> dict[str, int]:
                     cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
                                     f"({marks})", rows)
                 counts[table] = len(rows)
-            for table in ("jobs", "history", "audit"):
+            for table in ("jobs", "history", "audit", "events"):
                 cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                             f"GREATEST((SELECT COALESCE(MAX(id), 0) FROM {table}), 1))")
     finally:

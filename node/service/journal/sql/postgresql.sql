@@ -308,3 +308,64 @@ SELECT * FROM jobs WHERE state = 'committing' AND next_attempt <= %(now)s ORDER 
 
 -- name: job_instance_uids
 SELECT sop_instance_uid FROM instances WHERE job_id = %(job_id)s
+
+-- === the outbox (events for webhooks, email and audit collectors) ===========================
+
+-- name: record_event
+INSERT INTO events (at, kind, subject, outcome, detail, owner)
+VALUES (%(at)s, %(kind)s, %(subject)s::text, %(outcome)s, %(detail)s::text, %(owner)s::text)
+
+-- name: receiver
+SELECT name, history_id, audit_id, event_id, delivered, dropped, last_error, updated
+FROM receivers WHERE name = %(name)s
+
+-- name: receivers
+SELECT name, history_id, audit_id, event_id, delivered, dropped, last_error, updated
+FROM receivers ORDER BY name
+
+-- name: add_receiver
+-- a new receiver starts at the end: it gets what happens from now on, not the past
+INSERT INTO receivers (name, history_id, audit_id, event_id, updated)
+VALUES (%(name)s, (SELECT coalesce(max(id), 0) FROM history),
+        (SELECT coalesce(max(id), 0) FROM audit), (SELECT coalesce(max(id), 0) FROM events),
+        %(now)s)
+ON CONFLICT (name) DO NOTHING
+
+-- name: advance_receiver
+UPDATE receivers SET history_id = GREATEST(history_id, %(history_id)s),
+    audit_id = GREATEST(audit_id, %(audit_id)s), event_id = GREATEST(event_id, %(event_id)s),
+    delivered = delivered + %(delivered)s, dropped = dropped + %(dropped)s,
+    last_error = %(last_error)s::text, updated = %(now)s
+WHERE name = %(name)s
+
+-- name: note_receiver
+UPDATE receivers SET last_error = %(last_error)s::text, updated = %(now)s WHERE name = %(name)s
+
+-- name: history_after
+SELECT h.id, h.at, h.job_id, h.from_state, h.to_state, h.attempt, h.owner, h.detail,
+    j.source, j.destination, j.profile, j.series_uid, j.study_uid, j.instances, j.delivered,
+    j.error_class, j.priority
+FROM history h JOIN jobs j ON j.id = h.job_id
+WHERE h.id > %(after)s AND h.at <= %(before)s ORDER BY h.id LIMIT %(limit)s
+
+-- name: audit_after
+SELECT id, at, who, via, action, target, result FROM audit
+WHERE id > %(after)s AND at <= %(before)s ORDER BY id LIMIT %(limit)s
+
+-- name: events_after
+SELECT id, at, kind, subject, outcome, detail, owner FROM events
+WHERE id > %(after)s AND at <= %(before)s ORDER BY id LIMIT %(limit)s
+
+-- name: pending_counts
+SELECT (SELECT count(*) FROM history WHERE id > %(history_id)s)
+     + (SELECT count(*) FROM audit WHERE id > %(audit_id)s)
+     + (SELECT count(*) FROM events WHERE id > %(event_id)s),
+    LEAST((SELECT coalesce(min(at), 1e300) FROM history WHERE id > %(history_id)s),
+        (SELECT coalesce(min(at), 1e300) FROM audit WHERE id > %(audit_id)s),
+        (SELECT coalesce(min(at), 1e300) FROM events WHERE id > %(event_id)s))
+
+-- name: id_at_or_before
+-- the last id of each stream at or before a time (a receiver over its bound skips to it)
+SELECT (SELECT coalesce(max(id), 0) FROM history WHERE at <= %(at)s),
+       (SELECT coalesce(max(id), 0) FROM audit WHERE at <= %(at)s),
+       (SELECT coalesce(max(id), 0) FROM events WHERE at <= %(at)s)

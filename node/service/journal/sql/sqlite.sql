@@ -266,3 +266,64 @@ SELECT * FROM jobs WHERE state = 'committing' AND next_attempt <= :now ORDER BY 
 
 -- name: job_instance_uids
 SELECT sop_instance_uid FROM instances WHERE job_id = :job_id
+
+-- === the outbox (events for webhooks, email and audit collectors) ===========================
+
+-- name: record_event
+INSERT INTO events (at, kind, subject, outcome, detail, owner)
+VALUES (:at, :kind, :subject, :outcome, :detail, :owner)
+
+-- name: receiver
+SELECT name, history_id, audit_id, event_id, delivered, dropped, last_error, updated
+FROM receivers WHERE name = :name
+
+-- name: receivers
+SELECT name, history_id, audit_id, event_id, delivered, dropped, last_error, updated
+FROM receivers ORDER BY name
+
+-- name: add_receiver
+-- a new receiver starts at the end: it gets what happens from now on, not the past
+INSERT INTO receivers (name, history_id, audit_id, event_id, updated)
+VALUES (:name, (SELECT coalesce(max(id), 0) FROM history),
+        (SELECT coalesce(max(id), 0) FROM audit), (SELECT coalesce(max(id), 0) FROM events),
+        :now)
+ON CONFLICT (name) DO NOTHING
+
+-- name: advance_receiver
+UPDATE receivers SET history_id = max(history_id, :history_id),
+    audit_id = max(audit_id, :audit_id), event_id = max(event_id, :event_id),
+    delivered = delivered + :delivered, dropped = dropped + :dropped,
+    last_error = :last_error, updated = :now
+WHERE name = :name
+
+-- name: note_receiver
+UPDATE receivers SET last_error = :last_error, updated = :now WHERE name = :name
+
+-- name: history_after
+SELECT h.id, h.at, h.job_id, h.from_state, h.to_state, h.attempt, h.owner, h.detail,
+    j.source, j.destination, j.profile, j.series_uid, j.study_uid, j.instances, j.delivered,
+    j.error_class, j.priority
+FROM history h JOIN jobs j ON j.id = h.job_id
+WHERE h.id > :after AND h.at <= :before ORDER BY h.id LIMIT :limit
+
+-- name: audit_after
+SELECT id, at, who, via, action, target, result FROM audit
+WHERE id > :after AND at <= :before ORDER BY id LIMIT :limit
+
+-- name: events_after
+SELECT id, at, kind, subject, outcome, detail, owner FROM events
+WHERE id > :after AND at <= :before ORDER BY id LIMIT :limit
+
+-- name: pending_counts
+SELECT (SELECT count(*) FROM history WHERE id > :history_id)
+     + (SELECT count(*) FROM audit WHERE id > :audit_id)
+     + (SELECT count(*) FROM events WHERE id > :event_id),
+    min((SELECT coalesce(min(at), 1e300) FROM history WHERE id > :history_id),
+        (SELECT coalesce(min(at), 1e300) FROM audit WHERE id > :audit_id),
+        (SELECT coalesce(min(at), 1e300) FROM events WHERE id > :event_id))
+
+-- name: id_at_or_before
+-- the last id of each stream at or before a time (a receiver over its bound skips to it)
+SELECT (SELECT coalesce(max(id), 0) FROM history WHERE at <= :at),
+       (SELECT coalesce(max(id), 0) FROM audit WHERE at <= :at),
+       (SELECT coalesce(max(id), 0) FROM events WHERE at <= :at)

@@ -278,6 +278,9 @@ class Node:
             raise NodeStartError(f"[node].commitment_port {config.node.commitment_port}: the "
                                  f"storage commitment SCP cannot listen there ({why}); "
                                  "choose a free port") from None
+        from node.service.events import Events
+
+        self.events = Events(config, self.owner) if deliver and config.receivers else None
         from node.service.watcher import FolderWatcher, Stabilizer
 
         self.stabilizer = Stabilizer()
@@ -646,6 +649,12 @@ class Node:
                 f"{time.time() - twins[0]['heartbeat']:.0f} s ago) in the shared journal; give "
                 "this node its own [node].node_id")
         self.journal.register_node(self.owner, __version__)
+        for receiver in self.config.receivers:  # a new receiver hears from this start on
+            self.journal.cursor(receiver.key)
+        self.journal.record_event("node.started", self.owner, detail=f"dicom-node {__version__}",
+                                  owner=self.owner)
+        if self.events is not None:
+            self.events.start()
         for job in self.journal.recover():
             log_transition(job, job.state, "queued", "resumed after an interruption")
         n = self.config.node
@@ -824,6 +833,10 @@ class Node:
                     proc.kill()
         if self.commitments is not None:
             self.commitments.close()
+        if self.events is not None:
+            with contextlib.suppress(sqlite3.Error, OSError, JournalUnavailable):
+                self.journal.record_event("node.stopped", self.owner, owner=self.owner)
+            self.events.close(wait=3.0)  # what is left goes after the next start
         self.metrics.stop()
         self.intake.close()
         with contextlib.suppress(sqlite3.Error):

@@ -33,6 +33,9 @@ from node.convert.profile import (
 )
 from node.errors import ConfigError
 from node.net.destination import Destination, TlsSettings, WebAuth, check_ae_title
+from node.net.notify import TlsFiles
+from node.service.events import KINDS as RECEIVER_KINDS
+from node.service.events import Receiver
 from node.service.routing import Route, parse_routes
 from node.service.schedule import DeliveryPolicy, check_zone, parse_schedule
 
@@ -249,6 +252,7 @@ class Config:
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     routes: tuple[Route, ...] = ()  # [[route]]: empty = each watch's own destination
     policies: dict[str, DeliveryPolicy] = field(default_factory=dict)
+    receivers: tuple[Receiver, ...] = ()  # [[webhook]], [[email]], [[audit]]: who hears events
 
     def policy(self, name: str) -> DeliveryPolicy:
         """A destination's delivery policy (schedule, jobs at once); the default when none."""
@@ -461,8 +465,121 @@ def config_from_dict(
                     "decide where files go; remove it, and route this folder's files with a "
                     f'route (when = {{ watch = "{watches[named].path.name}" }})')
         policies = _policies(raw.get("destinations", {}), node)
+        receivers = _receivers(raw, path.parent if path else Path.cwd())
     return Config(node=node, profiles=built or {}, path=path, destinations=destinations,
-                  watches=tuple(watches), console=console, routes=routes, policies=policies)
+                  watches=tuple(watches), console=console, routes=routes, policies=policies,
+                  receivers=receivers)
+
+
+#: The keys each kind of receiver takes (README "Events").
+_RECEIVER_KEYS = {
+    "webhook": {"url", "secret_env", "tls"},
+    "email": {"host", "port", "security", "username", "password_env", "from", "to",
+              "every_minutes", "tls"},
+    "audit": {"host", "port", "transport", "site", "tls"},
+}
+_RECEIVER_COMMON = {"name", "events", "phi", "max_pending", "max_age_hours", "timeout_seconds",
+                    "retry_max_seconds"}
+
+
+def _receivers(raw: dict, base: Path) -> tuple[Receiver, ...]:
+    out: list[Receiver] = []
+    for kind in RECEIVER_KINDS:
+        tables = raw.get(kind, [])
+        if isinstance(tables, dict):
+            tables = [tables]
+        if not isinstance(tables, list):
+            raise ValueError(f"[[{kind}]]: write receivers as [[{kind}]] tables")
+        out.extend(_receiver(kind, i, t, base) for i, t in enumerate(tables))
+    keys = [r.key for r in out]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise ValueError(f"[[{key.split(':')[0]}]] {key.split(':')[1]!r}: two receivers "
+                             "have this name; name them apart")
+    return tuple(out)
+
+
+def _receiver(kind: str, i: int, raw: Any, base: Path) -> Receiver:
+    where = f"[[{kind}]] #{i + 1}"
+    check_table(where, raw, _RECEIVER_KEYS[kind] | _RECEIVER_COMMON)
+    name = raw.get("name", f"{kind}{i + 1}")
+    if not isinstance(name, str) or not re.fullmatch(r"[\w.-]{1,64}", name):
+        raise ValueError(f"{where}.name: letters, digits, '.', '-' or '_' (at most 64)")
+    where = f"[[{kind}]] {name!r}"
+    values: dict[str, Any] = {"kind": kind, "name": name}
+    events = raw.get("events", [])
+    if not isinstance(events, list) or not all(isinstance(e, str) and e for e in events):
+        raise ValueError(f'{where}.events: a list of event types or globs, e.g. ["job.done", '
+                         '"destination.*"]')
+    values["events"] = tuple(events)
+    values["phi"] = _checked(f"{where}.phi", raw.get("phi", False), bool, {})
+    for key, minimum in (("max_pending", 1), ("max_age_hours", 0.01), ("timeout_seconds", 0.1),
+                         ("retry_max_seconds", 0.1)):
+        if key in raw:
+            values[key] = _number(f"{where}.{key}", raw[key], integer=key == "max_pending",
+                                  minimum=minimum)
+    if "tls" in raw:
+        t = _tls_settings(where, raw["tls"], base)
+        values["tls"] = TlsFiles(t.ca, t.cert, t.key)
+    values.update(_RECEIVER_PARTS[kind](where, raw))
+    return Receiver(**values)
+
+
+def _webhook_keys(where: str, raw: dict) -> dict[str, Any]:
+    url, _, _ = _web_url(f"{where}.url", raw.get("url"))
+    secret = raw.get("secret_env")
+    if not isinstance(secret, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", secret):
+        raise ValueError(f"{where}.secret_env: the name of the environment variable that holds "
+                         "the signing secret (every webhook is signed, HMAC-SHA256)")
+    return {"url": url, "secret_env": secret}
+
+
+def _endpoint(where: str, raw: dict, default_port: int) -> dict[str, Any]:
+    host = raw.get("host")
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"{where}.host: the collector's host name or address")
+    port = _number(f"{where}.port", raw.get("port", default_port), integer=True, minimum=1)
+    if port > 65535:
+        raise ValueError(f"{where}.port: {port} is not a TCP port (1-65535)")
+    return {"host": host, "port": port}
+
+
+def _email_keys(where: str, raw: dict) -> dict[str, Any]:
+    security = _choice(f"{where}.security", raw.get("security", "starttls"),
+                       ("starttls", "tls", "none")) or "starttls"
+    out = _endpoint(where, raw, 465 if security == "tls" else 587)
+    to = raw.get("to")
+    if isinstance(to, str):
+        to = [to]
+    if not isinstance(to, list) or not to or not all(isinstance(a, str) and "@" in a
+                                                     for a in to):
+        raise ValueError(f'{where}.to: the addresses, e.g. ["pacs-team@example.org"]')
+    sender = raw.get("from")
+    if not isinstance(sender, str) or "@" not in sender:
+        raise ValueError(f'{where}.from: the sender address, e.g. "dicom-node@example.org"')
+    if security == "none" and out["host"] not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f'{where}.security: "none" sends the login and the mail in clear; '
+                         'only to a relay on this machine (host = "127.0.0.1")')
+    if raw.get("username") and not raw.get("password_env"):
+        raise ValueError(f"{where}.password_env: the environment variable holding the "
+                         "password of username (never the password itself)")
+    every = _number(f"{where}.every_minutes", raw.get("every_minutes", 15.0), minimum=0)
+    return {**out, "security": security, "to": tuple(to), "sender": sender,
+            "username": str(raw.get("username", "")),
+            "password_env": str(raw.get("password_env", "")), "every_minutes": every}
+
+
+def _audit_keys(where: str, raw: dict) -> dict[str, Any]:
+    transport = _choice(f"{where}.transport", raw.get("transport", "tls"),
+                        ("tls", "udp")) or "tls"
+    out = _endpoint(where, raw, 6514 if transport == "tls" else 514)
+    site = raw.get("site", "")
+    if not isinstance(site, str):
+        raise ValueError(f"{where}.site: the AuditEnterpriseSiteID, as text")
+    return {**out, "transport": transport, "site": site}
+
+
+_RECEIVER_PARTS = {"webhook": _webhook_keys, "email": _email_keys, "audit": _audit_keys}
 
 
 def _policies(raw: dict, node: NodeSettings) -> dict[str, DeliveryPolicy]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -372,6 +373,9 @@ async def login(request: Request) -> Response:
     target = str(form.get("next", "/"))
     if not target.startswith("/") or target.startswith("//"):
         target = "/"  # never an open redirect
+    client = request.client.host if request.client else "unknown"
+    await _login_event(console, who.name if who else f"unknown user from {client}",
+                       who is not None)
     if who is None:
         return console.templates.TemplateResponse(
             request, "login.html", {"who": None, "csrf": "", "mode": console.gate.mode,
@@ -380,6 +384,23 @@ async def login(request: Request) -> Response:
     response = RedirectResponse(target, 303)
     response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
     return response
+
+
+async def _login_event(console: Console, user: str, ok: bool) -> None:
+    """A console login, or a refused one, is an event (an audit collector's User
+    Authentication; a refusal also a Security Alert). Never a reason to fail the login."""
+    from starlette.concurrency import run_in_threadpool
+
+    def record() -> None:
+        with closing(console.journal()) as journal:
+            journal.record_event("console.login", user, "ok" if ok else "failed")
+            if not ok:
+                journal.record_event("access.refused", user, "failed", "console login refused")
+
+    try:
+        await run_in_threadpool(record)
+    except Exception:  # the journal away: the login itself is not refused for it
+        logging.getLogger("node.web").warning("console login not recorded as an event")
 
 
 async def logout(request: Request) -> Response:

@@ -26,9 +26,17 @@ class Destinations(QueryRunner):
 
     def record_echo(self, name: str, ok: bool, message: str,
                     latency_ms: float | None = None) -> None:
+        """The latest echo; a change (down, or back) is an event in the same transaction."""
         with self._tx():
-            self._execute("record_echo", {"name": name, "now": time.time(), "ok": int(ok),
+            before = self._one("echo_of", name=name)
+            now = time.time()
+            self._execute("record_echo", {"name": name, "now": now, "ok": int(ok),
                                           "message": message, "latency_ms": latency_ms})
+            if before is not None and bool(before[0]) != ok:
+                self._execute("record_event", {
+                    "at": now, "kind": "destination.up" if ok else "destination.down",
+                    "subject": name, "outcome": "ok" if ok else "failed",
+                    "detail": message[:2000], "owner": None})
 
     def echoes(self) -> list[EchoRecord]:
         return [EchoRecord(n, c, bool(o), m) for n, c, o, m in self._all("echoes")]

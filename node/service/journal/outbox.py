@@ -53,8 +53,10 @@ class Cursor:
 
 def _job_event(row: tuple) -> Event:
     (seq, at, job_id, from_state, to_state, attempt, owner, detail, source, destination,
-     profile, series_uid, study_uid, instances, delivered, error_class, priority) = row
+     profile, series_uid, study_uid, instances, delivered, error_class, priority, alert) = row
     kind = "job.queued" if from_state is None else f"job.{to_state}"
+    if to_state == "retry-wait" and alert:
+        kind = "job.alert"  # a retry that needs an operator (a refused association, TLS)
     return Event("history", int(seq), float(at), kind, {
         "job": int(job_id), "from": from_state, "state": to_state, "attempt": attempt,
         "node": owner, "destination": destination, "profile": profile,
@@ -139,6 +141,12 @@ class Outbox(QueryRunner):
         count, oldest = self._one("pending_counts", history_id=cursor.history_id,  # type: ignore[misc]
                                   audit_id=cursor.audit_id, event_id=cursor.event_id)
         return int(count), (float(oldest) if count else None)
+
+    def time_keeping(self, cursor: Cursor, keep: int) -> float | None:
+        """The time up to which events are dropped so that the newest ``keep`` remain."""
+        row = self._one("pending_time_at", history_id=cursor.history_id,
+                        audit_id=cursor.audit_id, event_id=cursor.event_id, keep=keep)
+        return None if row is None else float(row[0])
 
     def skip_to(self, cursor: Cursor, at: float, dropped: int) -> Cursor:
         """Over its bound: the receiver loses what happened up to ``at`` (counted)."""

@@ -219,6 +219,9 @@ VALUES (%(name)s, %(now)s, %(ok)s, %(message)s, %(latency_ms)s)
 ON CONFLICT (name) DO UPDATE SET checked = EXCLUDED.checked, ok = EXCLUDED.ok,
     message = EXCLUDED.message, latency_ms = EXCLUDED.latency_ms
 
+-- name: echo_of
+SELECT ok FROM destinations WHERE name = %(name)s
+
 -- name: echoes
 SELECT name, checked, ok, message FROM destinations ORDER BY name
 
@@ -344,7 +347,7 @@ UPDATE receivers SET last_error = %(last_error)s::text, updated = %(now)s WHERE 
 -- name: history_after
 SELECT h.id, h.at, h.job_id, h.from_state, h.to_state, h.attempt, h.owner, h.detail,
     j.source, j.destination, j.profile, j.series_uid, j.study_uid, j.instances, j.delivered,
-    j.error_class, j.priority
+    j.error_class, j.priority, j.alert
 FROM history h JOIN jobs j ON j.id = h.job_id
 WHERE h.id > %(after)s AND h.at <= %(before)s ORDER BY h.id LIMIT %(limit)s
 
@@ -369,3 +372,11 @@ SELECT (SELECT count(*) FROM history WHERE id > %(history_id)s)
 SELECT (SELECT coalesce(max(id), 0) FROM history WHERE at <= %(at)s),
        (SELECT coalesce(max(id), 0) FROM audit WHERE at <= %(at)s),
        (SELECT coalesce(max(id), 0) FROM events WHERE at <= %(at)s)
+
+-- name: pending_time_at
+-- the time of the event with "keep" newer ones waiting after it (a receiver over its count
+-- bound keeps the newest)
+SELECT at FROM (SELECT at FROM history WHERE id > %(history_id)s
+                UNION ALL SELECT at FROM audit WHERE id > %(audit_id)s
+                UNION ALL SELECT at FROM events WHERE id > %(event_id)s) AS p
+ORDER BY at DESC LIMIT 1 OFFSET %(keep)s

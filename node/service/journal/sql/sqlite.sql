@@ -194,6 +194,9 @@ VALUES (:name, :now, :ok, :message, :latency_ms)
 ON CONFLICT (name) DO UPDATE SET checked = excluded.checked, ok = excluded.ok,
     message = excluded.message, latency_ms = excluded.latency_ms
 
+-- name: echo_of
+SELECT ok FROM destinations WHERE name = :name
+
 -- name: echoes
 SELECT name, checked, ok, message FROM destinations ORDER BY name
 
@@ -302,7 +305,7 @@ UPDATE receivers SET last_error = :last_error, updated = :now WHERE name = :name
 -- name: history_after
 SELECT h.id, h.at, h.job_id, h.from_state, h.to_state, h.attempt, h.owner, h.detail,
     j.source, j.destination, j.profile, j.series_uid, j.study_uid, j.instances, j.delivered,
-    j.error_class, j.priority
+    j.error_class, j.priority, j.alert
 FROM history h JOIN jobs j ON j.id = h.job_id
 WHERE h.id > :after AND h.at <= :before ORDER BY h.id LIMIT :limit
 
@@ -327,3 +330,11 @@ SELECT (SELECT count(*) FROM history WHERE id > :history_id)
 SELECT (SELECT coalesce(max(id), 0) FROM history WHERE at <= :at),
        (SELECT coalesce(max(id), 0) FROM audit WHERE at <= :at),
        (SELECT coalesce(max(id), 0) FROM events WHERE at <= :at)
+
+-- name: pending_time_at
+-- the time of the event with :keep newer ones waiting after it (a receiver over its count
+-- bound keeps the newest :keep)
+SELECT at FROM (SELECT at FROM history WHERE id > :history_id
+                UNION ALL SELECT at FROM audit WHERE id > :audit_id
+                UNION ALL SELECT at FROM events WHERE id > :event_id) AS p
+ORDER BY at DESC LIMIT 1 OFFSET :keep

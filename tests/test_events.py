@@ -242,6 +242,8 @@ retry_max_seconds = 1
                    "node.stopped")
     finally:
         receiver.close()
+    status = node.cli("status")
+    assert "receiver webhook:ops: backlog 0, delivered" in status.stdout, status.stdout
     got = receiver.received
     assert receiver.bad_signatures == 0
     by_id: dict[str, dict] = {}

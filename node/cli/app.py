@@ -580,6 +580,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         if not d.get("schedule", "").startswith("open (no schedule)"):
             parts.append(f"schedule {d.get('schedule')}")
         print(f"destination {d['name']}: {health}" + (f"; {'; '.join(parts)}" if parts else ""))
+    for r in report.get("receivers", []):
+        waiting = f"backlog {r['backlog']}" + (
+            f" (oldest {_age(r['oldest_age'])})" if r["oldest_age"] is not None else "")
+        print(f"receiver {r['name']}: {waiting}, delivered {r['delivered']}"
+              + (f", ALERT dropped {r['dropped']}" if r["dropped"] else "")
+              + (f"; last error: {safe(r['last_error'])}" if r["last_error"] else ""))
     return EXIT_OK
 
 

@@ -127,7 +127,32 @@ def _reference(source: Path, sidecar: Path | None, profile: Profile, config: Con
     raw = load_sidecar(sidecar) if sidecar is not None else {}
     keys = profile_query(profile, source, raw, bids_entities(source))
     calling = dest.calling_ae_title or config.node.ae_title
-    return study_of(config.query_destination(dest), calling, keys or {}, source)
+    where = config.query_destination(dest)
+    try:
+        found = study_of(where, calling, keys or {}, source)
+    except NetworkFailure:
+        query_event(config, where.name, keys or {}, False)
+        raise
+    query_event(config, where.name, keys or {}, True)
+    return found
+
+
+def query_event(config: Config, destination: str, keys: dict, ok: bool) -> None:
+    """A C-FIND or QIDO-RS the node made is an event (an audit collector's Query message;
+    the keys, which name a patient, only for receivers with phi). Never fails a delivery."""
+    import sqlite3
+
+    from node.service.journal import JournalUnavailable
+
+    try:
+        journal = config.open_journal(create=False)
+        try:
+            journal.record_event("query.find", destination, "ok" if ok else "failed",
+                                 json.dumps(keys, sort_keys=True, default=str))
+        finally:
+            journal.close()
+    except (OSError, sqlite3.Error, JournalUnavailable):
+        pass
 
 
 def _preview(batch: Batch, source: Path, target: Path) -> None:

@@ -917,6 +917,24 @@ def check_environment(config: Config) -> list[str]:
             if not os.environ.get(env or ""):
                 problems.append(f"{where}: [destinations.{name}].auth.{key}: the environment "
                                 f"variable {env} is not set; export it with the secret")
+    return problems + _receiver_problems(where, config)
+
+
+def _receiver_problems(where: str, config: Config) -> list[str]:
+    """Secrets from the environment and TLS files of [[webhook]], [[email]], [[audit]]."""
+    problems = []
+    for r in config.receivers:
+        table = f"[[{r.kind}]] {r.name!r}"
+        for key in ("secret_env", "password_env"):
+            env = getattr(r, key)
+            if env and not os.environ.get(env):
+                problems.append(f"{where}: {table}.{key}: the environment variable {env} is "
+                                "not set; export it with the secret")
+        if r.tls is not None:
+            for label in ("ca", "cert", "key"):
+                f = getattr(r.tls, label)
+                if f is not None and not f.is_file():
+                    problems.append(f"{where}: {table}.tls.{label} {f}: no such file")
     return problems
 
 
@@ -972,6 +990,15 @@ def describe(config: Config) -> str:
         lines.append("\n[[watch]]")
         for f in fields(WatchSettings):
             lines.append(f"{f.name} = {_show(getattr(w, f.name))}")
+    for r in config.receivers:  # names of environment variables only, never a secret
+        lines.append(f"\n[[{r.kind}]]  # {r.name}")
+        shown = {"webhook": ("url", "secret_env"), "audit": ("host", "port", "transport", "site"),
+                 "email": ("host", "port", "security", "username", "password_env", "sender",
+                           "to", "every_minutes")}[r.kind]
+        for key in (*shown, "events", "phi", "max_pending", "max_age_hours"):
+            value = getattr(r, key)
+            lines.append(f"{key} = " + ("(the default)" if key == "events" and not value
+                                        else _show(value)))
     for route in config.routes:
         lines.append(f"\n[[route]]  # {route.name}")
         lines.append("when = " + (", ".join(t.describe() for t in route.tests) or "every file"))

@@ -62,7 +62,7 @@ def _job_event(row: tuple) -> Event:
         "node": owner, "destination": destination, "profile": profile,
         "series_uid": series_uid, "study_uid": study_uid, "instances": instances,
         "delivered": delivered, "error_class": error_class,
-        "priority": "urgent" if priority else "normal",
+        "priority": "urgent" if priority else "normal", "alert": bool(alert),
         # patient data may hide in a path or a message: given only to receivers with phi
         "phi": {"source": source, "detail": detail}})
 

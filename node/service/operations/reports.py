@@ -50,7 +50,27 @@ def status_report(journal: JournalStore, config, now: float | None = None) -> di
         "last_errors": [{"job": j.id, "state": j.state, "error": j.last_error}
                         for j in journal.last_errors()],
         "destinations": destinations,
+        "receivers": _receivers(journal, config, now),
     }
+
+
+def _receivers(journal: JournalStore, config, now: float) -> list[dict]:
+    """Each event receiver: what waits for it, what it has had, what it lost, its last error
+    (an ALERT when events were dropped past its bound)."""
+    known = {c.name: c for c in journal.cursors()}
+    out = []
+    for r in config.receivers:
+        cursor = known.get(r.key)
+        if cursor is None:
+            out.append({"name": r.key, "backlog": 0, "oldest_age": None, "delivered": 0,
+                        "dropped": 0, "last_error": None})
+            continue
+        count, oldest = journal.backlog_of(cursor)
+        out.append({"name": r.key, "backlog": count,
+                    "oldest_age": None if oldest is None else round(now - oldest, 1),
+                    "delivered": cursor.delivered, "dropped": cursor.dropped,
+                    "last_error": cursor.last_error})
+    return out
 
 
 def _delivery_policy(config, name: str, now: float) -> dict:

@@ -60,6 +60,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         profile = config.profile(args.profile)
         overrides = _parse_overrides(args.set or [])
+        from node.service.operations.batch import checked_results
+
+        results = checked_results(args.results)
     except DicomNodeError as exc:
         _error(exc.message)
         return EXIT_USAGE
@@ -81,7 +84,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         _error(f"--study-of: {exc.message}")
         return EXIT_FAILURE
     if args.explain:
-        status = _explain(args, profile, config.node.uid_root, overrides, reference)
+        status = _explain(args, profile, config.node.uid_root, overrides, reference, results)
         if config.routes:
             from node.errors import DicomNodeError
             from node.service.operations.routes import explain_route
@@ -98,7 +101,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         overrides=overrides, modality=args.modality, jobs=args.jobs or None,
         overwrite=args.overwrite, reference=reference, iod=args.iod,
         compression=args.compression, source_image=args.source, preview=args.preview,
-        labelmap=args.labelmap))
+        labelmap=args.labelmap, results=results))
 
 
 def _reference(args: argparse.Namespace, config, dest):
@@ -113,16 +116,19 @@ def _reference(args: argparse.Namespace, config, dest):
 
 
 def _explain(args: argparse.Namespace, profile, uid_root: str, overrides,
-             reference=None) -> int:
+             reference=None, results: tuple[str, ...] = ()) -> int:
     """convert --explain: every attribute, its value and its source; nothing is written."""
     from node.errors import DicomNodeError
-    from node.service.operations.batch import explain
+    from node.service.operations.batch import explain, planned_results
 
     status = EXIT_OK
     for path in args.inputs:
+        options = dict(sidecar=args.sidecar, overrides=overrides, modality=args.modality,
+                       reference=reference, iod=args.iod, source_image=args.source,
+                       labelmap=args.labelmap)
         try:
-            rows = explain(path, profile, uid_root, sidecar=args.sidecar, overrides=overrides,
-                           modality=args.modality, reference=reference)
+            rows = explain(path, profile, uid_root, **options)
+            made = planned_results(path, profile, uid_root, results=results, **options)
         except DicomNodeError as exc:
             _error(exc.message)
             status = EXIT_USAGE
@@ -132,6 +138,10 @@ def _explain(args: argparse.Namespace, profile, uid_root: str, overrides,
         for r in rows:
             value = r.value if len(r.value) <= 48 else r.value[:45] + "..."
             print(f"{r.tag} {r.keyword:<{width}}  {value!s:<48}  {r.source}")
+        if made:
+            print("# results, delivered with the series in its study:")
+            for line in made:
+                print(f"#   {line}")
     return status
 
 

@@ -93,6 +93,9 @@ def _convert(sub, common: argparse.ArgumentParser) -> None:
                          "DICOM beside the same planes of the NIfTI, with orientation letters")
     convert.add_argument("--compression", choices=["none", "rle", "jpeg-ls", "jpeg2000"],
                          default="none", help="lossless encoding of the files (default: none)")
+    convert.add_argument("--results", type=lambda v: [x.strip() for x in v.split(",") if x],
+                         metavar="LIST", help="with a SEG, also make: overlay, measurements, "
+                         "report (comma-separated; default: the profile's results)")
     convert.add_argument("--labelmap", action="store_true",
                          help="a seg is a LABELMAP segmentation (Label Map Segmentation "
                          "Storage, for an archive that takes it), not BINARY")

@@ -113,4 +113,5 @@ def builder(iod: str, referenced: ConvertedSeries, provenance: str, labelmap: bo
         ds.DerivationDescription = provenance
         return ds
 
+    build.referenced = referenced  # type: ignore[attr-defined] - the results use its slices
     return build

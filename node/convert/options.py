@@ -45,6 +45,7 @@ class ConversionOptions:
     source_image: str | Path | None = None
     labelmap: bool = False
     source_folders: tuple[Path, ...] = ()  # where else a SEG's image may be (the node's done/)
+    results: tuple[str, ...] = ()  # what a SEG also brings: overlay, measurements, report
 
     def replace(self, **changes: Any) -> ConversionOptions:
         return dataclasses.replace(self, **changes)

@@ -4,6 +4,7 @@ worker pool returns."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -67,7 +68,7 @@ def write_series(series: ConvertedSeries, out_dir: str | Path, name: str | None 
     return final
 
 
-_OURS = re.compile(r"^IM\d{6}\.dcm$")
+_OURS = re.compile(r"^(IM|RS)\d{6}\.dcm$")
 
 
 #: The QA picture ``convert --preview`` writes into the series folder.
@@ -121,8 +122,10 @@ def convert_to_folder(path: str | Path, out_dir: str | Path, profile: Profile | 
     """Convert one file and write its series atomically; a picklable result for worker pools.
     ``options`` (or the same as keywords): see ConversionOptions. ``preview``: write the QA
     picture (:mod:`node.convert.preview`) into the series folder."""
-    series = convert_file(path, profile, options_from(options, keywords))
+    opts = options_from(options, keywords)
+    series = convert_file(path, profile, opts)
     folder = write_series(series, out_dir, name, overwrite)
+    write_results(series, folder, wanted_results(series, opts))
     if preview:
         write_preview(folder, series.source.image, folder / PREVIEW_NAME, series.warnings)
     return SeriesSummary(
@@ -133,6 +136,47 @@ def convert_to_folder(path: str | Path, out_dir: str | Path, profile: Profile | 
         folder=folder,
         warnings=tuple(series.warnings),
     )
+
+
+@dataclass(frozen=True)
+class WrittenResult:
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_uid: str
+
+
+def wanted_results(series: ConvertedSeries, options: ConversionOptions) -> tuple[str, ...]:
+    """What to make besides the series: asked for (options), or the profile's for a SEG."""
+    if options.results:
+        return options.results
+    return series.profile.results if series.iod == "seg" else ()
+
+
+def write_results(series: ConvertedSeries, folder: Path, which: tuple[str, ...]
+                  ) -> list[WrittenResult]:
+    """The results of a SEG series (node.convert.results) as RS000001.dcm, ... beside its
+    instances; nothing for another kind of series (a warning on it says so)."""
+    if not which:
+        return []
+    if series.iod != "seg":
+        series.warnings.append(f"results ({', '.join(which)}) are made from a SEG only; "
+                               f"this series is {series.iod!r}")
+        return []
+    from node.convert.results import make_results
+
+    made = make_results(series, which)
+    series.warnings.extend(made.notes)
+    out = []
+    for number, ds in enumerate(made.datasets, 1):
+        path = folder / f"RS{number:06d}.dcm"
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        write_file(path, buffer.getvalue())
+        out.append(WrittenResult(path, str(ds.SOPClassUID), str(ds.SOPInstanceUID),
+                                 str(ds.SeriesInstanceUID)))
+    _fsync_dir(folder)
+    return out
 
 
 def write_preview(folder: Path, nifti_image, target: Path, warnings: list[str]) -> bool:

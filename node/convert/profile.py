@@ -22,7 +22,7 @@ _PROFILE_KEYS = {
     "description", "extends", "modality", "derived", "nonfinite", "deidentify",
     "pseudonym_prefix", "pseudonym_secret", "pseudonym_secret_env", "date_shift_days",
     "static", "sidecar", "filename", "fallback", "pseudonyms", "identity", "reference",
-    "same_frame_of_reference", "iod", "labels", "units", "rgb_last_dimension",
+    "same_frame_of_reference", "iod", "labels", "units", "rgb_last_dimension", "results",
 }
 #: The objects a NIfTI can become (issue "Clinical-grade objects"); "auto" makes a SEG of a
 #: BIDS _dseg/_mask/_probseg file and an image of anything else.
@@ -83,6 +83,8 @@ class Profile:
     units: str | None = None
     #: a last dimension of 3 holds R, G, B (0..255): a colour image, not 3 volumes
     rgb_last_dimension: bool = False
+    #: what a SEG also brings (node.convert.results): overlay, measurements, report
+    results: tuple[str, ...] = ()
 
     def secret(self) -> str | None:
         """The pseudonym key: from the environment variable if set, else from the config."""
@@ -155,6 +157,7 @@ def _build_profile(name: str, raw: dict[str, Any]) -> Profile:
             for k, v in labels.items()):
         raise ValueError(f'{where}.labels: a table of label value = "name", e.g. 1 = "tumour", '
                          "or the path of a FreeSurfer-style lookup table")
+    results = check_results(f"{where}.results", raw.get("results", []))
     units = raw.get("units")
     if units is not None and (not isinstance(units, str) or not units.strip()):
         raise ValueError(f'{where}.units: a UCUM unit, e.g. "mm2/s" or "1"')
@@ -211,7 +214,19 @@ def _build_profile(name: str, raw: dict[str, Any]) -> Profile:
         labels={int(k): str(v) for k, v in labels.items()},
         units=units,
         rgb_last_dimension=raw.get("rgb_last_dimension", False),
+        results=results,
     )
+
+
+#: What a SEG may bring besides itself (node.convert.results).
+RESULT_KINDS = ("overlay", "measurements", "report")
+
+
+def check_results(where: str, value: Any) -> tuple[str, ...]:
+    """``results = ["overlay", "measurements", "report"]`` (a ValueError naming the key)."""
+    if not isinstance(value, list) or not all(v in RESULT_KINDS for v in value):
+        raise ValueError(f"{where}: a list of {', '.join(RESULT_KINDS)}, not {value!r}")
+    return tuple(dict.fromkeys(value))
 
 
 def freesurfer_lut(path: str, where: str = "labels") -> dict[int, str]:

@@ -75,6 +75,7 @@ class Destination:
     iod: str | None = None  # the object this PACS takes (overrides the profile's)
     compression: str = "none"  # lossless encoding of what is sent: none, rle, jpeg-ls, ...
     labelmap: bool = False  # it takes Label Map Segmentation Storage: SEGs are LABELMAP
+    results: tuple[str, ...] = ()  # a SEG also brings: overlay, measurements, report
     verify: bool = False  # the node counts each series at the PACS (C-FIND / QIDO-RS) after sending
     max_instances_per_second: float = 0.0  # a rate cap on what one store sends; 0 = none
     max_bytes_per_second: float = 0.0  # the same in bytes of files

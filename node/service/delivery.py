@@ -98,7 +98,14 @@ def prepare(source: Path, profile: Profile | None, spool: Path, options: Convers
     if not is_nifti(source):
         f = read_dicom_file(source, check=check)
         return Batch(source, [f], f.series_uid, f.study_uid)
-    from node.convert.output import instance_filename, write_series
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from node.convert.output import (
+        instance_filename,
+        wanted_results,
+        write_results,
+        write_series,
+    )
     from node.convert.series import convert_file
 
     series = convert_file(source, profile, options)
@@ -108,7 +115,9 @@ def prepare(source: Path, profile: Profile | None, spool: Path, options: Convers
         DicomFile(folder / instance_filename(n), series.sop_class_uid, uid,
                   series.transfer_syntax, series.uids.study, series.uids.series)
         for n, uid in enumerate(series.instance_uids(), 1)
-    ]
+    ] + [DicomFile(r.path, r.sop_class_uid, r.sop_instance_uid, ExplicitVRLittleEndian,
+                   series.uids.study, r.series_uid)
+         for r in write_results(series, folder, wanted_results(series, options))]
     chosen_by = "" if series.iod == "image" else f'iod = "{series.iod}"' + (
         ", labelmap = true" if options.labelmap and series.iod == "seg" else "")
     return Batch(source, files, series.uids.series, series.uids.study, tuple(series.warnings),
@@ -378,7 +387,8 @@ def destination_for(job: Job, config: Config) -> Destination:
     dest = config.destination(job.destination)
     if job.form:
         form = json.loads(job.form)
-        dest = dataclasses.replace(dest, **{k: form[k] for k in FORM_KEYS if k in form})
+        dest = dataclasses.replace(dest, **{k: tuple(form[k]) if k == "results" else form[k]
+                                            for k in FORM_KEYS if k in form})
     share = config.policy(job.destination).share(config.node.workers)
     if share > 1 and (dest.max_instances_per_second or dest.max_bytes_per_second):
         dest = dataclasses.replace(dest,
@@ -421,7 +431,7 @@ def deliver(
             batch = prepare(source, profile, spool, ConversionOptions(
                 uid_root=config.node.uid_root, sidecar=sidecar, study=study,
                 reference=reference, iod=dest.iod, compression=dest.compression,
-                labelmap=dest.labelmap,
+                labelmap=dest.labelmap, results=dest.results,
                 source_folders=_done_folders(config, source, StateDirs(spool_root.parent))))
         except ConfigError as exc:
             return DeliveryResult(JobState.FAILED, exc.message, "config")

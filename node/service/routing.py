@@ -41,7 +41,7 @@ PRIORITIES = {"normal": 0, "urgent": 1}
 #: The keys a condition may name besides the entities.
 _OTHER_KEYS = ("datatype", "object", "watch", "sidecar")
 #: What a route destination may say about the form its copy takes.
-FORM_KEYS = ("iod", "compression", "labelmap")
+FORM_KEYS = ("iod", "compression", "labelmap", "results")
 _ROUTE_KEYS = {"name", "when", "to", "continue", "priority", "profile"}
 _TARGET_KEYS = {"destination", "profile", *FORM_KEYS}
 #: BIDS quantitative-map suffixes: such a file is a parametric map (object "pmap").
@@ -117,6 +117,7 @@ class Target:
     iod: str | None = None
     compression: str | None = None
     labelmap: bool | None = None
+    results: tuple[str, ...] | None = None
 
     def form(self) -> dict[str, Any]:
         """What this target sets of the destination's form (iod, compression, labelmap)."""
@@ -356,8 +357,13 @@ def _target(where: str, raw: Any, destinations: dict, profiles: dict | None) -> 
     labelmap = raw.get("labelmap")
     if labelmap is not None and not isinstance(labelmap, bool):
         raise ValueError(f"{where}.labelmap: write true or false")
+    results = None
+    if "results" in raw:
+        from node.convert.profile import check_results
+
+        results = check_results(f"{where}.results", raw["results"])
     return Target(name, _profile(f"{where}.profile", raw.get("profile"), profiles), iod,
-                  compression, labelmap)
+                  compression, labelmap, results)
 
 
 def _tests(where: str, when: dict, watches: tuple[Path, ...]) -> list[Test]:

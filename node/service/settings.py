@@ -27,6 +27,7 @@ from node.convert.profile import (
     IODS,
     Profile,
     builtin_profiles_raw,
+    check_results,
     check_table,
     merge_tables,
     profiles_from_raw,
@@ -59,7 +60,7 @@ _TLS_KEYS = {"ca", "cert", "key", "key_password_env", "verify_hostname", "verify
 _WEB_KEYS = {
     "url", "auth", "batch_bytes", "batch_instances", "connect_timeout", "network_timeout",
     "max_associations", "tls", "query_destination", "iod", "compression", "labelmap", "verify",
-    "max_instances_per_second", "max_bytes_per_second", *_POLICY_KEYS,
+    "max_instances_per_second", "max_bytes_per_second", "results", *_POLICY_KEYS,
 }
 _DIMSE_ONLY = sorted(_DEST_KEYS - _WEB_KEYS)
 _AUTH_KEYS = {"kind", "username", "password_env", "token_env", "token_url", "client_id",
@@ -809,6 +810,7 @@ def _shared_fields(where: str, raw: dict, base: Path | None) -> dict[str, Any]:
         compression=_choice(f"{where}.compression", raw.get("compression", "none"),
                             COMPRESSIONS) or "none",
         labelmap=_checked(f"{where}.labelmap", raw.get("labelmap", False), bool, {}),
+        results=check_results(f"{where}.results", raw.get("results", [])),
         verify=_checked(f"{where}.verify", raw.get("verify", False), bool, {}),
         max_instances_per_second=_number(f"{where}.max_instances_per_second",
                                          raw.get("max_instances_per_second", 0)),

@@ -86,6 +86,44 @@ def convert_batch(inputs: Sequence[Path], out_dir: Path, profile: Profile, uid_r
     return in_processes(_convert_one, calls, jobs)
 
 
+def checked_results(value: list[str] | None) -> tuple[str, ...]:
+    """``--results overlay,measurements,report`` checked (a ValueError names the option)."""
+    from node.convert.profile import check_results
+
+    return check_results("--results", list(value or []))
+
+
+def planned_results(path: Path, profile: Profile, uid_root: str, **options) -> list[str]:
+    """What a SEG would also bring (its profile's or ``results``), one line each, with the
+    measurements and the notes (a one-voxel segment, labels outside the image)."""
+    from node.convert.output import wanted_results
+    from node.convert.results import make_results
+    from node.convert.series import convert_file
+
+    opts = ConversionOptions(uid_root=uid_root, **options)
+    series = convert_file(path, profile, opts)
+    which = wanted_results(series, opts)
+    if not which:
+        return []
+    if series.iod != "seg":
+        return [f"results ({', '.join(which)}): none, they are made from a SEG and this "
+                f"file becomes {series.iod!r}"]
+    made = make_results(series, which)
+    lines = []
+    by_series: dict[str, list] = {}
+    for ds in made.datasets:
+        by_series.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
+    for uid, items in by_series.items():
+        first = items[0]
+        lines.append(f"{first.SOPClassUID.name}: {len(items)} instance(s), series {uid} "
+                     f"({first.get('SeriesDescription', '')})")
+    for s in made.segments:
+        lines.append(f"segment {s.number} {s.label}: {s.voxels} voxels, "
+                     f"{s.volume_mm3(made.voxel_mm3):.1f} mm3, "
+                     f"{s.volume_mm3(made.voxel_mm3) / 1000:.3f} ml")
+    return lines + [f"note: {n}" for n in made.notes]
+
+
 def explain(path: Path, profile: Profile, uid_root: str, **options) -> list:
     """What ``convert`` would write for ``path``, attribute by attribute, and from where;
     ``options`` as for :func:`convert_batch`."""

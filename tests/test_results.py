@@ -170,3 +170,34 @@ def test_the_node_delivers_the_results_with_the_seg_in_one_job(pacs, node_factor
     modalities = sorted(pacs.get(f"/series/{s}")["MainDicomTags"].get("Modality", "")
                         for s in study["Series"])
     assert modalities == ["DOC", "MR", "OT", "SEG", "SR"]
+
+
+def test_a_map_beside_the_seg_is_measured_within_each_segment_and_one_without_units_said(
+        tmp_path):
+    t1, seg, labels = _inputs(tmp_path / "in")
+    rng = np.random.default_rng(7)
+    t1map = rng.uniform(800, 1600, SHAPE).astype(np.float32)
+    write_nifti(tmp_path / "in" / "sub-01_T1map.nii.gz", t1map, AFFINE,
+                sidecar={"Units": "ms"})
+    write_nifti(tmp_path / "in" / "sub-01_MD.nii.gz", t1map / 1e6, AFFINE)  # no units anywhere
+    out = tmp_path / "out"
+    proc = run_node("convert", seg, "-o", out, "--iod", "seg", "--results",
+                    "measurements,report")
+    assert proc.returncode == 0, proc.stderr
+    assert "map sub-01_MD.nii.gz has no units" in proc.stderr  # a warning on the series
+    import highdicom as hd
+
+    sr = hd.sr.srread(out / "sub-01_desc-lesion_dseg" / "RS000001.dcm")
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    for group, value in zip(groups, (1, 3, 5), strict=True):
+        inside = t1map[labels == value].astype(np.float64)
+        got = {m.derivation.meaning: m.value for m in group.get_measurements()
+               if m.name.value == "T1map"}
+        assert got["Mean"] == pytest.approx(inside.mean(), rel=1e-5)
+        assert got["Standard Deviation"] == pytest.approx(inside.std(), rel=1e-4, abs=1e-3)
+        assert got["Minimum"] == pytest.approx(inside.min(), rel=1e-6)
+        assert got["Maximum"] == pytest.approx(inside.max(), rel=1e-6)
+        units = {m.unit.value for m in group.get_measurements() if m.name.value == "T1map"}
+        assert units == {"ms"}
+        assert not [m for m in group.get_measurements() if m.name.value == "MD"]
+    assert _dciodvfy_errors(out / "sub-01_desc-lesion_dseg" / "RS000001.dcm") == []

@@ -62,6 +62,16 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class MapStatistics:
+    """A parametric map's values within each segment: (mean, sd, min, max, voxels)."""
+
+    name: str  # the map's file name
+    quantity: str  # its BIDS suffix (T1map, ADC, ...)
+    units: str
+    per_segment: dict[int, tuple[float, float, float, float, int]]
+
+
+@dataclass(frozen=True)
 class Results:
     """What was made, with the lines the QA report and ``convert --explain`` show."""
 
@@ -69,6 +79,7 @@ class Results:
     segments: list[Segment]
     voxel_mm3: float
     notes: list[str]
+    maps: list[MapStatistics] = ()  # type: ignore[assignment]
 
 
 def _labels(series: ConvertedSeries) -> tuple[np.ndarray, np.ndarray]:
@@ -95,12 +106,12 @@ def _slice_points(ds: Dataset) -> np.ndarray:
     return position + c * dc * row_dir + r * dr * col_dir
 
 
-def _sample(labels: np.ndarray, affine: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Nearest label at each point; 0 outside the label map."""
+def _sample(labels: np.ndarray, affine: np.ndarray, points: np.ndarray, fill=0) -> np.ndarray:
+    """Nearest value at each point; ``fill`` outside the volume."""
     inverse = np.linalg.inv(affine)
     ijk = np.rint(points @ inverse[:3, :3].T + inverse[:3, 3]).astype(np.int64)
     inside = np.all((ijk >= 0) & (ijk < np.array(labels.shape)), axis=-1)
-    out = np.zeros(points.shape[:-1], dtype=labels.dtype)
+    out = np.full(points.shape[:-1], fill, dtype=labels.dtype if fill == 0 else np.float64)
     idx = ijk[inside]
     out[inside] = labels[idx[:, 0], idx[:, 1], idx[:, 2]]
     return out
@@ -245,9 +256,32 @@ def _series_number(series: ConvertedSeries, offset: int) -> int:
     return base * 10 + offset
 
 
+def _map_measurements(maps: list[MapStatistics], number: int) -> list:
+    """A map's mean, SD, min and max in one segment (TID 1419's derivation modifiers)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from node.convert.iods.pmap import unit_code
+
+    out = []
+    for m in maps:
+        if number not in m.per_segment:
+            continue
+        name = hd.sr.CodedConcept(m.quantity[:16], "99DCMNODE", f"{m.quantity} ({m.name})"[:64])
+        values = m.per_segment[number][:4]
+        for derivation, value in zip((codes.SCT.Mean, codes.SCT.StandardDeviation,
+                                      codes.SCT.Minimum, codes.SCT.Maximum), values,
+                                     strict=True):
+            out.append(hd.sr.Measurement(name=name, value=value, unit=unit_code(m.units),
+                                         derivation=derivation))
+    return out
+
+
 def measurements(series: ConvertedSeries, seg: Dataset, images: list[Dataset],
-                 segments: list[Segment], voxel_mm3: float) -> Dataset:
-    """TID 1500 with one volumetric ROI group per segment: its volume in mm3 and in ml."""
+                 segments: list[Segment], voxel_mm3: float,
+                 maps: list[MapStatistics] = ()) -> Dataset:  # type: ignore[assignment]
+    """TID 1500 with one volumetric ROI group per segment: its volume in mm3 and in ml, and
+    each map's mean, SD, min and max within it."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -267,6 +301,7 @@ def measurements(series: ConvertedSeries, seg: Dataset, images: list[Dataset],
                                   unit=codes.UCUM.CubicMillimeter),
                 hd.sr.Measurement(name=codes.SCT.Volume, value=s.volume_mm3(voxel_mm3) / 1000,
                                   unit=ml),
+                *_map_measurements(list(maps), s.number),
             ]))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -290,7 +325,8 @@ def measurements(series: ConvertedSeries, seg: Dataset, images: list[Dataset],
 
 
 def report_pdf(series: ConvertedSeries, images: list[Dataset], segments: list[Segment],
-               voxel_mm3: float, notes: list[str], picture: bytes | None) -> bytes:
+               voxel_mm3: float, notes: list[str], picture: bytes | None,
+               maps: list[MapStatistics] = ()) -> bytes:  # type: ignore[assignment]
     """One A4 page (150 dpi) as a PDF: what was converted, from what, and what it measures."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -332,6 +368,17 @@ def report_pdf(series: ConvertedSeries, images: list[Dataset], segments: list[Se
         for x, cell in zip(columns, cells, strict=True):
             draw.text((x, y), cell, fill="black", font=font(20))
         y += 30
+    for m in maps:
+        y += 10
+        draw.text((60, y), f"{m.quantity} ({m.name}, {m.units}): mean, SD, min, max",
+                  fill="black", font=font(20))
+        y += 30
+        for s in segments:
+            if s.number in m.per_segment:
+                mean, sd, lo, hi, n = m.per_segment[s.number]
+                draw.text((90, y), f"{s.number} {s.label[:30]}: {mean:.4g}, {sd:.4g}, {lo:.4g}, "
+                          f"{hi:.4g} ({n} voxels)", fill="black", font=font(18))
+                y += 26
     for note in notes:
         draw.text((60, y + 10), f"Note: {note}"[:110], fill=(160, 0, 0), font=font(18))
         y += 28
@@ -395,15 +442,78 @@ def _make(series: ConvertedSeries, which: tuple[str, ...]) -> Results:
                          "outside the image's field of view (measured, not shown)")
         if np.count_nonzero(mask) == 1:
             notes.append(f"segment {number} ({names[number]}) is a single voxel")
+    maps = map_statistics(series, referenced, labels, affine, segments, notes)
     made: list[Dataset] = []
     if "overlay" in which:
         made += overlay(series, images, segments, labels, affine)
     if "measurements" in which:
-        made.append(measurements(series, seg, images, segments, voxel_mm3))
+        made.append(measurements(series, seg, images, segments, voxel_mm3, maps))
     if "report" in which:
         made.append(encapsulated_pdf(series, images[0], report_pdf(
-            series, images, segments, voxel_mm3, notes, _picture(referenced))))
-    return Results(made, segments, voxel_mm3, notes)
+            series, images, segments, voxel_mm3, notes, _picture(referenced), maps)))
+    return Results(made, segments, voxel_mm3, notes, maps)
+
+
+def _maps_beside(series: ConvertedSeries, referenced: ConvertedSeries) -> list:
+    """Quantitative maps of the same scan (sub, ses, acq, run) beside the SEG or its image."""
+    from node.convert.derived import _SAME_SCAN
+    from node.convert.source import MAP_SUFFIXES, NIFTI_SUFFIXES, bids_entities
+
+    same = {k: v for k, v in series.source.entities.items() if k in _SAME_SCAN}
+    found = {}
+    for folder in {series.source.path.parent, referenced.source.path.parent}:
+        for path in sorted(folder.iterdir()):
+            if not path.name.lower().endswith(NIFTI_SUFFIXES):
+                continue
+            theirs = bids_entities(path)
+            if theirs.get("suffix") in MAP_SUFFIXES and same and {
+                    k: v for k, v in theirs.items() if k in _SAME_SCAN} == same:
+                found[path.name] = path
+    return list(found.values())
+
+
+def map_statistics(series: ConvertedSeries, referenced: ConvertedSeries, labels: np.ndarray,
+                   affine: np.ndarray, segments: list[Segment], notes: list[str]
+                   ) -> list[MapStatistics]:
+    """Mean, SD, min and max of each map within each segment (the map sampled at each
+    labelled voxel's centre, nearest voxel; NaN and voxels outside the map left out). A map
+    without units (its sidecar's "Units" or the profile's ``units``) is not reported: its
+    numbers could be read in the wrong unit; the notes say so."""
+    import nibabel as nib
+
+    from node.convert.geometry import choose_affine
+    from node.convert.source import bids_entities, load_sidecar, sidecar_of
+
+    out = []
+    for path in _maps_beside(series, referenced):
+        sidecar = sidecar_of(path)
+        meta = load_sidecar(sidecar) if sidecar is not None and sidecar.is_file() else {}
+        units = meta.get("Units") if isinstance(meta, dict) else None
+        units = units if isinstance(units, str) and units.strip() else series.profile.units
+        if not units:
+            notes.append(f"map {path.name} has no units (a sidecar \"Units\" or the profile's "
+                         "units): its statistics are not reported")
+            continue
+        image = nib.load(str(path))
+        values = np.asarray(image.dataobj, dtype=np.float64)
+        if values.ndim != 3:
+            notes.append(f"map {path.name} is not a 3D volume: not measured")
+            continue
+        map_affine = _RAS_TO_LPS @ choose_affine(image.header)[0]
+        stats = {}
+        for s in segments:
+            ijk = np.argwhere(labels == s.number)
+            world = ijk @ affine[:3, :3].T + affine[:3, 3]
+            sampled = _sample(values, map_affine, world, fill=np.nan)
+            sampled = sampled[np.isfinite(sampled)]
+            if sampled.size:
+                stats[s.number] = (float(sampled.mean()), float(sampled.std(ddof=0)),
+                                   float(sampled.min()), float(sampled.max()), int(sampled.size))
+            else:
+                notes.append(f"map {path.name}: segment {s.number} lies outside it")
+        out.append(MapStatistics(path.name, bids_entities(path).get("suffix", "map"),
+                                 units.strip(), stats))
+    return out
 
 
 def _image_affine(images: list[Dataset]) -> np.ndarray:

@@ -73,6 +73,12 @@ def default_sidecar_path(path: Path) -> Path:
 
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: BIDS suffixes of quantitative maps (BIDS "anat" parametric maps, DWI and perfusion
+#: derivatives): such a file is a parametric map, and a SEG's measurements cover it.
+MAP_SUFFIXES = frozenset({
+    "T1map", "T2map", "T2starmap", "R1map", "R2map", "R2starmap", "PDmap", "MTRmap",
+    "MTsat", "UNIT1", "T1rho", "MWFmap", "MTVmap", "Chimap", "S0map", "M0map", "TB1map",
+    "RB1map", "FA", "MD", "ADC", "cbf", "att"})
 
 
 def is_nifti(path: Path) -> bool:

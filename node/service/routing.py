@@ -44,11 +44,6 @@ _OTHER_KEYS = ("datatype", "object", "watch", "sidecar")
 FORM_KEYS = ("iod", "compression", "labelmap", "results")
 _ROUTE_KEYS = {"name", "when", "to", "continue", "priority", "profile"}
 _TARGET_KEYS = {"destination", "profile", *FORM_KEYS}
-#: BIDS quantitative-map suffixes: such a file is a parametric map (object "pmap").
-PMAP_SUFFIXES = frozenset({
-    "T1map", "T2map", "T2starmap", "R1map", "R2map", "R2starmap", "PDmap", "MTRmap",
-    "MTsat", "UNIT1", "T1rho", "MWFmap", "MTVmap", "Chimap", "S0map", "M0map", "TB1map",
-    "RB1map", "cbf", "att"})
 #: A sidecar value longer than this is not searched by a regular expression (a hostile
 #: sidecar must not make a route's pattern run for minutes).
 _MAX_TESTED = 4096
@@ -219,10 +214,11 @@ def object_of(entities: dict[str, str], iod: str, nifti: bool) -> str:
         return iod
     suffix = entities.get("suffix", "")
     from node.convert.iods.seg import SEG_SUFFIXES
+    from node.convert.source import MAP_SUFFIXES
 
     if suffix in SEG_SUFFIXES:
         return "seg"
-    return "pmap" if suffix in PMAP_SUFFIXES else "image"
+    return "pmap" if suffix in MAP_SUFFIXES else "image"
 
 
 def tests_sidecar(routes: tuple[Route, ...]) -> bool:

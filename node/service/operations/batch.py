@@ -121,6 +121,10 @@ def planned_results(path: Path, profile: Profile, uid_root: str, **options) -> l
         lines.append(f"segment {s.number} {s.label}: {s.voxels} voxels, "
                      f"{s.volume_mm3(made.voxel_mm3):.1f} mm3, "
                      f"{s.volume_mm3(made.voxel_mm3) / 1000:.3f} ml")
+    for m in made.maps:
+        for number, (mean, sd, lo, hi, n) in sorted(m.per_segment.items()):
+            lines.append(f"{m.quantity} ({m.name}, {m.units}) in segment {number}: mean "
+                         f"{mean:.4g}, sd {sd:.4g}, min {lo:.4g}, max {hi:.4g} ({n} voxels)")
     return lines + [f"note: {n}" for n in made.notes]
 
 

@@ -367,3 +367,26 @@ tls = {{ ca = "{pki['ca']}" }}
     for message in messages:
         _valid(schema, message[message.index("<AuditMessage"):])
     assert not any(os.path.basename(str(node.inbox)) in m for m in messages)
+
+
+def test_an_audit_message_over_udp_is_one_rfc_5424_datagram():
+    import socket
+
+    from node.net.notify import SyslogSender
+
+    schema = _schema()
+    collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    collector.bind(("127.0.0.1", 0))
+    collector.settimeout(5)
+    context = AuditContext("DICOM_NODE")
+    event = Event("event", 1, time.time(), "node.started", {"subject": "vm:1"})
+    sender = SyslogSender("127.0.0.1", collector.getsockname()[1], "udp", None)
+    try:
+        sender.send(context.syslog_line(event, context.message_for(event)))
+        datagram, _ = collector.recvfrom(65536)
+    finally:
+        sender.close()
+        collector.close()
+    header, _, xml = datagram.partition(b"\xef\xbb\xbf")
+    assert header.startswith(b"<85>1 ") and b"DICOM+RFC3881" in header  # authpriv.notice
+    assert _valid(schema, xml.decode())

@@ -177,3 +177,29 @@ def pg_cluster():
     cluster = Cluster()
     yield cluster
     cluster.destroy()
+
+
+# --- a journal on both engines (SQLite; PostgreSQL with the peers) ---------------------------
+
+JOURNAL_BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.peers)]
+
+
+@pytest.fixture(params=JOURNAL_BACKENDS)
+def location(request, tmp_path):
+    """Where a fresh journal lives: a SQLite file, or an empty PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "journal.sqlite"
+    cluster = request.getfixturevalue("pg_cluster")
+    return cluster.fresh_database(f"j{abs(hash(str(tmp_path))) % 10**9}")
+
+
+@pytest.fixture
+def journal(location):
+    """A fresh journal at ``location``, closed (and its pool too) afterwards."""
+    from node.service.journal import open_journal_at
+    from node.service.journal.postgres import close_pool
+
+    j = open_journal_at(location)
+    yield j
+    j.close()
+    close_pool(str(location))

@@ -252,3 +252,11 @@ def test_the_length_check_can_fail(tmp_path):
     body = "".join(f"    x{i} = {i}\n" for i in range(60))
     (folder / "long.py").write_text(f"def long():\n{body}\n\ndef short():\n    pass\n")
     assert long_functions([folder / "long.py"]) == ["node/service/long.py:1 long (61 lines)"]
+
+
+def test_no_test_module_imports_another():
+    """Shared helpers and fixtures live in tests/support/ and conftest.py (README "Tests")."""
+    tests = Path(__file__).resolve().parent
+    offenders = [f"{path.name} imports {name}" for path in sorted(tests.glob("test_*.py"))
+                 for name in imports_of(path, tests) if name.split(".")[0].startswith("test_")]
+    assert offenders == []

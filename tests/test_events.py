@@ -19,7 +19,6 @@ import pytest
 from support.hooks import Listener, Rsyslog, WebhookReceiver, check_signature
 from support.node import drop, nifti_bytes, wait_until
 from support.pki import make_pki
-from test_journal import journal, location  # noqa: F401 - the journal on both engines
 
 from node.errors import ConfigError
 from node.net.notify import NotifyFailure, post
@@ -123,7 +122,7 @@ def test_every_audit_message_validates_against_the_ps3_15_schema():
 
 # --- the outbox on both engines -------------------------------------------------------------
 
-def test_the_outbox_gives_every_event_in_order_from_a_cursor_that_starts_at_the_end(journal):  # noqa: F811
+def test_the_outbox_gives_every_event_in_order_from_a_cursor_that_starts_at_the_end(journal):
     early, _ = journal.enqueue(Path("/in/a.nii"), "a" * 64, 1, "bids-mr", "pacs")
     cursor = journal.cursor("webhook:ops")
     assert journal.pending(cursor) == []  # a new receiver starts from now

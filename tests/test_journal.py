@@ -23,25 +23,6 @@ from node.service.journal import (
 )
 from node.service.journal.postgres import close_pool
 
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.peers)]
-
-
-@pytest.fixture(params=BACKENDS)
-def location(request, tmp_path):
-    """Where a fresh journal lives: a SQLite file, or an empty PostgreSQL database."""
-    if request.param == "sqlite":
-        return tmp_path / "journal.sqlite"
-    cluster = request.getfixturevalue("pg_cluster")
-    return cluster.fresh_database(f"j{abs(hash(str(tmp_path))) % 10**9}")
-
-
-@pytest.fixture
-def journal(location):
-    j = open_journal_at(location)
-    yield j
-    j.close()
-    close_pool(str(location))
-
 
 def _job(journal: Journal, n: int = 0, **kw):
     job, created = journal.enqueue(Path(f"/in/f{n}.nii"), f"{n:064x}", 10, "bids-mr", "pacs",

@@ -14,7 +14,6 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 from support.niftigen import write_nifti
-from test_journal import journal, location  # noqa: F401 - the journal on both engines
 
 from node.errors import ConfigError
 from node.net.pace import Pace
@@ -250,7 +249,7 @@ def _enqueue(j, n: int, destination: str, priority: int = 0):
     return job
 
 
-def test_urgent_jobs_are_claimed_first_and_go_while_the_schedule_is_closed(journal):  # noqa: F811
+def test_urgent_jobs_are_claimed_first_and_go_while_the_schedule_is_closed(journal):
     bulk = [_enqueue(journal, n, "archive") for n in range(3)]
     urgent = _enqueue(journal, 10, "archive", priority=1)
     other = _enqueue(journal, 11, "pacs")
@@ -264,7 +263,7 @@ def test_urgent_jobs_are_claimed_first_and_go_while_the_schedule_is_closed(journ
     assert journal.claim(now=now, owner="a:1").id == bulk[0].id
 
 
-def test_a_destination_at_its_cap_gives_no_job(journal):  # noqa: F811
+def test_a_destination_at_its_cap_gives_no_job(journal):
     _enqueue(journal, 1, "archive", priority=1)
     plain = _enqueue(journal, 2, "pacs")
     now = plain.created + 1
@@ -272,7 +271,7 @@ def test_a_destination_at_its_cap_gives_no_job(journal):  # noqa: F811
     assert journal.claim(now=now, owner="a:1", full=["archive"]) is None
 
 
-def test_siblings_are_the_other_destinations_of_one_file(journal):  # noqa: F811
+def test_siblings_are_the_other_destinations_of_one_file(journal):
     a, _ = journal.enqueue(Path("/in/x.nii"), "f" * 64, 1, "bids-mr", "pacs", key="k1")
     b, _ = journal.enqueue(Path("/in/x.nii"), "f" * 64, 1, "bids-mr", "research", key="k2",
                            form='{"iod": "enhanced"}')

@@ -84,8 +84,9 @@ UPDATE jobs SET last_error = %(text)s, updated = %(now)s WHERE id = %(id)s
 
 -- name: next_due
 -- the most urgent, then oldest, due job of a destination that is not paused and not at its
--- cap; an urgent job goes even while its destination's schedule is closed. Urgent jobs are
--- claimed first by every node sharing the journal (the order is the database's)
+-- cap; an urgent job goes even while its destination's schedule is closed. One query: a
+-- round trip fewer than asking for urgent jobs first (PostgreSQL keeps only the top row
+-- while it sorts). Urgent jobs go first on every node sharing the journal
 SELECT * FROM jobs WHERE state IN ('queued', 'retry-wait') AND next_attempt <= %(now)s
     AND destination NOT IN (SELECT name FROM paused)
     AND NOT (destination = ANY(%(full)s::text[]))

@@ -4,5 +4,5 @@
 -- even while its destination's schedule is closed).
 ALTER TABLE jobs ADD COLUMN form TEXT;
 ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX jobs_due ON jobs(state, priority, next_attempt);
+CREATE INDEX jobs_urgent ON jobs(next_attempt) WHERE priority > 0;  -- few rows, never touched by a bulk job
 CREATE INDEX jobs_source ON jobs(source);

@@ -84,7 +84,6 @@ class PostgresStore(Store):
     engine = "postgresql"
     moves_write_history = True  # sql/postgresql.sql: move_* insert their history line
     read_lag_seconds = 2.0  # see Outbox.read_lag_seconds
-    urgent_apart = False  # next_due orders by priority itself
 
     def __init__(self, url: str, *, create: bool = True,
                  schema: SchemaMode | None = None) -> None:

@@ -185,10 +185,7 @@ class Queue(QueryRunner):
         now = time.time() if now is None else now
         owner = owner or owner_id()
         with self._tx():
-            lists = self._name_lists(closed=closed, full=full)
-            job = self._job("next_due_urgent", now=now, full=lists["full"]) if (
-                self.urgent_apart) else None
-            job = job or self._job("next_due", now=now, **lists)
+            job = self._job("next_due", now=now, **self._name_lists(closed=closed, full=full))
             if job is None or (memory is not None and job.memory > memory):
                 return None
             try:  # (the row is locked by the read: nobody moves it meanwhile)

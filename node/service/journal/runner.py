@@ -39,10 +39,6 @@ class QueryRunner(ABC):
     #: the five a move took (BEGIN, UPDATE, INSERT, COMMIT, and the read before).
     moves_write_history: bool = False
 
-    #: True when the engine asks for a due urgent job apart (next_due_urgent), then for the
-    #: others: SQLite, where one query ordered by priority sorted every due job at each claim
-    #: and a second query costs no round trip. PostgreSQL orders in one query.
-    urgent_apart: bool = True
 
     def _move_tx(self) -> AbstractContextManager[None]:
         """The transaction that one move, written on its own, needs (see moves_write_history)."""

@@ -84,9 +84,9 @@ UPDATE jobs SET last_error = %(text)s, updated = %(now)s WHERE id = %(id)s
 
 -- name: next_due
 -- the most urgent, then oldest, due job of a destination that is not paused and not at its
--- cap; an urgent job goes even while its destination's schedule is closed. One query: a
--- round trip fewer than asking for urgent jobs first (PostgreSQL keeps only the top row
--- while it sorts). Urgent jobs go first on every node sharing the journal
+-- cap; an urgent job goes even while its destination's schedule is closed (urgent jobs first
+-- on every node sharing the journal). The partial index jobs_claim holds the waiting jobs in
+-- this order: the first due entry is read, nothing is sorted
 SELECT * FROM jobs WHERE state IN ('queued', 'retry-wait') AND next_attempt <= %(now)s
     AND destination NOT IN (SELECT name FROM paused)
     AND NOT (destination = ANY(%(full)s::text[]))

@@ -66,24 +66,16 @@ WHERE id = :id AND state = :from_state AND owner IS :from_owner
 UPDATE jobs SET last_error = :text, updated = :now WHERE id = :id
 
 -- name: next_due
--- the oldest due job of a destination that is not paused, not at its cap (:full, a JSON
--- list) and whose schedule is open (:closed, a JSON list); asked after next_due_urgent found
--- none. BEGIN IMMEDIATE serializes claims. (One query ordered by priority first sorted every
--- due job at each claim: half the claims a second with a backlog.)
-SELECT * FROM jobs WHERE state IN ('queued', 'retry-wait') AND next_attempt <= :now
-    AND destination NOT IN (SELECT name FROM paused)
+-- the most urgent, then oldest, due job of a destination that is not paused and not at its
+-- cap (:full, a JSON list); an urgent job goes even while its destination's schedule is
+-- closed (:closed, a JSON list). The partial index jobs_claim holds the waiting jobs in this
+-- order: the first due entry is read, nothing is sorted. BEGIN IMMEDIATE serializes claims
+SELECT * FROM jobs INDEXED BY jobs_claim WHERE state IN ('queued', 'retry-wait')
+    AND next_attempt <= :now AND destination NOT IN (SELECT name FROM paused)
     AND (:full = '[]' OR destination NOT IN (SELECT value FROM json_each(:full)))
-    AND (:closed = '[]' OR destination NOT IN (SELECT value FROM json_each(:closed)))
-ORDER BY next_attempt, id LIMIT 1
-
--- name: next_due_urgent
--- the oldest due urgent job (the partial index jobs_urgent): before any other, whatever the
--- schedules say
-SELECT * FROM jobs INDEXED BY jobs_urgent WHERE priority > 0
-    AND state IN ('queued', 'retry-wait') AND next_attempt <= :now
-    AND destination NOT IN (SELECT name FROM paused)
-    AND (:full = '[]' OR destination NOT IN (SELECT value FROM json_each(:full)))
-ORDER BY next_attempt, id LIMIT 1
+    AND (priority > 0 OR :closed = '[]'
+         OR destination NOT IN (SELECT value FROM json_each(:closed)))
+ORDER BY priority DESC, next_attempt, id LIMIT 1
 
 -- name: siblings
 -- the other jobs of one file (its other destinations, routed together)

@@ -76,6 +76,15 @@ class AuditContext:
         if role is not None:
             _code(me, "RoleIDCode", role[0], "DCM", role[1])
 
+    def _us_to(self, root: ET.Element, peer_name: str | None) -> None:
+        """This node as the source, the peer (a destination's name) as the destination, and
+        the audit source: the participants of a transfer or a query."""
+        self._us(root, True, ("110153", "Source Role ID"))
+        peer = ET.SubElement(root, "ActiveParticipant", {
+            "UserID": str(peer_name or "unknown"), "UserIsRequestor": "false"})
+        _code(peer, "RoleIDCode", "110152", "DCM", "Destination Role ID")
+        self._source(root)
+
     def _source(self, root: ET.Element) -> None:
         attrs = {"AuditSourceID": f"dicom-node@{self.host}"}
         if self.site:
@@ -95,11 +104,7 @@ class AuditContext:
     def instances_transferred(self, event: Event, phi: bool) -> ET.Element:
         d = event.data
         root = self._message(event, ("110104", "DICOM Instances Transferred"), "R", True)
-        self._us(root, True, ("110153", "Source Role ID"))
-        peer = ET.SubElement(root, "ActiveParticipant", {
-            "UserID": str(d.get("destination") or "unknown"), "UserIsRequestor": "false"})
-        _code(peer, "RoleIDCode", "110152", "DCM", "Destination Role ID")
-        self._source(root)
+        self._us_to(root, d.get("destination"))
         study = ET.SubElement(root, "ParticipantObjectIdentification", {
             "ParticipantObjectID": str(d.get("study_uid") or "unknown"),
             "ParticipantObjectTypeCode": "2", "ParticipantObjectTypeCodeRole": "3",
@@ -142,11 +147,7 @@ class AuditContext:
     def query(self, event: Event) -> ET.Element:
         d = event.data
         root = self._message(event, ("110112", "Query"), "E", d.get("outcome") == "ok")
-        self._us(root, True, ("110153", "Source Role ID"))
-        peer = ET.SubElement(root, "ActiveParticipant", {
-            "UserID": str(d.get("subject") or "unknown"), "UserIsRequestor": "false"})
-        _code(peer, "RoleIDCode", "110152", "DCM", "Destination Role ID")
-        self._source(root)
+        self._us_to(root, d.get("subject"))
         query = ET.SubElement(root, "ParticipantObjectIdentification", {
             "ParticipantObjectID": "1.2.840.10008.5.1.4.1.2.2.1",  # Study Root Q/R FIND
             "ParticipantObjectTypeCode": "2", "ParticipantObjectTypeCodeRole": "24"})

@@ -108,20 +108,21 @@ def test_a_full_disk_degrades_and_recovers(pacs, node_factory, tmp_path, small_d
         str(tmp_path / "node" / "var"), str(node.state)))
     node.start()
     filler = small_disk / "filler"
-    with open(filler, "wb") as f:  # fill the state folder's disk to the last byte
-        try:
+    # fill the state folder's disk to the last byte; unbuffered, so that closing the file has
+    # nothing left to write (a buffered close would raise the same ENOSPC again)
+    try:
+        with open(filler, "wb", buffering=0) as f:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    except OSError:
+        pass  # full
     for i in range(3):
         drop(node.inbox, f"sub-full{i}_T1w.nii.gz", _good(tmp_path, f"f{i}.nii.gz", 20 + i))
     time.sleep(6)
     assert node.proc.poll() is None, node.logtext()[-2000:]
     health = _healthz(node)
     assert health["ok"] is False and "degraded" in health
-    filler.unlink()  # space comes back
+    filler.unlink(missing_ok=True)  # space comes back
     wait_until(lambda: node.states().count("done") == 3, 90, "delivery after space returned")
     wait_until(lambda: _healthz(node)["ok"], 20, "healthy again")
     assert "Traceback" not in node.logtext()
